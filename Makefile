@@ -1,0 +1,30 @@
+# Set-up and the two everyday commands. `make run` and `make test` each create the
+# virtual environment on first use, so on a fresh machine nothing else is needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PRESET ?= toy
+# PyTorch first, so pip takes the wheel this machine already has instead of resolving
+# a fresh one; override (e.g. TORCH_SPEC="torch torchvision") on other machines.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install run test test-fast lint
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/sigmatune run --preset $(PRESET)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
