@@ -10,6 +10,11 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 .PHONY: install run test test-fast lint
 
 $(VENV)/.installed: pyproject.toml
+	@# The report test opens the HTML report in headless Chromium (Debian's package).
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "note: install Chromium (apt-get install chromium) for the report test"; fi; }
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev]"
