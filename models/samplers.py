@@ -1,0 +1,267 @@
+"""Samplers on explicit sigma schedules, for any k-diffusion-style denoiser ``D(x, sigma)``.
+
+Conventions (k-diffusion): ``x_sigma = x0 + sigma*eps``; the probability-flow ODE is
+``dx/dsigma = d(x, sigma) = (x - D(x, sigma)) / sigma`` (Karras et al. 2022, eq. 4 with
+``s(t) = 1``, ``sigma(t) = t``). A sampler is a plain function ``sampler(D, x, sigmas, ...)``
+that integrates from ``sigmas[0]`` to ``sigmas[-1] = 0``; ``D`` receives sigma as a tensor of
+shape [B] in x's dtype. Step coefficients are computed from the float64 schedule as Python
+floats; the state ``x`` stays in its own dtype and on its own device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from models.schedules import validate
+
+__all__ = [
+    "SAMPLERS",
+    "dpmpp_2m",
+    "euler",
+    "generate",
+    "get_sampler",
+    "heun",
+    "nfe",
+    "steps_for_nfe",
+]
+
+DenoiserFn = Callable[[Tensor, Tensor], Tensor]
+Noise = Callable[[int], Tensor]
+
+
+def _sigma(x: Tensor, value: float) -> Tensor:
+    return x.new_full((x.shape[0],), value)  # [B], x's dtype
+
+
+def _check_churn(S_churn: float, S_min: float, S_max: float, S_noise: float) -> None:
+    if not (math.isfinite(S_churn) and S_churn >= 0):
+        raise ValueError(f"S_churn must be >= 0 and finite, but got S_churn={S_churn}")
+    if not S_min >= 0:
+        raise ValueError(f"S_min must be >= 0, but got S_min={S_min}")
+    if not S_max >= S_min:
+        raise ValueError(f"S_max must be >= S_min={S_min}, but got S_max={S_max}")
+    if not (math.isfinite(S_noise) and S_noise >= 0):
+        raise ValueError(f"S_noise must be >= 0 and finite, but got S_noise={S_noise}")
+
+
+def _churn(
+    x: Tensor,
+    i: int,
+    sigma: float,
+    n: int,
+    S_churn: float,
+    S_min: float,
+    S_max: float,
+    S_noise: float,
+    noise: Noise | None,
+) -> tuple[Tensor, float]:
+    """EDM Algorithm 2, lines 4-6: raise sigma to sigma_hat = sigma (1 + gamma) by adding
+    noise of std sqrt(sigma_hat^2 - sigma^2), gamma = min(S_churn/n, sqrt(2) - 1) within
+    [S_min, S_max] and 0 elsewhere."""
+    gamma = min(S_churn / n, math.sqrt(2) - 1) if S_min <= sigma <= S_max else 0.0
+    if gamma <= 0:
+        return x, sigma
+    sigma_hat = sigma * (1 + gamma)
+    eps = torch.randn_like(x) if noise is None else noise(i)
+    return x + math.sqrt(sigma_hat**2 - sigma**2) * S_noise * eps, sigma_hat
+
+
+def euler(
+    D: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    S_churn: float = 0.0,
+    S_min: float = 0.0,
+    S_max: float = math.inf,
+    S_noise: float = 1.0,
+    noise: Noise | None = None,
+) -> Tensor:
+    """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without
+    the second-order correction; k-diffusion ``sample_euler``), with optional churn. n NFE."""
+    s = validate(sigmas).tolist()
+    _check_churn(S_churn, S_min, S_max, S_noise)
+    n = len(s) - 1
+    for i in range(n):
+        x, sigma_hat = _churn(x, i, s[i], n, S_churn, S_min, S_max, S_noise, noise)
+        denoised = D(x, _sigma(x, sigma_hat))
+        if s[i + 1] == 0:
+            x = denoised  # x + (0 - sigma_hat) d, exactly
+        else:
+            d = (x - denoised) / sigma_hat
+            x = x + (s[i + 1] - sigma_hat) * d
+    return x
+
+
+def heun(
+    D: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    S_churn: float = 0.0,
+    S_min: float = 0.0,
+    S_max: float = math.inf,
+    S_noise: float = 1.0,
+    noise: Noise | None = None,
+) -> Tensor:
+    """Heun's second-order method with churn (Karras et al. 2022, Algorithm 2). The step
+    into sigma = 0 is a plain Euler step, so n steps cost 2n - 1 NFE."""
+    s = validate(sigmas).tolist()
+    _check_churn(S_churn, S_min, S_max, S_noise)
+    n = len(s) - 1
+    for i in range(n):
+        x, sigma_hat = _churn(x, i, s[i], n, S_churn, S_min, S_max, S_noise, noise)
+        sigma_next = s[i + 1]
+        denoised = D(x, _sigma(x, sigma_hat))
+        if sigma_next == 0:
+            x = denoised
+            continue
+        d = (x - denoised) / sigma_hat
+        x_next = x + (sigma_next - sigma_hat) * d
+        d_prime = (x_next - D(x_next, _sigma(x, sigma_next))) / sigma_next
+        x = x + (sigma_next - sigma_hat) * (0.5 * d + 0.5 * d_prime)
+    return x
+
+
+def dpmpp_2m(
+    D: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    noise: Noise | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; k-diffusion ``sample_dpmpp_2m``), in
+    sigma with t = -ln sigma and h = t_next - t: x_next = (sigma_next/sigma) x -
+    expm1(-h) D_hat, D_hat = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}, r = h_last/h. The first step and
+    the step into sigma = 0 are first-order. n NFE. ``noise`` is accepted and unused."""
+    del noise  # deterministic
+    s = validate(sigmas).tolist()
+    old_denoised: Tensor | None = None
+    for i in range(len(s) - 1):
+        denoised = D(x, _sigma(x, s[i]))
+        if s[i + 1] == 0:
+            x = denoised
+        else:
+            h = math.log(s[i]) - math.log(s[i + 1])
+            if old_denoised is None:
+                denoised_d = denoised
+            else:
+                h_last = math.log(s[i - 1]) - math.log(s[i])
+                r = h_last / h
+                denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (s[i + 1] / s[i]) * x - math.expm1(-h) * denoised_d
+        old_denoised = denoised
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"euler": euler, "heun": heun, "dpmpp_2m": dpmpp_2m}
+
+_NFE: dict[str, Callable[[int], int]] = {
+    "euler": lambda n: n,
+    "heun": lambda n: 2 * n - 1,
+    "dpmpp_2m": lambda n: n,
+}
+
+
+def _name(sampler: str | Callable[..., Tensor]) -> str:
+    if isinstance(sampler, str):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(sorted(SAMPLERS))}")
+        return sampler
+    for name, fn in SAMPLERS.items():
+        if fn is sampler:
+            return name
+    raise ValueError(
+        f"sampler {sampler!r} is not in the registry; valid: {', '.join(sorted(SAMPLERS))}"
+    )
+
+
+def get_sampler(sampler: str | Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """The sampler function for a registry name; any other callable is returned as is."""
+    if isinstance(sampler, str):
+        return SAMPLERS[_name(sampler)]
+    if not callable(sampler):
+        raise ValueError(
+            f"sampler must be a name ({', '.join(sorted(SAMPLERS))}) or a function, "
+            f"but got sampler={sampler!r}"
+        )
+    return sampler
+
+
+def nfe(sampler: str | Callable[..., Tensor], n: int) -> int:
+    """Denoiser evaluations of ``n`` steps: euler n, heun 2n - 1, dpmpp_2m n."""
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"n must be an integer >= 1, but got n={n}")
+    return _NFE[_name(sampler)](int(n))
+
+
+def steps_for_nfe(sampler: str | Callable[..., Tensor], nfe: int) -> int:
+    """The largest number of steps n with ``nfe(sampler, n) <= nfe``."""
+    name = _name(sampler)
+    n = {"heun": (nfe + 1) // 2}.get(name, nfe)
+    if n < 1:
+        raise ValueError(
+            f"nfe must allow at least one step of {name} ({_NFE[name](1)} NFE), but got nfe={nfe}"
+        )
+    return int(n)
+
+
+class _StackedRandn:
+    """Standard normal noise [b, *shape] from one generator per image (edm2's
+    ``StackedRandomGenerator``): row j is drawn from the generator seeded by ``seeds[j]``.
+    Called as the samplers' ``noise(i)``; draws are sequential per generator, so ``i`` (the
+    step) is not needed to make them reproducible."""
+
+    def __init__(
+        self, seeds: Sequence[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
+        self.shape, self.device, self.dtype = shape, device, dtype
+
+    def __call__(self, i: int) -> Tensor:
+        return torch.stack(
+            [
+                torch.randn(self.shape, generator=g, device=self.device, dtype=self.dtype)
+                for g in self.generators
+            ]
+        )
+
+
+def generate(
+    D: DenoiserFn,
+    sigmas: Tensor | Sequence[float],
+    sampler: str | Callable[..., Tensor],
+    seeds: Iterable[int],
+    shape: Sequence[int],
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **sampler_kwargs: object,
+) -> Iterator[Tensor]:
+    """Yield batches of samples [b, *shape], one seed per image, in seed order.
+
+    Each image has its own ``torch.Generator`` seeded by its seed (the idea of edm2's
+    ``StackedRandomGenerator``): it draws the initial noise ``sigma_max * eps`` and then, in
+    order, the churn noise the sampler asks for. So an image depends on its seed alone, not on
+    ``batch_size`` nor on its neighbours (common random numbers across trials). Runs under
+    ``torch.no_grad()``; the grad mode of the caller is untouched between batches.
+    """
+    s = validate(sigmas)
+    fn = get_sampler(sampler)
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, but got batch_size={batch_size}")
+    device = torch.device(device)
+    shape = tuple(int(v) for v in shape)
+    seed_list = [int(seed) for seed in seeds]
+    sigma_max = float(s[0])
+    for start in range(0, len(seed_list), int(batch_size)):
+        batch_seeds = seed_list[start : start + int(batch_size)]
+        randn = _StackedRandn(batch_seeds, shape, device, dtype)
+        with torch.no_grad():
+            x = sigma_max * randn(-1)  # [b, *shape]
+            out = fn(D, x, s, noise=randn, **sampler_kwargs)
+        yield out
