@@ -1,0 +1,578 @@
+"""The Fréchet distance of generated samples to a reference set, on torchmetrics.
+
+The Fréchet distance between the Gaussians fitted to two sets of features
+(Dowson & Landau 1982; FID: Heusel et al. 2017, eq. 6),
+
+    d^2 = |mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2}),
+
+is computed in float64 by one pure function, :func:`frechet_distance_from_stats`, whatever the
+features: every number this module returns goes through it.
+
+:class:`Scorer` holds the reference side. It extracts features with an extractor of
+:data:`~objectives.features.EXTRACTORS` (``inception``, ``classifier``, ``raw``, ``rff``),
+accumulates them in torchmetrics' ``FrechetInceptionDistance`` (built with
+``reset_real_features=False`` and fed with ``update()``, streaming) and caches the reference
+sums, with what the extractor learnt, on disk — keyed by the data set's name, the extractor,
+``fid_num_images``, the seed and the sha256 of the reference data — so a study computes them
+once. Generated batches are then streamed through the same extractor into the metric's fake
+side; ``score`` reports the distance after fixed prefixes of the stream (the same seeds in
+every trial), so Optuna's pruners compare trials at equal image counts. KID (Bińkowski et al.
+2018, torchmetrics' ``KernelInceptionDistance`` on the same features, seeded subsets) is an
+optional second number; :func:`fid_infinity` (Chong & Forsyth 2020) an optional third.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from objectives.features import EXTRACTORS, get_extractor, tensor_sha256
+
+__all__ = [
+    "EXTRACTORS",
+    "NonFiniteSamplesError",
+    "Score",
+    "Scorer",
+    "fid_infinity",
+    "frechet_distance",
+    "frechet_distance_from_stats",
+    "gaussian_stats",
+]
+
+CACHE_SCHEMA = 1
+_REL_TOL = 1e-9  # negative distances within this fraction of tr(S_1) + tr(S_2) are rounding
+
+
+class NonFiniteSamplesError(ValueError):
+    """Generated samples contain NaN or inf: the trial fails with this reason."""
+
+
+# -- the Fréchet distance ----------------------------------------------------------------------
+
+
+def _as_float64(a: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(a, Tensor):
+        a = a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _psd_eigvals(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with those at rounding level (below d * eps * max, numpy's
+    ``matrix_rank`` tolerance; negative ones included) set to 0: their square roots would be
+    noise of order sqrt(eps)."""
+    cutoff = w.shape[0] * np.finfo(np.float64).eps * max(float(w.max(initial=0.0)), 0.0)
+    return np.where(w > cutoff, w, 0.0)
+
+
+def _sqrt_psd(S: np.ndarray) -> np.ndarray:
+    """The symmetric PSD square root of a symmetric matrix (eigenvalues via
+    :func:`_psd_eigvals`)."""
+    w, V = np.linalg.eigh((S + S.T) / 2)
+    return (V * np.sqrt(_psd_eigvals(w))) @ V.T
+
+
+def frechet_distance_from_stats(
+    mu1: Tensor | np.ndarray,
+    sigma1: Tensor | np.ndarray,
+    mu2: Tensor | np.ndarray,
+    sigma2: Tensor | np.ndarray,
+) -> float:
+    """Squared Fréchet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2)
+    (Dowson & Landau 1982; Heusel et al. 2017, eq. 6), in float64.
+
+    ``tr (S_1 S_2)^{1/2}`` is the sum of the square roots of the eigenvalues of the symmetric
+    PSD matrix ``S_1^{1/2} S_2 S_1^{1/2}`` (it is similar to ``S_1 S_2``), found by two
+    symmetric eigendecompositions: no complex parts, no ``sqrtm`` offsets, singular
+    covariances allowed. A result below 0 by rounding (within 1e-9 of tr S_1 + tr S_2) is
+    returned as 0.
+    """
+    mu1, mu2 = _as_float64(mu1).reshape(-1), _as_float64(mu2).reshape(-1)
+    s1, s2 = np.atleast_2d(_as_float64(sigma1)), np.atleast_2d(_as_float64(sigma2))
+    d = mu1.shape[0]
+    if mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(
+            "mu1, mu2 must have shape [d] and sigma1, sigma2 shape [d, d], but got "
+            f"{mu1.shape}, {mu2.shape}, {s1.shape}, {s2.shape}"
+        )
+    for name, a in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} must be finite, but it has non-finite entries")
+    return _frechet_with_root(mu1, s1, _sqrt_psd(s1), mu2, s2)
+
+
+def _frechet_with_root(
+    mu1: np.ndarray, s1: np.ndarray, root1: np.ndarray, mu2: np.ndarray, s2: np.ndarray
+) -> float:
+    """:func:`frechet_distance_from_stats` given ``root1 = S_1^{1/2}`` (the scorer keeps the
+    reference's)."""
+    middle = root1 @ s2 @ root1
+    eig = np.linalg.eigvalsh((middle + middle.T) / 2)
+    tr_covmean = float(np.sqrt(_psd_eigvals(eig)).sum())
+    traces = float(np.trace(s1) + np.trace(s2))
+    value = float(np.sum((mu1 - mu2) ** 2)) + traces - 2.0 * tr_covmean
+    if value < 0:
+        if value < -_REL_TOL * max(traces, np.finfo(np.float64).tiny):
+            raise ArithmeticError(
+                f"the Fréchet distance came out negative ({value}); are sigma1 and sigma2 "
+                "positive semi-definite?"
+            )
+        value = 0.0
+    return value
+
+
+def gaussian_stats(features: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [d] and unbiased covariance [d, d] (divisor N - 1) of features [N, d], float64."""
+    f = _as_float64(features)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(
+            f"features must have shape [N, d] with N >= 2, but got shape={tuple(f.shape)}"
+        )
+    if not np.isfinite(f).all():
+        raise ValueError("features must be finite, but they have non-finite entries")
+    mu = f.mean(axis=0)
+    centred = f - mu
+    return mu, centred.T @ centred / (f.shape[0] - 1)
+
+
+def frechet_distance(features_a: Tensor | np.ndarray, features_b: Tensor | np.ndarray) -> float:
+    """Fréchet distance between the Gaussians fitted to two feature sets [N_a, d], [N_b, d]
+    (Heusel et al. 2017, eq. 6): :func:`frechet_distance_from_stats` of their
+    :func:`gaussian_stats`."""
+    mu_a, s_a = gaussian_stats(features_a)
+    mu_b, s_b = gaussian_stats(features_b)
+    if mu_a.shape != mu_b.shape:
+        raise ValueError(
+            f"features_a and features_b must have the same width, but got {mu_a.shape[0]} and "
+            f"{mu_b.shape[0]}"
+        )
+    return frechet_distance_from_stats(mu_a, s_a, mu_b, s_b)
+
+
+def fid_infinity(
+    mu_ref: Tensor | np.ndarray,
+    sigma_ref: Tensor | np.ndarray,
+    features: Tensor | np.ndarray,
+    *,
+    num_points: int = 15,
+    min_fraction: float = 0.1,
+    seed: int = 0,
+) -> float:
+    """FID_inf (Chong & Forsyth 2020, section 3.2): the Fréchet distance of random subsets
+    of ``features`` of ``num_points`` sizes N evenly spaced from ``min_fraction`` of them to
+    all, fitted linearly in 1/N (FID_N = FID_inf + b/N) and extrapolated to 1/N = 0. Removes
+    the 1/N bias of FID on the generated side; the reference statistics are taken as exact.
+    The extrapolation may come out slightly below 0. Subsets are drawn with ``seed``."""
+    f = _as_float64(features)
+    n = f.shape[0]
+    if not 0 < min_fraction < 1:
+        raise ValueError(f"min_fraction must be in (0, 1), but got min_fraction={min_fraction}")
+    sizes = np.unique(np.round(np.linspace(max(2, min_fraction * n), n, num_points)).astype(int))
+    if len(sizes) < 2:
+        raise ValueError(
+            f"fid_infinity needs at least 2 distinct subset sizes, but {n} samples with "
+            f"num_points={num_points} give {sizes.tolist()}"
+        )
+    rng = np.random.default_rng(seed)
+    values = []
+    for size in sizes:
+        subset = f[rng.permutation(n)[:size]]
+        mu, s = gaussian_stats(subset)
+        values.append(frechet_distance_from_stats(mu_ref, sigma_ref, mu, s))
+    slope, intercept = np.polyfit(1.0 / sizes, np.asarray(values), 1)
+    return float(intercept)
+
+
+# -- the scorer --------------------------------------------------------------------------------
+
+
+class Score(NamedTuple):
+    """The scores after ``n_images`` generated images (KID fields None when not asked for)."""
+
+    n_images: int
+    fid: float
+    kid_mean: float | None = None
+    kid_std: float | None = None
+
+
+class _Precomputed(nn.Module):
+    """The torchmetrics metrics' "feature network": the scorer extracts the features itself
+    (once, shared by FID and KID) and hands them on unchanged."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = int(num_features)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "data"
+
+
+def _count_non_finite(x: Tensor) -> int:
+    return int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).sum())
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, but got {name}={value!r}")
+    return int(value)
+
+
+class Scorer:
+    """FID (and optionally KID) of generated samples against a reference set.
+
+    Args:
+        reference: reference samples in [-1, 1]: images [N, C, H, W] or points [N, d].
+        labels: class labels [N] (needed by the ``classifier`` extractor only).
+        extractor: a key of :data:`EXTRACTORS` — ``classifier`` (digits, MNIST), ``inception``
+            (natural RGB images; the standard protocol), ``raw`` or ``rff`` (toy data).
+        fid_num_images: generated images per score. The reference statistics use as many
+            reference samples (a seeded subset when there are more, all when fewer), so the
+            standard protocol is ``fid_num_images=50000`` on CIFAR-10's training set.
+        cache_dir: where reference statistics are cached (None: not cached).
+        dataset_name: the data set's name, part of the cache key.
+        inception_weights: the ``inception`` weights file (config key
+            ``fid_inception_weights``); default ``$TORCH_HOME/hub/checkpoints``.
+        seed: fixes the reference subset, the classifier's training, the random Fourier
+            features and KID's subsets.
+        kid: also compute KID (keeps the reference features in the cache and in memory).
+        device: where features are computed (default CPU).
+        batch_size: samples per forward of the extractor (default: the extractor's).
+        kid_subsets, kid_subset_size: KID's subsets (capped at the number of samples).
+    """
+
+    def __init__(
+        self,
+        reference: Tensor,
+        labels: Tensor | None = None,
+        *,
+        extractor: str = "classifier",
+        fid_num_images: int,
+        cache_dir: str | os.PathLike | None,
+        dataset_name: str,
+        inception_weights: str | os.PathLike | None = None,
+        seed: int = 0,
+        kid: bool = False,
+        device: str | torch.device | None = None,
+        batch_size: int | None = None,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+    ) -> None:
+        cls = get_extractor(extractor)
+        self.fid_num_images = _check_positive_int("fid_num_images", fid_num_images, 2)
+        if not isinstance(reference, Tensor) or reference.ndim < 2:
+            raise ValueError(
+                "reference must be a tensor [N, C, H, W] or [N, d], but got "
+                f"{type(reference).__name__} of shape {tuple(getattr(reference, 'shape', ()))}"
+            )
+        if reference.shape[0] < 2:
+            raise ValueError(
+                f"reference must have at least 2 samples, but got {reference.shape[0]}"
+            )
+        bad = _count_non_finite(reference)
+        if bad:
+            raise ValueError(f"{bad} of {reference.shape[0]} reference samples are non-finite")
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+        cls.check(reference, labels)
+        self.extractor_name = extractor
+        self.dataset_name = str(dataset_name)
+        self.seed = int(seed)
+        self.kid = bool(kid)
+        self.device = torch.device("cpu" if device is None else device)
+        self.shape = tuple(reference.shape[1:])
+        self.batch_size = _check_positive_int(
+            "batch_size", cls.batch_size if batch_size is None else batch_size
+        )
+        self.kid_subsets = _check_positive_int("kid_subsets", kid_subsets)
+        self.kid_subset_size = _check_positive_int("kid_subset_size", kid_subset_size, 2)
+        self._weights = None if inception_weights is None else str(inception_weights)
+
+        key = {
+            "schema": CACHE_SCHEMA,
+            "dataset": self.dataset_name,
+            "extractor": extractor,
+            "fid_num_images": self.fid_num_images,
+            "seed": self.seed,
+            "reference_sha256": tensor_sha256(reference),
+            **cls.key_items(labels, seed=self.seed, weights=self._weights),
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self.cache_path = (
+            None
+            if cache_dir is None
+            else Path(cache_dir)
+            / f"{_safe(self.dataset_name)}-{extractor}-n{self.fid_num_images}-{digest}.pt"
+        )
+        cached = self._load_cache(key)
+        if cached is None:
+            self.extractor = cls.fit(
+                reference, labels, seed=self.seed, device=self.device, weights=self._weights
+            )
+        else:
+            self.extractor = cls.from_cache_state(
+                cached["extractor"], device=self.device, weights=self._weights
+            )
+        if cached is None or (self.kid and "reference_features" not in cached):
+            # (a cache made without KID keeps its extractor but lacks the features)
+            cached = {**self._reference_state(reference), "extractor": self.extractor.cache_state()}
+            self._save_cache(key, cached)
+        self.extractor.eval()
+        self._build_metrics(cached)
+
+    # -- reference side --------------------------------------------------------------------
+
+    def _load_cache(self, key: dict) -> dict | None:
+        if self.cache_path is None or not self.cache_path.is_file():
+            return None
+        try:
+            state = torch.load(self.cache_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: recompute and overwrite it
+            warnings.warn(f"ignoring unreadable FID cache {self.cache_path}: {exc}", stacklevel=3)
+            return None
+        return state if state.get("key") == key else None
+
+    def _save_cache(self, key: dict, state: dict) -> None:
+        if self.cache_path is None:
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({**state, "key": key}, tmp)
+            os.replace(tmp, self.cache_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _reference_state(self, reference: Tensor) -> dict[str, Any]:
+        """Stream the reference subset through the extractor: torchmetrics' real-side sums
+        (and the features themselves for KID)."""
+        n = reference.shape[0]
+        if n > self.fid_num_images:
+            g = torch.Generator().manual_seed(self.seed)
+            index = torch.randperm(n, generator=g)[: self.fid_num_images].sort().values
+            reference = reference[index]
+        fid = self._new_fid()
+        kept = []
+        for start in range(0, reference.shape[0], self.batch_size):
+            f = self.features(reference[start : start + self.batch_size])
+            fid.update(f.to(self.device), real=True)
+            if self.kid:
+                kept.append(f.float())
+        state: dict[str, Any] = {
+            "real_features_sum": fid.real_features_sum.cpu(),
+            "real_features_cov_sum": fid.real_features_cov_sum.cpu(),
+            "real_features_num_samples": fid.real_features_num_samples.cpu(),
+        }
+        if self.kid:
+            state["reference_features"] = torch.cat(kept)
+        return state
+
+    def _new_fid(self) -> Any:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        return FrechetInceptionDistance(
+            feature=_Precomputed(self.extractor.num_features), reset_real_features=False
+        ).to(self.device)
+
+    def _build_metrics(self, cached: dict[str, Any]) -> None:
+        self._fid = self._new_fid()
+        for name in ("real_features_sum", "real_features_cov_sum", "real_features_num_samples"):
+            setattr(self._fid, name, cached[name].to(self.device))
+        self.num_reference = int(cached["real_features_num_samples"])
+        self._reference_root: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._kid = None
+        if self.kid:
+            from torchmetrics.image.kid import KernelInceptionDistance
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "will save all features"
+                self._kid = KernelInceptionDistance(
+                    feature=_Precomputed(self.extractor.num_features),
+                    subsets=self.kid_subsets,
+                    subset_size=self.kid_subset_size,
+                    reset_real_features=False,
+                ).to(self.device)
+            self._kid.real_features = [cached["reference_features"].double().to(self.device)]
+
+    @property
+    def reference_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean [F] and covariance [F, F] of the reference features, float64."""
+        return self._stats(
+            self._fid.real_features_sum,
+            self._fid.real_features_cov_sum,
+            self._fid.real_features_num_samples,
+        )
+
+    @staticmethod
+    def _stats(total: Tensor, cov_sum: Tensor, count: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and unbiased covariance from torchmetrics' sums: (sum f f^T - n mu mu^T)/(n-1)."""
+        n = int(count)
+        mu = total.detach().cpu().double().numpy() / n
+        cov = (cov_sum.detach().cpu().double().numpy() - n * np.outer(mu, mu)) / (n - 1)
+        return mu, cov
+
+    # -- generated side --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def features(self, x: Tensor) -> Tensor:
+        """Features [N, F] (float64, on CPU) of samples ``x`` [N, *shape] in [-1, 1]."""
+        out = [
+            self.extractor(x[start : start + self.batch_size].to(self.device)).cpu()
+            for start in range(0, x.shape[0], self.batch_size)
+        ]
+        return torch.cat(out) if out else torch.zeros(0, self.extractor.num_features)
+
+    def _counts(self, checkpoints: Sequence[float], num_images: int) -> list[int]:
+        fractions = [float(q) for q in checkpoints]
+        if (
+            not fractions
+            or any(not 0 < q <= 1 for q in fractions)
+            or fractions != sorted(fractions)
+        ):
+            raise ValueError(
+                "checkpoints must be increasing fractions in (0, 1], but got "
+                f"checkpoints={tuple(checkpoints)!r}"
+            )
+        counts = sorted({round(q * num_images) for q in fractions} - {0, 1})
+        if not counts:
+            raise ValueError(
+                f"FID needs at least 2 images, but checkpoints={tuple(checkpoints)!r} of "
+                f"num_images={num_images} give fewer"
+            )
+        return counts
+
+    def _check_batch(self, batch: Tensor, seen: int, limit: int) -> Tensor:
+        """The first ``limit - seen`` samples of a batch, checked for shape and finiteness."""
+        if not isinstance(batch, Tensor) or tuple(batch.shape[1:]) != self.shape:
+            raise ValueError(
+                f"generated batches must have shape [B, {', '.join(map(str, self.shape))}], "
+                f"but got shape={tuple(getattr(batch, 'shape', ()))}"
+            )
+        batch = batch[: limit - seen]
+        bad = _count_non_finite(batch)
+        if bad:
+            raise NonFiniteSamplesError(
+                f"{bad} of {seen + batch.shape[0]} generated samples are non-finite (NaN or "
+                f"inf; counted over the first {seen + batch.shape[0]} images)"
+            )
+        return batch
+
+    def _result(self, n_images: int) -> Score:
+        mu, s = self._stats(
+            self._fid.fake_features_sum,
+            self._fid.fake_features_cov_sum,
+            self._fid.fake_features_num_samples,
+        )
+        if not np.isfinite(mu).all() or not np.isfinite(s).all():
+            raise NonFiniteSamplesError("the features of the generated samples are non-finite")
+        if self._reference_root is None:  # S^{1/2} of the reference once, not per score
+            mu_ref, s_ref = self.reference_stats
+            self._reference_root = (mu_ref, s_ref, _sqrt_psd(s_ref))
+        fid = _frechet_with_root(*self._reference_root, mu, s)
+        if self._kid is None:
+            return Score(n_images, fid)
+        self._kid.subset_size = min(self.kid_subset_size, self.num_reference, n_images)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            kid_mean, kid_std = self._kid.compute()
+        return Score(n_images, fid, float(kid_mean), float(kid_std))
+
+    def score_detailed(
+        self,
+        batches: Iterable[Tensor],
+        checkpoints: Sequence[float] = (0.25, 0.5, 1.0),
+        *,
+        num_images: int | None = None,
+    ) -> Iterator[Score]:
+        """Stream generated batches [B, *shape] and yield a :class:`Score` after each prefix
+        ``round(q * num_images)`` for ``q`` in ``checkpoints`` (prefixes under 2 images are
+        skipped). Consumes the stream up to ``num_images`` (default ``fid_num_images``) and
+        no further; a shorter stream is a ValueError, a non-finite sample a
+        :class:`NonFiniteSamplesError` (a ValueError)."""
+        n_total = _check_positive_int(
+            "num_images", self.fid_num_images if num_images is None else num_images, 2
+        )
+        counts = self._counts(checkpoints, n_total)
+        self._fid.reset()  # the real side stays (reset_real_features=False)
+        if self._kid is not None:
+            self._kid.reset()
+        seen, k = 0, 0
+        for batch in batches:
+            batch = self._check_batch(batch, seen, counts[-1])
+            while batch.shape[0] and k < len(counts):
+                part, batch = batch[: counts[k] - seen], batch[counts[k] - seen :]
+                f = self.features(part).to(self.device)
+                self._fid.update(f, real=False)
+                if self._kid is not None:
+                    self._kid.update(f, real=False)
+                seen += part.shape[0]
+                if seen == counts[k]:
+                    yield self._result(seen)
+                    k += 1
+            if k == len(counts):
+                return
+        raise ValueError(
+            f"the generated stream ended after {seen} images, but {counts[-1]} were to be scored"
+        )
+
+    def score(
+        self,
+        batches: Iterable[Tensor],
+        checkpoints: Sequence[float] = (0.25, 0.5, 1.0),
+        *,
+        num_images: int | None = None,
+    ) -> Iterator[tuple[int, float]]:
+        """Yield ``(n_images, fid)`` after each prefix of the stream; see
+        :meth:`score_detailed`."""
+        for result in self.score_detailed(batches, checkpoints, num_images=num_images):
+            yield result.n_images, result.fid
+
+    def score_tensor(self, x: Tensor) -> float:
+        """FID of all samples ``x`` [N, *shape] (N >= 2; N need not be ``fid_num_images``)."""
+        if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 2:
+            raise ValueError(
+                "FID needs at least 2 generated samples, but got "
+                f"shape={tuple(getattr(x, 'shape', ()))}"
+            )
+        *_, last = self.score([x], (1.0,), num_images=x.shape[0])
+        return last[1]
+
+    def fid_infinity(self, x: Tensor, *, num_points: int = 15, seed: int | None = None) -> float:
+        """FID_inf (Chong & Forsyth 2020) of samples ``x`` against the reference: see
+        :func:`fid_infinity`."""
+        n = x.shape[0]
+        if n < 2:
+            raise ValueError(f"FID needs at least 2 generated samples, but got {n}")
+        bad = _count_non_finite(x)
+        if bad:
+            raise NonFiniteSamplesError(f"{bad} of {n} generated samples are non-finite")
+        mu_ref, s_ref = self.reference_stats
+        return fid_infinity(
+            mu_ref,
+            s_ref,
+            self.features(x),
+            num_points=num_points,
+            seed=self.seed if seed is None else seed,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Scorer(dataset_name={self.dataset_name!r}, extractor={self.extractor_name!r}, "
+            f"fid_num_images={self.fid_num_images}, num_reference={self.num_reference}, "
+            f"kid={self.kid}, device={str(self.device)!r})"
+        )

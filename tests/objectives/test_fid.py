@@ -1,0 +1,578 @@
+"""Tests of objectives.fid: the Fréchet distance against an independent scipy implementation
+and closed forms, the scorer's cache, prefixes, determinism and failure modes, and every
+extractor but ``inception`` (see test_fid_inception.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from sklearn.datasets import load_digits
+
+import objectives.features as features
+from objectives.fid import (
+    EXTRACTORS,
+    NonFiniteSamplesError,
+    Scorer,
+    fid_infinity,
+    frechet_distance,
+    frechet_distance_from_stats,
+    gaussian_stats,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- independent references (numpy/scipy, not the module's code) -------------------------------
+
+
+def fd_scipy(a: np.ndarray, b: np.ndarray) -> float:
+    """The Fréchet distance as pytorch-fid computes it: np.cov and scipy's sqrtm of S1 S2."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    return float(
+        ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(np.real(covmean))
+    )
+
+
+def random_cov(d: int, rng: np.random.Generator, lo: float = 0.5, hi: float = 2.0) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return (q * rng.uniform(lo, hi, d)) @ q.T
+
+
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as [1797, 1, 8, 8] in [-1, 1] and labels [1797]."""
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images).float().reshape(-1, 1, 8, 8) / 8.0 - 1.0
+    return x, torch.from_numpy(bunch.target).long()
+
+
+def ring(n: int, g: torch.Generator, radius: float = 0.7, std: float = 0.05) -> torch.Tensor:
+    """8 Gaussians on a circle: mean 0, covariance (radius^2/2 + std^2) I."""
+    k = torch.randint(0, 8, (n,), generator=g)
+    angle = 2 * math.pi * k / 8
+    centres = radius * torch.stack([angle.cos(), angle.sin()], 1)
+    return centres + std * torch.randn(n, 2, generator=g)
+
+
+# -- the pure Fréchet distance -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d", [1, 3, 32])
+def test_frechet_distance_equals_scipy_sqrtm_implementation(d):
+    rng = np.random.default_rng(d)
+    a = rng.multivariate_normal(rng.normal(size=d), random_cov(d, rng), size=400)
+    b = rng.multivariate_normal(rng.normal(size=d), random_cov(d, rng), size=300)
+    expected = fd_scipy(a, b)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(torch.from_numpy(a).float(), torch.from_numpy(b).float()) == (
+        pytest.approx(expected, rel=1e-5)  # float32 inputs, float64 arithmetic
+    )
+    mu1, s1 = a.mean(0), np.atleast_2d(np.cov(a, rowvar=False))
+    mu2, s2 = b.mean(0), np.atleast_2d(np.cov(b, rowvar=False))
+    assert frechet_distance_from_stats(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_distance_closed_form_for_commuting_covariances():
+    # diagonal S1, S2: d^2 = |mu1 - mu2|^2 + sum (sqrt(s1_i) - sqrt(s2_i))^2
+    s1, s2 = np.array([1.0, 4.0, 0.25, 0.0]), np.array([9.0, 1.0, 0.25, 2.0])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 0.0, 3.0])
+    expected = 5.0 + ((np.sqrt(s1) - np.sqrt(s2)) ** 2).sum()
+    value = frechet_distance_from_stats(mu1, np.diag(s1), mu2, np.diag(s2))
+    assert value == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_of_identical_singular_stats_is_zero_not_negative():
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((5, 64))  # covariance of rank 4 in 64 dimensions
+    mu, s = gaussian_stats(f)
+    assert frechet_distance_from_stats(mu, s, mu, s) == pytest.approx(0.0, abs=1e-12)
+    assert frechet_distance_from_stats(mu, s, mu, s) >= 0.0
+
+
+def test_same_distribution_near_zero_and_shift_near_squared_norm():
+    # Two samples of N(0, S), n each: FD ~ bias ~ 2 tr(S)/n + O(d^2 |S| / n) ~ 0.01 here;
+    # shifting one by delta adds |delta|^2 = 1 with std 2 sqrt(2 delta'S delta / n) <= 0.03.
+    rng = np.random.default_rng(1)
+    d, n = 8, 20_000
+    S = random_cov(d, rng)
+    a = rng.multivariate_normal(np.zeros(d), S, size=n)
+    b = rng.multivariate_normal(np.zeros(d), S, size=n)
+    delta = rng.standard_normal(d)
+    delta /= np.linalg.norm(delta)
+    assert 0.0 <= frechet_distance(a, b) < 0.02
+    assert frechet_distance(a, b + delta) == pytest.approx(1.0, abs=0.15)
+    assert frechet_distance(a, b + 3 * delta) == pytest.approx(9.0, abs=0.45)
+
+
+def test_frechet_distance_rejects_bad_input():
+    a = np.zeros((10, 3))
+    with pytest.raises(ValueError, match="N >= 2"):
+        frechet_distance(a[:1], a)
+    with pytest.raises(ValueError, match="same width"):
+        frechet_distance(a, np.zeros((10, 4)))
+    with pytest.raises(ValueError, match="finite"):
+        frechet_distance(np.full((10, 3), np.nan), a)
+
+
+def test_fid_infinity_removes_the_finite_sample_bias():
+    # Reference = exact N(0, I) stats; generated = n samples of it. FID_n has the bias
+    # d/n + d(d+1)/(4n) ~ 0.021 (mean and covariance terms, to first order); FID_inf
+    # (Chong & Forsyth 2020) extrapolates it away.
+    d, n = 16, 4000
+    bias = d / n + d * (d + 1) / (4 * n)
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal((n, d))
+        fid_n = frechet_distance_from_stats(np.zeros(d), np.eye(d), *gaussian_stats(x))
+        assert fid_n == pytest.approx(bias, rel=0.25)
+        assert abs(fid_infinity(np.zeros(d), np.eye(d), x, seed=seed)) < 0.5 * bias
+
+
+# -- the scorer on raw and rff features ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(5,), (1, 4, 4)])
+def test_raw_scorer_equals_independent_fd(tmp_path, shape):
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(300, *shape, generator=g) * 2 - 1
+    gen = (torch.rand(200, *shape, generator=g) * 2 - 1) * 0.8 + 0.1
+    scorer = Scorer(
+        ref, extractor="raw", fid_num_images=300, cache_dir=tmp_path, dataset_name="toy"
+    )
+    expected = fd_scipy(
+        ref.reshape(300, -1).double().numpy(), gen.reshape(200, -1).double().numpy()
+    )
+    assert scorer.score_tensor(gen) == pytest.approx(expected, rel=1e-6)
+
+
+def test_reference_uses_a_seeded_subset_of_fid_num_images(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(1000, 3, generator=g)
+    gen = torch.randn(100, 3, generator=g) + 0.5
+    scorer = Scorer(
+        ref, extractor="raw", fid_num_images=100, cache_dir=tmp_path, dataset_name="toy", seed=7
+    )
+    assert scorer.num_reference == 100
+    subset = ref[torch.randperm(1000, generator=torch.Generator().manual_seed(7))[:100]]
+    expected = fd_scipy(subset.double().numpy(), gen.double().numpy())
+    assert scorer.score_tensor(gen) == pytest.approx(expected, rel=1e-6)
+
+
+def test_prefix_scores_at_quarter_half_all_and_stream_not_overdrawn(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(400, 4, generator=g)
+    gen = torch.randn(400, 4, generator=g) * 1.1 + 0.2
+    scorer = Scorer(
+        ref, extractor="raw", fid_num_images=400, cache_dir=tmp_path, dataset_name="toy"
+    )
+    pulled = []
+
+    def stream():
+        for i, batch in enumerate(torch.split(gen, 64)):  # batches straddle the prefixes
+            pulled.append(i)
+            yield batch
+        yield torch.full((64, 4), math.nan)  # beyond fid_num_images: must never be read
+
+    results = list(scorer.score(stream()))
+    assert [n for n, _ in results] == [100, 200, 400]
+    ref_np = ref.double().numpy()
+    for n, fid in results:
+        assert fid == pytest.approx(fd_scipy(ref_np, gen[:n].double().numpy()), rel=1e-6)
+    assert pulled == list(range(7))  # ceil(400 / 64) batches
+    custom = [n for n, _ in scorer.score(torch.split(gen, 50), checkpoints=(0.1, 0.3, 1.0))]
+    assert custom == [40, 120, 400]
+    interim = [n for n, _ in scorer.score(torch.split(gen, 50), (0.5, 1.0), num_images=200)]
+    assert interim == [100, 200]
+
+
+def test_short_stream_and_bad_checkpoints_are_errors(tmp_path):
+    ref = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    scorer = Scorer(ref, extractor="raw", fid_num_images=50, cache_dir=None, dataset_name="toy")
+    with pytest.raises(ValueError, match="ended after 40 images, but 50"):
+        list(scorer.score([ref[:40]]))
+    with pytest.raises(ValueError, match="checkpoints"):
+        list(scorer.score([ref], checkpoints=(0.5, 0.25)))
+    with pytest.raises(ValueError, match="shape"):
+        list(scorer.score([torch.zeros(10, 3)]))
+
+
+def test_non_finite_samples_fail_with_their_count(tmp_path):
+    ref = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    scorer = Scorer(ref, extractor="raw", fid_num_images=64, cache_dir=tmp_path, dataset_name="toy")
+    good = torch.zeros(32, 1, 2, 2)
+    bad = torch.zeros(32, 1, 2, 2)
+    bad[3, 0, 1, 1], bad[5, 0, 0, 0], bad[9] = math.nan, math.inf, -math.inf
+    with pytest.raises(NonFiniteSamplesError, match="3 of 64 generated samples are non-finite"):
+        list(scorer.score([good, bad]))
+    with pytest.raises(ValueError, match="3 of 32 generated samples are non-finite"):
+        scorer.score_tensor(bad)
+    with pytest.raises(ValueError, match="3 of 64 reference samples are non-finite"):
+        Scorer(
+            torch.cat([good, bad]),
+            extractor="raw",
+            fid_num_images=64,
+            cache_dir=None,
+            dataset_name="toy",
+        )
+
+
+def test_fewer_than_two_images_is_an_error(tmp_path):
+    ref = torch.randn(10, 2)
+    kwargs = {"extractor": "raw", "cache_dir": None, "dataset_name": "toy"}
+    with pytest.raises(ValueError, match="fid_num_images must be an integer >= 2"):
+        Scorer(ref, fid_num_images=1, **kwargs)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        Scorer(ref[:1], fid_num_images=10, **kwargs)
+    scorer = Scorer(ref, fid_num_images=10, **kwargs)
+    with pytest.raises(ValueError, match="at least 2 generated samples"):
+        scorer.score_tensor(ref[:1])
+
+
+def test_unknown_extractor_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown extractor 'foo'; valid: classifier, inception"):
+        Scorer(
+            torch.randn(10, 2),
+            extractor="foo",
+            fid_num_images=10,
+            cache_dir=None,
+            dataset_name="toy",
+        )
+
+
+def test_rff_tells_a_ring_of_gaussians_from_one_gaussian_where_raw_cannot(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    ref, other_ring = ring(2000, g), ring(2000, g)
+    gauss = math.sqrt(0.7**2 / 2 + 0.05**2) * torch.randn(2000, 2, generator=g)  # same moments
+    scores = {}
+    for name in ("raw", "rff"):
+        scorer = Scorer(
+            ref, extractor=name, fid_num_images=2000, cache_dir=tmp_path, dataset_name="ring"
+        )
+        scores[name] = (scorer.score_tensor(other_ring), scorer.score_tensor(gauss))
+    raw_ring, raw_gauss = scores["raw"]
+    rff_ring, rff_gauss = scores["rff"]
+    # raw: means and covariances match, both scores are sampling noise (~ d(d+3)/n ~ 5e-3)
+    assert raw_ring < 5e-3 and raw_gauss < 5e-3
+    assert raw_gauss < 3 * raw_ring
+    # rff: the Gaussian is far worse than another sample of the ring
+    assert rff_gauss > 20 * rff_ring
+
+
+def test_determinism_same_images_same_fid(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    ref, gen = ring(1000, g), ring(1000, g) * 1.1
+    a = Scorer(ref, extractor="rff", fid_num_images=1000, cache_dir=None, dataset_name="ring")
+    b = Scorer(ref, extractor="rff", fid_num_images=1000, cache_dir=None, dataset_name="ring")
+    first = [f for _, f in a.score(torch.split(gen, 100))]
+    assert [f for _, f in a.score(torch.split(gen, 100))] == first  # same scorer, again
+    assert [f for _, f in b.score(torch.split(gen, 100))] == pytest.approx(first, rel=1e-9, abs=0)
+    regrouped = [f for _, f in a.score(torch.split(gen, 37))]
+    assert regrouped == pytest.approx(first, rel=1e-6, abs=1e-12)  # other float summation order
+
+
+# -- the cache ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["raw", "rff"])
+def test_cache_is_reused_and_invalidated_when_the_data_change(tmp_path, monkeypatch, name):
+    cls = EXTRACTORS[name]
+    calls = {"forward": 0, "fit": 0}
+    forward, fit = cls.forward, cls.fit.__func__
+
+    def counting_forward(self, x):
+        calls["forward"] += 1
+        return forward(self, x)
+
+    def counting_fit(klass, *args, **kwargs):
+        calls["fit"] += 1
+        return fit(klass, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", counting_forward)
+    monkeypatch.setattr(cls, "fit", classmethod(counting_fit))
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(500, 3, generator=g) * 2 - 1
+    gen = torch.rand(200, 3, generator=g) * 2 - 1
+    kwargs = {
+        "extractor": name,
+        "fid_num_images": 500,
+        "cache_dir": tmp_path,
+        "dataset_name": "toy",
+    }
+
+    first = Scorer(ref, **kwargs)
+    assert calls == {"forward": 1, "fit": 1}
+    fid = first.score_tensor(gen)
+    calls.update(forward=0, fit=0)
+    second = Scorer(ref.clone(), **kwargs)
+    assert calls == {"forward": 0, "fit": 0}  # stats and extractor state from the cache
+    assert second.score_tensor(gen) == fid
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+    changed = ref.clone()
+    changed[17, 1] += 0.01
+    third = Scorer(changed, **kwargs)
+    assert calls == {"forward": 2, "fit": 1}  # recomputed
+    assert third.score_tensor(gen) != fid
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    Scorer(ref, **{**kwargs, "fid_num_images": 400})  # another key
+    assert calls["fit"] == 2
+
+
+def test_unreadable_cache_file_is_recomputed(tmp_path):
+    ref = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    kwargs = {
+        "extractor": "raw",
+        "fid_num_images": 20,
+        "cache_dir": tmp_path,
+        "dataset_name": "folder:/data/my images",
+    }
+    fid = Scorer(ref, **kwargs).score_tensor(ref + 1)
+    (path,) = tmp_path.glob("*.pt")
+    assert "/" not in path.name and " " not in path.name
+    path.write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="unreadable FID cache"):
+        scorer = Scorer(ref, **kwargs)
+    assert scorer.score_tensor(ref + 1) == pytest.approx(fid, rel=1e-12)
+
+
+# -- KID ---------------------------------------------------------------------------------------
+
+
+def kid_numpy(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel (x.y/d + 1)^3 (Bińkowski et al. 2018)."""
+    d = x.shape[1]
+    kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+    m, n = len(x), len(y)
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2 * kxy.mean()
+    )
+
+
+def test_kid_equals_unbiased_polynomial_mmd_and_is_repeatable(tmp_path):
+    # With subsets as large as the sets, every subset is the whole set: KID = MMD^2 exactly.
+    g = torch.Generator().manual_seed(0)
+    ref, gen = torch.rand(150, 6, generator=g), torch.rand(150, 6, generator=g) * 1.2
+    scorer = Scorer(
+        ref,
+        extractor="raw",
+        fid_num_images=150,
+        cache_dir=tmp_path,
+        dataset_name="toy",
+        kid=True,
+        kid_subsets=3,
+    )
+    (result,) = list(scorer.score_detailed([gen], (1.0,)))
+    assert result.kid_mean == pytest.approx(
+        kid_numpy(ref.double().numpy(), gen.double().numpy()), rel=1e-6
+    )
+    assert result.kid_std == pytest.approx(0.0, abs=1e-12)
+    assert result.fid == scorer.score_tensor(gen)
+    # a cached scorer made without KID gains the reference features when KID is asked for
+    plain = Scorer(
+        ref, extractor="raw", fid_num_images=150, cache_dir=tmp_path / "b", dataset_name="toy"
+    )
+    assert plain.kid is False
+    again = Scorer(
+        ref,
+        extractor="raw",
+        fid_num_images=150,
+        cache_dir=tmp_path / "b",
+        dataset_name="toy",
+        kid=True,
+        kid_subsets=5,
+        kid_subset_size=50,
+    )
+    runs = [list(again.score_detailed(torch.split(gen, 40))) for _ in range(2)]
+    assert [r.n_images for r in runs[0]] == [38, 75, 150]
+    assert runs[0] == runs[1]  # seeded subsets
+    assert all(math.isfinite(r.kid_mean) and r.kid_std > 0 for r in runs[0][1:])
+
+
+# -- the classifier extractor on digits --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    x, y = digits()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    train, test = perm[:1347], perm[1347:]
+    return x[train], y[train], x[test], y[test]
+
+
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("classifier-cache")
+
+
+@pytest.fixture(scope="module")
+def digits_scorer(digits_split, classifier_cache):
+    x_train, y_train, x_test, _ = digits_split
+    return Scorer(
+        x_train,
+        y_train,
+        extractor="classifier",
+        fid_num_images=len(x_test),
+        cache_dir=classifier_cache,
+        dataset_name="digits",
+        seed=0,
+    )
+
+
+def test_classifier_reaches_95_percent_on_held_out_digits(digits_scorer, digits_split):
+    *_, x_test, y_test = digits_split
+    with torch.no_grad():
+        accuracy = (digits_scorer.extractor.logits(x_test).argmax(1) == y_test).float().mean()
+    assert accuracy >= 0.95, f"held-out accuracy {accuracy:.4f}"
+
+
+def test_classifier_fd_ranks_noisy_digits_worse_than_clean_held_out(digits_scorer, digits_split):
+    *_, x_test, _ = digits_split
+    g = torch.Generator().manual_seed(1)
+    noisy = (x_test + 0.3 * torch.randn(x_test.shape, generator=g)).clamp(-1, 1)
+    noisier = (x_test + 0.6 * torch.randn(x_test.shape, generator=g)).clamp(-1, 1)
+    clean_fid, noisy_fid, noisier_fid = map(digits_scorer.score_tensor, (x_test, noisy, noisier))
+    assert 0 <= clean_fid < noisy_fid < noisier_fid
+    assert noisy_fid > 2 * clean_fid
+
+
+def test_classifier_cache_skips_training_and_scores_identically(
+    digits_scorer, digits_split, classifier_cache, monkeypatch
+):
+    x_train, y_train, x_test, _ = digits_split
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the classifier was trained again")
+
+    monkeypatch.setattr(features, "train_classifier", fail)
+    cached = Scorer(
+        x_train,
+        y_train,
+        extractor="classifier",
+        fid_num_images=len(x_test),
+        cache_dir=classifier_cache,
+        dataset_name="digits",
+        seed=0,
+    )
+    shifted = (x_test + 0.2).clamp(-1, 1)
+    assert cached.score_tensor(shifted) == pytest.approx(
+        digits_scorer.score_tensor(shifted), rel=1e-9, abs=0
+    )
+    other_labels = y_train.clone()
+    other_labels[:10] = (other_labels[:10] + 1) % 10
+    with pytest.raises(AssertionError, match="trained again"):  # labels are part of the key
+        Scorer(
+            x_train,
+            other_labels,
+            extractor="classifier",
+            fid_num_images=len(x_test),
+            cache_dir=classifier_cache,
+            dataset_name="digits",
+            seed=0,
+        )
+
+
+def test_classifier_training_is_deterministic_for_a_seed(digits_split):
+    x_train, y_train, *_ = digits_split
+    a, b, c = (features.train_classifier(x_train, y_train, seed=s, steps=8) for s in (3, 3, 4))
+    state_a, state_b, state_c = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert not all(torch.equal(state_a[k], state_c[k]) for k in state_a)
+
+
+def test_classifier_needs_labels_and_images():
+    x, y = digits()
+    with pytest.raises(ValueError, match="no labels; use extractor='raw'.*'inception'"):
+        Scorer(
+            x,
+            None,
+            extractor="classifier",
+            fid_num_images=100,
+            cache_dir=None,
+            dataset_name="digits",
+        )
+    with pytest.raises(ValueError, match="needs images"):
+        Scorer(
+            torch.randn(10, 2),
+            torch.arange(10) % 2,
+            extractor="classifier",
+            fid_num_images=10,
+            cache_dir=None,
+            dataset_name="toy",
+        )
+    with pytest.raises(ValueError, match=r"labels must have shape \[N\]"):
+        Scorer(
+            x,
+            y[:5],
+            extractor="classifier",
+            fid_num_images=100,
+            cache_dir=None,
+            dataset_name="digits",
+        )
+
+
+@pytest.mark.slow
+def test_classifier_works_on_28x28_images(tmp_path, digits_split):
+    x_train, y_train, x_test, y_test = (t[:600] for t in digits_split)
+    up = [torch.nn.functional.interpolate(t, size=28, mode="bilinear") for t in (x_train, x_test)]
+    scorer = Scorer(
+        up[0],
+        y_train,
+        extractor="classifier",
+        fid_num_images=200,
+        cache_dir=tmp_path,
+        dataset_name="digits28",
+    )
+    with torch.no_grad():
+        accuracy = (scorer.extractor.logits(up[1]).argmax(1) == y_test).float().mean()
+    assert accuracy >= 0.9
+    assert 0 <= scorer.score_tensor(up[1]) < scorer.score_tensor(up[1].flip(-1))
+
+
+# -- every extractor of the registry -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(set(EXTRACTORS) - {"inception"}))
+def test_every_extractor_scores_finite_and_repeatably(name, classifier_cache, digits_split):
+    x_train, y_train, x_test, _ = digits_split  # the classifier comes from the module's cache
+    scorer = Scorer(
+        x_train,
+        y_train,
+        extractor=name,
+        fid_num_images=len(x_test),
+        cache_dir=classifier_cache,
+        dataset_name="digits",
+    )
+    f = scorer.features(x_test[:7])
+    assert f.shape == (7, scorer.extractor.num_features) and f.dtype == torch.float64
+    results = [list(scorer.score(torch.split(x_test, 100))) for _ in range(2)]
+    assert [n for n, _ in results[0]] == [112, 225, 450]  # round(450/4) = 112, half to even
+    assert results[0] == results[1]
+    assert all(math.isfinite(v) and v >= 0 for _, v in results[0])
+
+
+# -- the benchmark script ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_benchmark_runs_at_tiny_size(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "fid_overhead", ROOT / "benchmarks" / "fid_overhead.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "out.json"
+    module.main(["--num-images", "64", "--repeats", "1", "--batch-size", "32", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["num_images"] == 64 and result["nfe"] == 10
+    assert result["score_seconds"] > 0 and result["generate_seconds"] > 0
+    assert result["ratio"] == pytest.approx(result["score_seconds"] / result["generate_seconds"])
+    assert {"platform", "cpu_count", "torch", "device"} <= set(result)
