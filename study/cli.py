@@ -1,0 +1,334 @@
+"""``sigmatune`` command line: parses arguments and calls the library functions."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+DESCRIPTION = """\
+sigmatune: how should a diffusion model spend its effort across noise levels?
+
+A bilevel Optuna study: the outer study tunes the training weighting (parameterisation,
+loss weighting w(sigma), noise-level density p(sigma)); every outer trial trains a model and
+inner studies tune its sampling step locations, scored by FID. Results live in an Optuna
+storage (SQLite by default) and can be viewed with optuna-dashboard.
+"""
+
+RUN_EPILOG = """\
+examples:
+  sigmatune run --preset toy                 # a one-minute look on a 2-D Gaussian mixture
+  sigmatune run --preset digits              # 8x8 digits, small U-Net, classifier FID
+  sigmatune run my.toml --outer-trials 20    # your own config; resumes if the study exists
+Several processes started with the same command and storage share the work.
+"""
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr, key in (
+        ("outer_trials", "outer.outer_trials"),
+        ("inner_trials", "inner.inner_trials"),
+        ("storage", "storage"),
+        ("study_name", "name"),
+        ("device", "device"),
+        ("dataset", "dataset"),
+    ):
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[key] = value
+    nfe = getattr(args, "nfe", None)
+    if nfe:
+        out["inner.nfe_budgets"] = list(nfe)
+    sampler = getattr(args, "sampler", None)
+    if sampler:
+        out["inner.samplers"] = list(sampler)
+    return out
+
+
+def _load_config(args: argparse.Namespace):
+    from study.config import load_config
+
+    source = args.config if args.config else args.preset
+    if source is None:
+        raise ValueError("give a config file or --preset NAME (toy, digits, mnist, cifar10)")
+    if args.config and args.preset:
+        raise ValueError("give a config file or --preset, not both")
+    return load_config(source, _overrides(args))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from study.bilevel import run
+
+    config = _load_config(args)
+    print(
+        f"sigmatune: study {config.name!r} in {config.storage} "
+        f"({config.outer.outer_trials} outer x {config.inner.inner_trials} inner trials, "
+        f"NFE {config.inner.nfe_budgets})"
+    )
+    summary = run(
+        config,
+        progress=not args.no_progress,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+    )
+    if summary.best_trial is None:
+        print("sigmatune: no outer trial completed; see `sigmatune status`", file=sys.stderr)
+        return 1
+    msg = f"best: trial {summary.best_trial}, FID {summary.best_fid:.4g}"
+    if summary.baseline_fid:
+        gain = summary.best_fid / summary.baseline_fid
+        msg += (
+            f" vs karras_rho7 {summary.baseline_fid:.4g} on the same model "
+            f"(x{gain:.2f}, {100 * (1 - gain):.0f}% lower)"
+        )
+    print(msg)
+    print(
+        f"results: {config.storage} (study {config.name!r}); view with "
+        f"`sigmatune dashboard {config.storage}`"
+    )
+    return 0
+
+
+def cmd_tune_sampling(args: argparse.Namespace) -> int:
+    from study.tune import tune_sampling
+
+    config = _load_config(args)
+    summary = tune_sampling(
+        config,
+        checkpoint=args.checkpoint,
+        denoiser=args.denoiser,
+        study_name=args.study_prefix,
+        progress=not args.no_progress,
+    )
+    print(f"inner studies {summary.prefix}/nfe-K in {config.storage}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from study.status import format_status, status_rows
+
+    name, rows = status_rows(args.storage, args.study_name)
+    print(format_status(name, rows))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from study.export import export
+
+    result = export(
+        args.storage,
+        args.study,
+        trial=args.trial,
+        nfe=args.nfe,
+        fmt=args.format,
+        output=args.output,
+    )
+    if result.text:
+        sys.stdout.write(result.text)
+    for path in result.paths:
+        print(f"sigmatune: wrote {path}", file=sys.stderr)
+    if result.message:
+        print(result.message)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from dashboards.server import serve
+    from study.export import open_storage
+    from study.storage import artifact_store_for
+
+    storage = open_storage(args.storage)
+    artifact_store, _ = artifact_store_for(args.storage, args.artifact_dir or "")
+    serve(storage, artifact_store=artifact_store, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from study.export import export_report
+
+    path = export_report(args.storage, args.study, args.output)
+    print(f"sigmatune: wrote {path}")
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="a TOML config file (or use --preset)")
+    p.add_argument("--preset", help="a built-in config: toy, digits, mnist, cifar10")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///sigmatune.db)")
+    p.add_argument("--study-name", help="the outer study's name (default: the config's name)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--inner-trials", type=int, help="trials per inner study")
+    p.add_argument("--nfe", type=int, nargs="+", help="NFE budgets (the first is primary)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sigmatune",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="create or resume the bilevel study and run it",
+        description="Create or resume the bilevel study (outer: training weighting; inner: "
+        "step locations per NFE budget) and run it to the configured number of trials.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(p)
+    p.add_argument("--outer-trials", type=int, help="total outer trials of the study")
+    p.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=None,
+        help="seconds between trial heartbeats (default 10)",
+    )
+    p.add_argument(
+        "--grace-period",
+        type=int,
+        default=None,
+        help="seconds without heartbeat before a trial of a dead process is "
+        "failed and retried (default 30)",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "tune-sampling",
+        help="inner studies alone, for a model file or your own denoiser",
+        description="Tune the sampling step locations of one model: a sigmatune model file "
+        "(--checkpoint) or a k-diffusion-style denoiser D(x, sigma) returned by "
+        "module:function (--denoiser). The data set of the config gives the FID reference.",
+    )
+    _add_config_args(p)
+    p.add_argument("--dataset", help="data set for the FID reference (overrides the config)")
+    p.add_argument("--sampler", nargs="+", help="samplers to search over (euler, heun, dpmpp_2m)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a model file written by `sigmatune run`")
+    src.add_argument("--denoiser", help="module:function returning D(x, sigma)")
+    p.add_argument(
+        "--study-prefix", help="inner studies are named PREFIX/nfe-K (default: NAME-sampling)"
+    )
+    p.set_defaults(func=cmd_tune_sampling)
+
+    p = sub.add_parser(
+        "status",
+        help="a table of outer trials and their inner bests",
+        description="Print the outer trials of a study with their training "
+        "weighting and best FID per NFE budget against karras rho=7.",
+    )
+    p.add_argument(
+        "storage",
+        nargs="?",
+        default="sqlite:///sigmatune.db",
+        help="storage URL (default: sqlite:///sigmatune.db)",
+    )
+    p.add_argument("--study-name", help="which study, when the storage holds several")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "export",
+        help="the best training weighting and step schedules, for other tools",
+        description="Export an outer trial (default: the best) of a study: json (everything, "
+        "with p, w and W tabulated over lambda), csv (one row per step), k-diffusion (a tensor "
+        "file and a snippet for K.sampling.sample_heun) or diffusers (sigmas for "
+        "EulerDiscreteScheduler.set_timesteps(sigmas=...)). Every sigma list is under the key "
+        "'sigmas', descending, ending in 0.",
+    )
+    p.add_argument("study", nargs="?", help="the outer study's name (default: the only one)")
+    p.add_argument(
+        "--storage",
+        default="sqlite:///sigmatune.db",
+        help="storage URL (default: sqlite:///sigmatune.db)",
+    )
+    p.add_argument("--trial", type=int, help="outer trial number (default: the best)")
+    p.add_argument(
+        "--nfe",
+        type=int,
+        help="one NFE budget (k-diffusion, diffusers: default "
+        "the primary one; json, csv: default all)",
+    )
+    p.add_argument(
+        "--format",
+        default="json",
+        choices=["json", "csv", "k-diffusion", "diffusers"],
+        help="output format (default: json)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        help="output file (default: stdout; k-diffusion: STUDY-trial-NNNN-nfe-K.pt)",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "dashboard",
+        help="optuna-dashboard on the storage and its artifacts",
+        description="Start optuna-dashboard on a storage and its artifact store, with the "
+        "figures and notes sigmatune puts into the studies. Binds to 127.0.0.1 unless --host "
+        "says otherwise.",
+    )
+    p.add_argument(
+        "storage",
+        nargs="?",
+        default="sqlite:///sigmatune.db",
+        help="storage URL (default: sqlite:///sigmatune.db)",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument(
+        "--artifact-dir", help="artifact folder (default: <db stem>-artifacts beside a SQLite file)"
+    )
+    p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML report of a study",
+        description="Write one HTML file (plotly inlined, no network needed) with the "
+        "figures, the best configuration, the table of outer trials and the exported "
+        "schedules.",
+    )
+    p.add_argument("study", nargs="?", help="the outer study's name (default: the only one)")
+    p.add_argument(
+        "--storage",
+        default="sqlite:///sigmatune.db",
+        help="storage URL (default: sqlite:///sigmatune.db)",
+    )
+    p.add_argument(
+        "-o", "--output", default="report.html", help="output file (default: report.html)"
+    )
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from study.errors import USER_ERRORS
+
+    try:
+        return int(args.func(args))
+    except USER_ERRORS as exc:
+        print(f"sigmatune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sigmatune: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

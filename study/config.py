@@ -1,0 +1,639 @@
+"""One typed configuration for a sigmatune study, loaded from TOML and checked where it enters.
+
+A config is a TOML file (or a built-in preset: ``toy``, ``digits``, ``mnist``, ``cifar10``,
+stored in ``study/presets/``) with top-level keys and four tables::
+
+    name = "toy"                  # outer study NAME; inner studies NAME/trial-NNNN/nfe-K
+    dataset = "gmm2d"             # models.data spec: gmm2d, moons, digits, mnist5k, cifar10,
+                                  # folder:PATH
+    data_root = ""                # where cifar10 / folder data live (optional)
+    seed = 0
+    sigma_min = 0.002             # the run's noise range: training densities are truncated to
+    sigma_max = 80.0              # it, schedules start and end at its ends
+    storage = "sqlite:///sigmatune.db"
+    artifact_dir = ""             # default: "<db stem>-artifacts" beside a SQLite file
+    device = "auto"               # auto | cpu | cuda | cuda:N
+
+    [network]  name, params       # models.networks.make_network(name, params, shape)
+    [train]    train_nimg, batch_size, lr, ema_halflife_nimg, checkpoint_nimg, grad_clip
+    [outer]    outer_trials, sampler, pruner, parameterisations, densities, weightings,
+               adaptive, piecewise_bins, enqueue_baseline
+    [inner]    inner_trials, nfe_budgets, samplers, sampler, tune_sigma_range, tune_churn,
+               fid_num_images, fid_extractor, fid_inception_weights, kid, batch_size, prune
+
+Every key has a default (the dataclass fields below), so a file need only state what differs.
+Unknown keys, at any level, are errors; so are wrong types and out-of-range values. All the
+errors of a config are collected and raised together as one :class:`ConfigError`, one line
+each, every line naming the dotted key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib as _toml
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as _toml  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        _toml = None  # type: ignore[assignment]
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "InnerConfig",
+    "NetworkConfig",
+    "OuterConfig",
+    "TrainConfig",
+    "load_config",
+    "preset_names",
+]
+
+POINT_DATASETS = ("gmm2d", "moons")  # 2-D points: an MLP, no Inception features
+FID_EXTRACTORS = ("rff", "raw", "classifier", "inception")
+OUTER_SAMPLERS = ("tpe", "random")
+OUTER_PRUNERS = ("median", "none")
+INNER_SAMPLERS = ("gp", "tpe", "random")
+MIN_STEPS = 2  # an inner study needs at least one free step location (one gap in lam)
+MAX_PIECEWISE_BINS = 64
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``errors`` holds one line per fault."""
+
+    def __init__(self, message: str, errors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.errors = list(errors) or [message]
+
+
+# ----------------------------------------------------------------------------- the dataclasses
+
+
+def _registry(kind: str) -> list[str]:
+    """The valid names of one registry of ``objectives`` / ``models`` (imported lazily)."""
+    if kind == "parameterisations":
+        from objectives.parameterisations import PARAMETERISATIONS as reg
+    elif kind == "densities":
+        from objectives.densities import DENSITIES as reg
+    elif kind == "weightings":
+        from objectives.weightings import WEIGHTINGS as reg
+    elif kind == "adaptive":
+        from objectives.adaptive import ADAPTIVE as reg
+
+        return ["none", *reg]
+    elif kind == "samplers":
+        from models.samplers import SAMPLERS as reg
+    elif kind == "networks":
+        from models.networks import NETWORKS as reg
+    elif kind == "datasets":
+        from models.data import DATASETS as reg
+
+        return [name for name in reg if name != "folder"]  # folder:PATH
+    else:  # pragma: no cover - programming error
+        raise KeyError(kind)
+    return list(reg)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """``models.networks.make_network(name, params, shape)``; the shape comes from the data."""
+
+    name: str = "mlp"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``models.training.train`` budget and optimiser (images, not steps)."""
+
+    train_nimg: int = 256_000
+    batch_size: int = 512
+    lr: float = 1e-3
+    ema_halflife_nimg: int = 25_000
+    checkpoint_nimg: int = 64_000
+    grad_clip: float = 0.0  # global gradient norm; 0 = off
+
+
+@dataclass(frozen=True)
+class OuterConfig:
+    """The outer study: the training weighting (``study.spaces.suggest_objective``)."""
+
+    outer_trials: int = 3
+    sampler: str = "tpe"
+    pruner: str = "median"
+    parameterisations: tuple[str, ...] = field(
+        default_factory=lambda: tuple(_registry("parameterisations"))
+    )
+    densities: tuple[str, ...] = field(default_factory=lambda: tuple(_registry("densities")))
+    weightings: tuple[str, ...] = field(default_factory=lambda: tuple(_registry("weightings")))
+    adaptive: tuple[str, ...] = field(default_factory=lambda: tuple(_registry("adaptive")))
+    piecewise_bins: int = 6
+    enqueue_baseline: bool = True
+
+
+@dataclass(frozen=True)
+class InnerConfig:
+    """The inner studies: the sampling step locations (``study.spaces.suggest_schedule``)."""
+
+    inner_trials: int = 12
+    nfe_budgets: tuple[int, ...] = (5, 9)  # the first is the primary budget
+    samplers: tuple[str, ...] = ("heun",)
+    sampler: str = "gp"
+    tune_sigma_range: bool = False
+    tune_churn: bool = False
+    fid_num_images: int = 1000
+    fid_extractor: str = "rff"
+    fid_inception_weights: str = ""
+    kid: bool = False
+    batch_size: int = 1000  # images per generation batch
+    prune: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a study; build it with :func:`load_config`."""
+
+    name: str = "sigmatune"
+    dataset: str = "gmm2d"
+    data_root: str = ""
+    seed: int = 0
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    storage: str = "sqlite:///sigmatune.db"
+    artifact_dir: str = ""
+    device: str = "auto"
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    inner: InnerConfig = field(default_factory=InnerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The complete config as JSON-able nested dicts (lists, not tuples)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "dict") -> Config:
+        """Rebuild (and check) a config from :meth:`to_dict`'s output or a parsed TOML file."""
+        return _build(d, None, source)
+
+    def replace(self, overrides: Mapping[str, Any] | None = None, **dotted: Any) -> Config:
+        """A checked copy with dotted keys replaced: ``config.replace(**{"outer.outer_trials":
+        3}, storage="sqlite:///x.db")``."""
+        return _build(self.to_dict(), {**(overrides or {}), **dotted}, "overrides")
+
+
+SECTIONS: dict[str, type] = {
+    "network": NetworkConfig,
+    "train": TrainConfig,
+    "outer": OuterConfig,
+    "inner": InnerConfig,
+}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _default(cls: type, name: str) -> Any:
+    f = cls.__dataclass_fields__[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- value checks
+
+
+class _Invalid(Exception):
+    """Raised by a check with what is allowed: "must be a positive integer"."""
+
+
+def _int(value: Any, low: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        if low == 1:
+            raise _Invalid("must be a positive integer")
+        if low == 0:
+            raise _Invalid("must be an integer >= 0")
+        raise _Invalid(f"must be an integer >= {low}" if low is not None else "must be an integer")
+    return int(value)
+
+
+def _positive_int(value: Any) -> int:
+    return _int(value, 1)
+
+
+def _float(value: Any, *, positive: bool = False, nonnegative: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
+    if positive:
+        ok = ok and value > 0
+        what = "must be a number > 0"
+    elif nonnegative:
+        ok = ok and value >= 0
+        what = "must be a number >= 0"
+    else:
+        what = "must be a finite number"
+    if not ok:
+        raise _Invalid(what)
+    return float(value)
+
+
+def _positive_float(value: Any) -> float:
+    return _float(value, positive=True)
+
+
+def _nonnegative_float(value: Any) -> float:
+    return _float(value, nonnegative=True)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("must be true or false")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("must be a string")
+    return value
+
+
+def _choice(options: Sequence[str] | Callable[[], Sequence[str]]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        valid = list(options() if callable(options) else options)
+        if not isinstance(value, str) or value not in valid:
+            raise _Invalid(f"must be one of {', '.join(valid)}")
+        return value
+
+    return check
+
+
+def _names(kind: str) -> Callable[[Any], tuple[str, ...]]:
+    def check(value: Any) -> tuple[str, ...]:
+        valid = _registry(kind)
+        what = f"must be a non-empty list of distinct names from: {', '.join(valid)}"
+        if not isinstance(value, (list, tuple)) or not value:
+            raise _Invalid(what)
+        if any(not isinstance(v, str) or v not in valid for v in value):
+            raise _Invalid(what)
+        if len(set(value)) != len(value):
+            raise _Invalid(what)
+        return tuple(value)
+
+    return check
+
+
+def _int_list(value: Any) -> tuple[int, ...]:
+    what = "must be a non-empty list of distinct positive integers"
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _Invalid(what)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+        raise _Invalid(what)
+    if len(set(value)) != len(value):
+        raise _Invalid(what)
+    return tuple(int(v) for v in value)
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or "/" in value or value != value.strip():
+        raise _Invalid(
+            "must be a non-empty study name without '/' or surrounding spaces (inner studies "
+            "are named NAME/trial-NNNN/nfe-K)"
+        )
+    return value
+
+
+def _dataset(value: Any) -> str:
+    names = _registry("datasets")
+    if isinstance(value, str) and (
+        value in names or (value.startswith("folder:") and len(value) > len("folder:"))
+    ):
+        return value
+    raise _Invalid(f"must be one of {', '.join(names)} or folder:PATH")
+
+
+def _device(value: Any) -> str:
+    if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda|cuda:\d+", value):
+        return value
+    raise _Invalid("must be auto, cpu, cuda or cuda:N")
+
+
+def _storage(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid("must be a non-empty storage URL")
+    from study.storage import StorageError, parse_storage_url
+
+    try:
+        parse_storage_url(value)
+    except StorageError as exc:
+        raise _Invalid(f"must be a valid storage URL ({exc})") from None
+    return value
+
+
+def _params(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or any(not isinstance(k, str) for k in value):
+        raise _Invalid("must be a table of constructor arguments")
+    return _jsonable(dict(value))
+
+
+CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "": {
+        "name": _name,
+        "dataset": _dataset,
+        "data_root": _str,
+        "seed": lambda v: _int(v, 0),
+        "sigma_min": _positive_float,
+        "sigma_max": _positive_float,
+        "storage": _storage,
+        "artifact_dir": _str,
+        "device": _device,
+    },
+    "network": {
+        "name": _choice(lambda: _registry("networks")),
+        "params": _params,
+    },
+    "train": {
+        "train_nimg": _positive_int,
+        "batch_size": _positive_int,
+        "lr": _positive_float,
+        "ema_halflife_nimg": _positive_int,
+        "checkpoint_nimg": _positive_int,
+        "grad_clip": _nonnegative_float,
+    },
+    "outer": {
+        "outer_trials": _positive_int,
+        "sampler": _choice(OUTER_SAMPLERS),
+        "pruner": _choice(OUTER_PRUNERS),
+        "parameterisations": _names("parameterisations"),
+        "densities": _names("densities"),
+        "weightings": _names("weightings"),
+        "adaptive": _names("adaptive"),
+        "piecewise_bins": lambda v: _bounded_int(v, 2, MAX_PIECEWISE_BINS),
+        "enqueue_baseline": _bool,
+    },
+    "inner": {
+        "inner_trials": _positive_int,
+        "nfe_budgets": _int_list,
+        "samplers": _names("samplers"),
+        "sampler": _choice(INNER_SAMPLERS),
+        "tune_sigma_range": _bool,
+        "tune_churn": _bool,
+        "fid_num_images": lambda v: _bounded_int(v, 2, None),
+        "fid_extractor": _choice(FID_EXTRACTORS),
+        "fid_inception_weights": _str,
+        "kid": _bool,
+        "batch_size": _positive_int,
+        "prune": _bool,
+    },
+}
+
+
+def _bounded_int(value: Any, low: int, high: int | None) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    ok = ok and (high is None or value <= high)
+    if not ok:
+        raise _Invalid(
+            f"must be an integer in [{low}, {high}]"
+            if high is not None
+            else f"must be an integer >= {low}"
+        )
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _describe_value(value: Any) -> str:
+    return repr(_jsonable(value)) if isinstance(value, (list, tuple, Mapping)) else repr(value)
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], errors: list[str]) -> None:
+    """Set dotted keys (``"outer.outer_trials"``, ``"network.params.channels"``) in ``raw``."""
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        if not all(parts):
+            errors.append(f"override key {key!r} is not a dotted key like 'outer.outer_trials'")
+            continue
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                errors.append(f"cannot override {key!r}: {where!r} is not a table")
+                break
+            node = child
+        else:
+            node[parts[-1]] = _jsonable(value) if isinstance(value, tuple) else value
+
+
+def _section_keys(name: str) -> list[str]:
+    if name:
+        return list(CHECKS[name])
+    return [*CHECKS[""], *SECTIONS]
+
+
+def _check_section(raw: Mapping[str, Any], section: str, errors: list[str]) -> dict[str, Any]:
+    """Checked values of one table (defaults for missing keys; errors collected)."""
+    prefix = f"{section}." if section else ""
+    cls = SECTIONS.get(section, Config)
+    valid = _section_keys(section)
+    for key in raw:
+        if key not in valid:
+            where = f"in [{section}]" if section else "at the top level"
+            errors.append(
+                f"unknown key {prefix + str(key)!r}; valid keys {where}: {', '.join(valid)}"
+            )
+    out: dict[str, Any] = {}
+    for key, check in CHECKS[section].items():
+        if key not in raw:
+            out[key] = _default(cls, key)
+            continue
+        value = raw[key]
+        try:
+            out[key] = check(value)
+        except _Invalid as exc:
+            errors.append(f"{prefix}{key} {exc}, but got {_describe_value(value)}")
+    return out
+
+
+def _check_network_params(net: dict[str, Any], errors: list[str]) -> None:
+    """Unknown constructor arguments of the network are errors too (``network.params.X``)."""
+    try:
+        from models.networks import NETWORKS
+    except ImportError:  # pragma: no cover - models is part of the package
+        return
+    cls = NETWORKS.get(net["name"])
+    if cls is None:
+        return
+    signature = inspect.signature(cls.__init__)
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    derived = {"dim"} if net["name"] == "mlp" else {"in_channels", "image_size"}
+    valid = [p for p in signature.parameters if p != "self" and p not in derived]
+    for key, value in net["params"].items():
+        if key in derived:
+            errors.append(
+                f"network.params.{key} is set from the data set's shape, so it must "
+                f"not be given, but got {_describe_value(value)}"
+            )
+        elif key not in valid:
+            errors.append(
+                f"unknown key 'network.params.{key}'; valid keys for network "
+                f"{net['name']!r}: {', '.join(valid)}"
+            )
+
+
+def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
+    """Checks between keys, run only where the keys involved are valid on their own."""
+    top, outer, inner, net = values[""], values["outer"], values["inner"], values["network"]
+    smin, smax = top.get("sigma_min"), top.get("sigma_max")
+    if smin is not None and smax is not None and not smin < smax:
+        errors.append(f"sigma_min must be < sigma_max={smax}, but got {smin}")
+    budgets, samplers = inner.get("nfe_budgets"), inner.get("samplers")
+    if budgets is not None and samplers is not None:
+        from models.samplers import nfe as nfe_of
+        from models.samplers import steps_for_nfe
+
+        def steps(sampler: str, budget: int) -> int:
+            try:
+                return steps_for_nfe(sampler, budget)
+            except ValueError:
+                return 0
+
+        bad = [b for b in budgets if any(steps(s, b) < MIN_STEPS for s in samplers)]
+        if bad:
+            least = ", ".join(f"{s}: NFE >= {nfe_of(s, MIN_STEPS)}" for s in samplers)
+            errors.append(
+                f"inner.nfe_budgets must allow at least {MIN_STEPS} steps of every sampler in "
+                f"inner.samplers ({least}), but got {list(budgets)}"
+            )
+    if inner.get("tune_churn") and samplers is not None and "heun" not in samplers:
+        errors.append(
+            "inner.tune_churn = true tunes S_churn of 'heun' only, so inner.samplers must "
+            f"include 'heun', but got {list(samplers)}"
+        )
+    if outer.get("enqueue_baseline"):
+        # EDM's defaults (Karras et al. 2022, Table 1): edm, lognormal(-1.2, 1.2), unit, none.
+        for key, needed in (
+            ("parameterisations", "edm"),
+            ("densities", "lognormal"),
+            ("weightings", "unit"),
+            ("adaptive", "none"),
+        ):
+            names = outer.get(key)
+            if names is not None and needed not in names:
+                errors.append(
+                    f"outer.{key} must include {needed!r} when outer.enqueue_baseline = true "
+                    f"(EDM's defaults are enqueued first), but got {list(names)}"
+                )
+    dataset = top.get("dataset")
+    if dataset in POINT_DATASETS:
+        if net.get("name") not in (None, "mlp"):
+            errors.append(
+                f"network.name must be 'mlp' for the 2-D data set {dataset!r}, "
+                f"but got {net['name']!r}"
+            )
+        if inner.get("fid_extractor") == "inception":
+            errors.append(
+                f"inner.fid_extractor must not be 'inception' (an image network) for "
+                f"the 2-D data set {dataset!r}, but got 'inception'"
+            )
+    elif dataset is not None and net.get("name") == "mlp":
+        errors.append(
+            f"network.name must be 'unet' for the image data set {dataset!r}, but got 'mlp'"
+        )
+    if net.get("name") is not None and net.get("params") is not None:
+        _check_network_params(net, errors)
+
+
+def _build(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None, source: str) -> Config:
+    errors: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config {source} must be a table of keys, but got {raw!r}")
+    data: dict[str, Any] = _jsonable(raw)
+    if overrides:
+        _apply_overrides(data, overrides, errors)
+    values: dict[str, dict[str, Any]] = {"": _check_section(data, "", errors)}
+    for section in SECTIONS:
+        table = data.get(section, {})
+        if not isinstance(table, Mapping):
+            errors.append(
+                f"{section} must be a table ([{section}]), but got {_describe_value(table)}"
+            )
+            table = {}
+        values[section] = _check_section(table, section, errors)
+    _cross_checks(values, errors)  # among the keys that are valid on their own
+    if errors:
+        errors = list(dict.fromkeys(errors))
+        if len(errors) == 1:
+            message = f"invalid config ({source}): {errors[0]}"
+        else:
+            message = f"invalid config ({source}), {len(errors)} errors:\n" + "\n".join(
+                f"  {e}" for e in errors
+            )
+        raise ConfigError(message, errors)
+    sections = {name: cls(**values[name]) for name, cls in SECTIONS.items()}
+    return Config(**values[""], **sections)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _presets_dir() -> Any:
+    return resources.files("study").joinpath("presets")
+
+
+def preset_names() -> list[str]:
+    """The built-in presets (``study/presets/*.toml``), sorted."""
+    return sorted(
+        p.name[: -len(".toml")] for p in _presets_dir().iterdir() if p.name.endswith(".toml")
+    )
+
+
+def _parse_toml(text: str, source: str) -> dict[str, Any]:
+    if _toml is None:  # pragma: no cover - Python 3.10 without tomli
+        raise ConfigError(
+            "reading TOML configs needs Python >= 3.11 (tomllib) or the 'tomli' package "
+            "on Python 3.10: pip install tomli"
+        )
+    try:
+        return _toml.loads(text)
+    except _toml.TOMLDecodeError as exc:
+        raise ConfigError(f"config {source} is not valid TOML: {exc}") from None
+
+
+def load_config(path_or_preset: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a TOML config file or a preset by name, apply dotted ``overrides`` (e.g.
+    ``{"outer.outer_trials": 3, "storage": "sqlite:///x.db"}``), check everything and return
+    the :class:`Config`. Raises :class:`ConfigError` naming every fault."""
+    spec = str(path_or_preset)
+    path = Path(spec)
+    presets = preset_names()
+    if spec in presets and not path.is_file():
+        text = _presets_dir().joinpath(f"{spec}.toml").read_text(encoding="utf-8")
+        source = f"preset {spec!r}"
+    elif path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {spec!r}: {exc}") from None
+        source = repr(spec)
+    else:
+        what = "is a directory, not a config file" if path.is_dir() else "does not exist"
+        raise ConfigError(
+            f"config {spec!r} {what}; give a TOML file or a preset name ({', '.join(presets)})"
+        )
+    return _build(_parse_toml(text, source), overrides, source)

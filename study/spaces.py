@@ -1,0 +1,507 @@
+"""Search spaces of the bilevel study, and the maps from known configurations back to params.
+
+Outer space (one trial = one training objective, Optuna's conditional "define-by-run" space):
+
+- ``parameterisation``: categorical over ``config.outer.parameterisations``;
+- ``density``: categorical over ``config.outer.densities``, with each family's parameters
+  named ``density.<family>.<param>``: ``density.lognormal.P_mean`` in [-2.5, 1.5] and
+  ``density.lognormal.P_std`` in [0.4, 2.5] (Karras et al. 2022, Table 1: P_mean = -1.2,
+  P_std = 1.2), ``density.cosine.shift`` in [-6, 6] (Hoogeboom et al. 2023, shifted cosine),
+  ``uniform`` without parameters (the run's lam range), ``density.piecewise.h{i}`` in
+  [0.05, 1] (log) for ``i < config.outer.piecewise_bins``;
+- ``weighting``: categorical over ``config.outer.weightings`` with ``weighting.snr.k`` in
+  [-1, 1], ``weighting.min_snr.gamma`` in [0.5, 20] (log; Hang et al. 2023 use 5),
+  ``weighting.sigmoid.b`` in [-8, 8] (Kingma & Gao 2023), ``weighting.piecewise.l{i}`` in
+  [-3, 3] (log-weights);
+- ``adaptive``: categorical over ``config.outer.adaptive`` (``"none"`` or a mechanism of
+  ``objectives.adaptive`` with its default parameters).
+
+Inner space (one trial = one schedule at a fixed NFE budget):
+
+- ``sampler``: categorical over ``config.inner.samplers`` (always a param, also when there is
+  only one sampler: Optuna treats a one-choice categorical as fixed, and enqueued or
+  warm-started params then say which sampler they are for);
+- ``{sampler}.gap_{i}`` for ``i < n - 1`` in [1e-3, 1] (log), ``n =
+  models.samplers.steps_for_nfe(sampler, nfe)``: the gaps in lam between consecutive steps,
+  normalised to fractions of the range inside ``models.schedules.from_gaps``. Named per
+  sampler, since the same index means a different step for samplers with different ``n``;
+- ``sigma_min`` / ``sigma_max`` when ``config.inner.tune_sigma_range``: log ranges *inside*
+  the run's range (the model was trained on ``[sigma_min, sigma_max]`` only):
+  ``sigma_min`` in [sigma_min, min(50 sigma_min, sigma_min r^(1/3))] and ``sigma_max`` in
+  [max(sigma_max / 10, sigma_max r^(-1/3)), sigma_max], ``r = sigma_max / sigma_min``;
+- ``S_churn`` in [0, 40] for ``heun`` when ``config.inner.tune_churn``, with EDM's ImageNet
+  settings ``S_min = 0.05, S_max = 50, S_noise = 1.003`` fixed (Karras et al. 2022, Table 5).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import optuna
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from objectives.loss import DiffusionObjective
+    from study.config import Config
+
+__all__ = [
+    "BASELINES",
+    "CHURN_FIXED",
+    "DENSITY_SPACE",
+    "GAP_RANGE",
+    "S_CHURN_RANGE",
+    "WEIGHTING_SPACE",
+    "InnerChoice",
+    "baseline_schedules",
+    "edm_defaults_description",
+    "make_inner_pruner",
+    "make_inner_sampler",
+    "make_outer_pruner",
+    "make_outer_sampler",
+    "objective_params",
+    "schedule_params",
+    "sigma_range_space",
+    "suggest_objective",
+    "suggest_objective_description",
+    "suggest_schedule",
+]
+
+
+class _Float(NamedTuple):
+    low: float
+    high: float
+    log: bool = False
+
+
+# Scalar parameters of each family: name -> range. Vector families (piecewise) are below.
+DENSITY_SPACE: dict[str, dict[str, _Float]] = {
+    "lognormal": {"P_mean": _Float(-2.5, 1.5), "P_std": _Float(0.4, 2.5)},
+    "cosine": {"shift": _Float(-6.0, 6.0)},
+    "uniform": {},
+    "piecewise": {},
+}
+WEIGHTING_SPACE: dict[str, dict[str, _Float]] = {
+    "unit": {},
+    "snr": {"k": _Float(-1.0, 1.0)},
+    "min_snr": {"gamma": _Float(0.5, 20.0, log=True)},
+    "sigmoid": {"b": _Float(-8.0, 8.0)},
+    "piecewise": {},
+}
+# Piecewise families: description key, param prefix, range of each of the K values.
+PIECEWISE_DENSITY = ("heights", "h", _Float(0.05, 1.0, log=True))
+PIECEWISE_WEIGHTING = ("log_weights", "l", _Float(-3.0, 3.0))
+
+EDM_DEFAULTS = {
+    "parameterisation": "edm",
+    "density": ("lognormal", {"P_mean": -1.2, "P_std": 1.2}),
+    "weighting": ("unit", {}),
+    "adaptive": "none",
+}
+
+GAP_RANGE = _Float(1e-3, 1.0, log=True)
+S_CHURN_RANGE = _Float(0.0, 40.0)
+CHURN_FIXED = {"S_min": 0.05, "S_max": 50.0, "S_noise": 1.003}
+SIGMA_MIN_FACTOR = 50.0  # sigma_min may rise up to 50x ...
+SIGMA_MAX_FACTOR = 10.0  # ... and sigma_max fall up to 10x when tune_sigma_range
+BASELINES = ("karras_rho7", "loglinear")
+KARRAS_RHO = 7.0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _suggest(trial: optuna.trial.BaseTrial, name: str, space: _Float) -> float:
+    return float(trial.suggest_float(name, space.low, space.high, log=space.log))
+
+
+def _check_in(name: str, value: Any, space: _Float) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not (space.low <= value <= space.high):
+        raise ValueError(
+            f"{name} must be in [{space.low}, {space.high}] to be in the search space, "
+            f"but got {name}={value!r}"
+        )
+    return float(value)
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(
+            f"{name} {value!r} is not in the search space; valid: {', '.join(choices)}"
+        )
+    return value
+
+
+def _family_space(kind: str, name: str) -> dict[str, _Float]:
+    table = DENSITY_SPACE if kind == "density" else WEIGHTING_SPACE
+    if name not in table:
+        raise ValueError(
+            f"no search space for {kind} {name!r}; spaces exist for: {', '.join(table)}"
+        )
+    return table[name]
+
+
+# ----------------------------------------------------------------------------- outer
+
+
+def suggest_objective_description(
+    trial: optuna.trial.BaseTrial, config: Config, sigma_data: float | None = None
+) -> dict[str, Any]:
+    """Suggest a training objective and return it in ``DiffusionObjective.describe()`` form:
+    ``{"parameterisation", "sigma_data", "density": {"name", "params"}, "weighting": {...},
+    "adaptive": {"name", "params"} | None, "sigma_min", "sigma_max"}``."""
+    outer = config.outer
+    parameterisation = trial.suggest_categorical("parameterisation", list(outer.parameterisations))
+    families = {}
+    for kind, choices, piecewise in (
+        ("density", outer.densities, PIECEWISE_DENSITY),
+        ("weighting", outer.weightings, PIECEWISE_WEIGHTING),
+    ):
+        name = trial.suggest_categorical(kind, list(choices))
+        params: dict[str, Any] = {}
+        if name == "piecewise":
+            key, prefix, space = piecewise
+            params[key] = [
+                _suggest(trial, f"{kind}.piecewise.{prefix}{i}", space)
+                for i in range(outer.piecewise_bins)
+            ]
+        else:
+            for param, space in _family_space(kind, name).items():
+                params[param] = _suggest(trial, f"{kind}.{name}.{param}", space)
+        families[kind] = {"name": name, "params": params}
+    adaptive = trial.suggest_categorical("adaptive", list(outer.adaptive))
+    return {
+        "parameterisation": parameterisation,
+        "sigma_data": None if sigma_data is None else float(sigma_data),
+        "density": families["density"],
+        "weighting": families["weighting"],
+        "adaptive": None if adaptive == "none" else {"name": adaptive, "params": {}},
+        "sigma_min": float(config.sigma_min),
+        "sigma_max": float(config.sigma_max),
+    }
+
+
+def suggest_objective(
+    trial: optuna.trial.BaseTrial, config: Config, sigma_data: float
+) -> DiffusionObjective:
+    """Suggest a training objective (the outer space) and build it."""
+    from objectives.loss import objective_from_description
+
+    return objective_from_description(suggest_objective_description(trial, config, sigma_data))
+
+
+def edm_defaults_description(config: Config, sigma_data: float | None = None) -> dict[str, Any]:
+    """EDM's training objective (Karras et al. 2022, Table 1): ``edm`` preconditioning,
+    ``lognormal(P_mean=-1.2, P_std=1.2)``, ``unit`` weighting (λ(σ) = 1/c_out² is the unit
+    weight of F's loss), no adaptive mechanism; over the run's σ range."""
+    desc = {
+        "parameterisation": EDM_DEFAULTS["parameterisation"],
+        "sigma_data": None if sigma_data is None else float(sigma_data),
+        "density": {"name": EDM_DEFAULTS["density"][0], "params": dict(EDM_DEFAULTS["density"][1])},
+        "weighting": {
+            "name": EDM_DEFAULTS["weighting"][0],
+            "params": dict(EDM_DEFAULTS["weighting"][1]),
+        },
+        "adaptive": None,
+        "sigma_min": float(config.sigma_min),
+        "sigma_max": float(config.sigma_max),
+    }
+    objective_params(desc, config)  # raises if EDM's defaults are not in this config's space
+    return desc
+
+
+def objective_params(
+    description: Mapping[str, Any], config: Config | None = None
+) -> dict[str, Any]:
+    """Trial params (for ``study.enqueue_trial``) from which :func:`suggest_objective_description`
+    reproduces ``description``. Raises ``ValueError`` for a configuration outside the space
+    (and, given ``config``, outside its allowed names or piecewise bin count)."""
+    params: dict[str, Any] = {"parameterisation": description["parameterisation"]}
+    if config is not None:
+        _check_choice(
+            "parameterisation", params["parameterisation"], config.outer.parameterisations
+        )
+    for kind, piecewise in (("density", PIECEWISE_DENSITY), ("weighting", PIECEWISE_WEIGHTING)):
+        family = description[kind]
+        name, values = family["name"], dict(family.get("params") or {})
+        if config is not None:
+            choices = config.outer.densities if kind == "density" else config.outer.weightings
+            _check_choice(kind, name, choices)
+        params[kind] = name
+        if name == "piecewise":
+            key, prefix, space = piecewise
+            vector = list(values.pop(key, None) or [])
+            if config is not None and len(vector) != config.outer.piecewise_bins:
+                raise ValueError(
+                    f"{kind} piecewise {key} must have outer.piecewise_bins="
+                    f"{config.outer.piecewise_bins} values to be in the search space, "
+                    f"but got {key}={vector}"
+                )
+            if not vector:
+                raise ValueError(f"{kind} piecewise needs {key}, but got params={values}")
+            for i, v in enumerate(vector):
+                params[f"{kind}.piecewise.{prefix}{i}"] = _check_in(f"{key}[{i}]", v, space)
+        else:
+            for param, space in _family_space(kind, name).items():
+                if param not in values:
+                    raise ValueError(
+                        f"{kind} {name!r} needs parameter {param!r}, but got params={values}"
+                    )
+                params[f"{kind}.{name}.{param}"] = _check_in(param, values.pop(param), space)
+        if kind == "density" and name == "uniform":
+            _check_uniform_range(values, description)
+            values = {}
+        if values:
+            raise ValueError(
+                f"{kind} {name!r} parameters {sorted(values)} are not in the "
+                f"search space, but got params={family.get('params')}"
+            )
+    adaptive = description.get("adaptive")
+    name = "none" if not adaptive else adaptive["name"]
+    if adaptive and adaptive.get("params"):
+        _check_adaptive_defaults(name, dict(adaptive["params"]))
+    if config is not None:
+        _check_choice("adaptive", name, config.outer.adaptive)
+    params["adaptive"] = name
+    return params
+
+
+def _check_uniform_range(values: dict[str, Any], description: Mapping[str, Any]) -> None:
+    """The space's ``uniform`` is the run's lam range; a describe() that spells it out is fine."""
+    expected = {
+        "lam_min": -2 * math.log(float(description["sigma_max"])),
+        "lam_max": -2 * math.log(float(description["sigma_min"])),
+    }
+    for key in list(values):
+        v = values[key]
+        if key in expected and (
+            v is None or math.isclose(v, expected[key], rel_tol=1e-9, abs_tol=1e-12)
+        ):
+            values.pop(key)
+    if values:
+        raise ValueError(
+            f"density 'uniform' is searched over the run's whole lam range "
+            f"{expected}, but got params={values}"
+        )
+
+
+def _check_adaptive_defaults(name: str, given: dict[str, Any]) -> None:
+    from objectives.adaptive import make_adaptive
+
+    defaults = make_adaptive(name, {}).params()
+    differing = {k: v for k, v in given.items() if defaults.get(k) != v}
+    if differing:
+        raise ValueError(
+            f"adaptive {name!r} is searched with its default parameters "
+            f"{defaults}, but got params={given}"
+        )
+
+
+# ----------------------------------------------------------------------------- inner
+
+
+class InnerChoice(NamedTuple):
+    """One inner trial's choice: sampler name, schedule (float64, last 0), sampler kwargs."""
+
+    sampler: str
+    sigmas: Tensor
+    sampler_kwargs: dict[str, Any]
+
+
+def sigma_range_space(config: Config) -> tuple[_Float, _Float]:
+    """The log ranges of ``sigma_min`` and ``sigma_max`` when ``tune_sigma_range``: inside the
+    run's range and apart (the cube-root split keeps every sigma_min < every sigma_max)."""
+    smin, smax = float(config.sigma_min), float(config.sigma_max)
+    r = smax / smin
+    low_max = min(smin * SIGMA_MIN_FACTOR, smin * r ** (1 / 3))
+    high_min = max(smax / SIGMA_MAX_FACTOR, smax * r ** (-1 / 3))
+    return _Float(smin, low_max, log=True), _Float(high_min, smax, log=True)
+
+
+def _steps(sampler: str, nfe: int) -> int:
+    from models.samplers import steps_for_nfe
+
+    return steps_for_nfe(sampler, nfe)
+
+
+def suggest_schedule(trial: optuna.trial.BaseTrial, config: Config, nfe: int) -> InnerChoice:
+    """Suggest a sampler and its step locations at budget ``nfe`` (the inner space)."""
+    from models.schedules import from_gaps
+
+    sampler = trial.suggest_categorical("sampler", list(config.inner.samplers))
+    n = _steps(sampler, nfe)
+    smin, smax = float(config.sigma_min), float(config.sigma_max)
+    if config.inner.tune_sigma_range:
+        min_space, max_space = sigma_range_space(config)
+        smin = _suggest(trial, "sigma_min", min_space)
+        smax = _suggest(trial, "sigma_max", max_space)
+    gaps = [_suggest(trial, f"{sampler}.gap_{i}", GAP_RANGE) for i in range(n - 1)]
+    sigmas = from_gaps(gaps, smin, smax)
+    kwargs: dict[str, Any] = {}
+    if config.inner.tune_churn and sampler == "heun":
+        kwargs = {"S_churn": _suggest(trial, "S_churn", S_CHURN_RANGE), **CHURN_FIXED}
+    return InnerChoice(sampler, sigmas, kwargs)
+
+
+def schedule_params(
+    sigmas: Tensor | Sequence[float],
+    sampler: str,
+    sampler_kwargs: Mapping[str, Any] | None = None,
+    *,
+    config: Config,
+    nfe: int,
+    rtol: float = 1e-10,
+) -> dict[str, Any]:
+    """Trial params from which :func:`suggest_schedule` reproduces ``sigmas`` (to ``rtol``,
+    relative, in every sigma) for ``sampler`` at budget ``nfe``.
+
+    The gaps are ``to_gaps(sigmas)`` scaled so the largest is 1; a gap ratio below 1e-3 is
+    clipped into the space and the resulting schedule checked against ``rtol``. Raises
+    ``ValueError`` where the schedule is not in the space.
+    """
+    from models.schedules import from_gaps, to_gaps, validate
+
+    s = validate(sigmas)
+    _check_choice("sampler", sampler, config.inner.samplers)
+    n = _steps(sampler, nfe)
+    if s.numel() - 1 != n:
+        raise ValueError(
+            f"sigmas must have {n + 1} values ({n} steps of {sampler} at NFE {nfe}),"
+            f" but got {s.numel()} values: sigmas={s.tolist()}"
+        )
+    params: dict[str, Any] = {"sampler": sampler}
+    smin, smax = float(s[-2]), float(s[0])
+    if config.inner.tune_sigma_range:
+        min_space, max_space = sigma_range_space(config)
+        params["sigma_min"] = _check_in("sigma_min", smin, min_space)
+        params["sigma_max"] = _check_in("sigma_max", smax, max_space)
+    else:
+        for key, value in (("sigma_min", smin), ("sigma_max", smax)):
+            expected = float(getattr(config, key))
+            if not math.isclose(value, expected, rel_tol=rtol):
+                raise ValueError(
+                    f"the schedule's {key} must equal the config's {key}={expected} (or set "
+                    f"inner.tune_sigma_range = true), but got {key}={value}"
+                )
+    fractions = to_gaps(s)
+    if fractions.numel():
+        gaps = (fractions / fractions.max()).clamp(GAP_RANGE.low, GAP_RANGE.high)
+        for i, g in enumerate(gaps.tolist()):
+            params[f"{sampler}.gap_{i}"] = g
+        rebuilt = from_gaps(
+            gaps,
+            params.get("sigma_min", float(config.sigma_min)),
+            params.get("sigma_max", float(config.sigma_max)),
+        )
+        error = ((rebuilt[:-1] - s[:-1]).abs() / s[:-1]).max().item()
+        if not error <= rtol:
+            raise ValueError(
+                f"sigmas are not in the search space (a gap in lam below {GAP_RANGE.low} of the "
+                f"largest): the nearest schedule differs by {error:.3g} relative (allowed "
+                f"rtol={rtol}), sigmas={s.tolist()}"
+            )
+    kwargs = dict(sampler_kwargs or {})
+    churn = float(kwargs.pop("S_churn", 0.0))
+    fixed = {k: kwargs.pop(k) for k in list(kwargs) if k in CHURN_FIXED}
+    if kwargs:
+        raise ValueError(
+            f"sampler_kwargs {sorted(kwargs)} are not in the search space; it has "
+            f"S_churn (with {CHURN_FIXED}) only, but got {dict(sampler_kwargs)}"
+        )
+    if config.inner.tune_churn and sampler == "heun":
+        params["S_churn"] = _check_in("S_churn", churn, S_CHURN_RANGE)
+        differing = {k: v for k, v in fixed.items() if v != CHURN_FIXED[k]}
+        if differing and churn > 0:
+            raise ValueError(
+                f"{sorted(differing)} are fixed at {CHURN_FIXED} in the search "
+                f"space, but got {dict(sampler_kwargs)}"
+            )
+    elif churn != 0.0:
+        raise ValueError(
+            f"S_churn is searched only for heun with inner.tune_churn = true, "
+            f"but got S_churn={churn} for {sampler}"
+        )
+    return params
+
+
+def baseline_schedules(config: Config, nfe: int) -> dict[str, InnerChoice]:
+    """The inner baselines at budget ``nfe`` for the first sampler of ``config.inner.samplers``,
+    over the run's σ range: ``karras_rho7`` (Karras et al. 2022, eq. 5, ρ = 7) and ``loglinear``
+    (uniform in logSNR)."""
+    from models.schedules import karras, loglinear
+
+    sampler = config.inner.samplers[0]
+    n = _steps(sampler, nfe)
+    smin, smax = float(config.sigma_min), float(config.sigma_max)
+    return {
+        "karras_rho7": InnerChoice(sampler, karras(n, smin, smax, KARRAS_RHO), {}),
+        "loglinear": InnerChoice(sampler, loglinear(n, smin, smax), {}),
+    }
+
+
+# ----------------------------------------------------------------------------- samplers, pruners
+
+
+def _quiet(factory: Any, *args: Any, **kwargs: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return factory(*args, **kwargs)
+
+
+def make_outer_sampler(config: Config) -> optuna.samplers.BaseSampler:
+    """TPE over the conditional outer space (multivariate, grouped by the branch taken,
+    constant liar for parallel workers), or random search."""
+    if config.outer.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=config.seed)
+    return _quiet(
+        optuna.samplers.TPESampler,
+        multivariate=True,
+        group=True,
+        constant_liar=True,
+        seed=config.seed,
+    )
+
+
+def _inner_startup_trials(config: Config) -> int:
+    """Complete trials (baselines and warm starts count) before the model-based sampler."""
+    return min(10, max(len(BASELINES) + 2, config.inner.inner_trials // 3))
+
+
+def make_inner_sampler(config: Config, seed: int) -> optuna.samplers.BaseSampler:
+    """GPSampler by default. Its search space is the intersection of the trials' spaces, so
+    with several samplers in ``inner.samplers`` the per-sampler gaps fall outside it and are
+    drawn at random; choose ``inner.sampler = "tpe"`` (grouped) to model them then."""
+    startup = _inner_startup_trials(config)
+    if config.inner.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if config.inner.sampler == "tpe":
+        return _quiet(
+            optuna.samplers.TPESampler,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+            seed=seed,
+            n_startup_trials=startup,
+        )
+    return optuna.samplers.GPSampler(
+        seed=seed,
+        n_startup_trials=startup,
+        warn_independent_sampling=len(config.inner.samplers) == 1,
+    )
+
+
+def make_outer_pruner(config: Config) -> optuna.pruners.BasePruner:
+    """Median pruning of the interim FID reported at training checkpoints, or none."""
+    if config.outer.pruner == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+
+
+def make_inner_pruner(config: Config) -> optuna.pruners.BasePruner:
+    """Median pruning of FID at 1/4 and 1/2 of the images, after the baselines and two more."""
+    if not config.inner.prune:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2 + len(BASELINES), n_warmup_steps=0)

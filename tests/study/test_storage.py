@@ -1,0 +1,143 @@
+"""study.storage: SQLite (default and explicit), journal files, errors, artifact store."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import optuna
+import pytest
+
+from study.storage import (
+    StorageError,
+    artifact_dir_for,
+    artifact_store_for,
+    check_storage_exists,
+    make_storage,
+    parse_storage_url,
+)
+
+
+def _roundtrip(storage: optuna.storages.BaseStorage) -> None:
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+
+
+def test_default_url_creates_sigmatune_db_in_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage = make_storage()
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    _roundtrip(storage)
+    assert (tmp_path / "sigmatune.db").is_file()
+    again = optuna.load_study(study_name="s", storage=make_storage("sqlite:///sigmatune.db"))
+    assert len(again.trials) == 2
+
+
+@pytest.mark.parametrize("form", ["sqlite:///{p}", "{p}"])
+def test_explicit_sqlite_url_or_bare_db_path(tmp_path, form):
+    path = tmp_path / "runs.db"
+    storage = make_storage(form.format(p=path))
+    _roundtrip(storage)
+    assert path.is_file()
+    # the lock timeout reaches SQLite: other writers are waited for, not failed
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60_000
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_heartbeat_retries_a_stale_trial(tmp_path):
+    path = tmp_path / "hb.db"
+    storage = make_storage(f"sqlite:///{path}", heartbeat_interval=5, grace_period=10, max_retry=2)
+    study = optuna.create_study(study_name="hb", storage=storage)
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    optuna.storages.fail_stale_trials(study)  # a live trial is left alone
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.RUNNING]
+    # the process "died" a minute ago: its last heartbeat is older than the grace period
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-60 seconds')")
+    optuna.storages.fail_stale_trials(study)
+    states = [t.state for t in study.get_trials()]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+
+
+def test_heartbeats_on_by_default_and_off_when_disabled():
+    assert make_storage("sqlite:///:memory:").get_heartbeat_interval() == 10
+    disabled = make_storage("sqlite:///:memory:", heartbeat_interval=None)
+    assert disabled.get_heartbeat_interval() is None
+
+
+@pytest.mark.parametrize("form", ["journal:{p}", "{p}"])
+def test_journal_file_storage(tmp_path, form):
+    path = tmp_path / "study.log"
+    storage = make_storage(form.format(p=path))
+    assert isinstance(storage, optuna.storages.JournalStorage)
+    _roundtrip(storage)
+    reopened = optuna.load_study(study_name="s", storage=make_storage(form.format(p=path)))
+    assert len(reopened.trials) == 2
+
+
+def test_jsonl_suffix_is_a_journal(tmp_path):
+    assert parse_storage_url(str(tmp_path / "a.jsonl")).kind == "journal"
+
+
+@pytest.mark.parametrize(
+    "url, fault",
+    [
+        ("results", "neither a URL with a scheme"),
+        ("redis://localhost:6379", "scheme 'redis' is not supported"),
+        ("sqlite:///{tmp}/no/such/dir/x.db", "does not exist"),
+        ("postgresql://u:p@127.0.0.1:1/db", ""),  # no driver, or connection refused
+        ("{tmp}/notadb.db", "file is not a database"),
+        ("journal:", "needs a file path"),
+    ],
+)
+def test_bad_url_is_one_paragraph_without_traceback_and_creates_nothing(tmp_path, url, fault):
+    (tmp_path / "notadb.db").write_text("just text")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    url = url.format(tmp=tmp_path)
+    with pytest.raises(StorageError) as info:
+        make_storage(url)
+    message = str(info.value)
+    assert "\n" not in message
+    assert repr(url) in message and fault in message
+    assert "accepted storage URLs: sqlite:///" in message
+    for leak in ("Traceback", "sqlalche.me", "[SQL:", "Background on this error"):
+        assert leak not in message
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_check_storage_exists_refuses_a_missing_file_and_creates_nothing(tmp_path):
+    for url in (f"sqlite:///{tmp_path / 'missing.db'}", f"journal:{tmp_path / 'missing.log'}"):
+        with pytest.raises(StorageError, match=r"no study database at .*missing"):
+            check_storage_exists(url)
+    with pytest.raises(StorageError, match="in-memory"):
+        check_storage_exists("sqlite:///:memory:")
+    assert list(tmp_path.iterdir()) == []
+    make_storage(f"sqlite:///{tmp_path / 'there.db'}")
+    check_storage_exists(f"sqlite:///{tmp_path / 'there.db'}")
+
+
+def test_artifact_store_beside_the_database(tmp_path):
+    db = tmp_path / "runs" / "exp.db"
+    db.parent.mkdir()
+    url = f"sqlite:///{db}"
+    assert artifact_dir_for(url) == tmp_path / "runs" / "exp-artifacts"
+    assert not (tmp_path / "runs" / "exp-artifacts").exists()  # only created on demand
+    store, path = artifact_store_for(url)
+    assert path == tmp_path / "runs" / "exp-artifacts" and path.is_dir()
+
+    study = optuna.create_study(storage=make_storage(url, heartbeat_interval=None))
+    trial = study.ask()
+    payload = tmp_path / "ckpt.bin"
+    payload.write_bytes(b"weights")
+    artifact_id = optuna.artifacts.upload_artifact(
+        artifact_store=store, file_path=str(payload), study_or_trial=trial
+    )
+    assert (path / artifact_id).read_bytes() == b"weights"
+
+
+def test_artifact_dir_given_or_for_servers(tmp_path):
+    assert artifact_dir_for("sqlite:///x.db", tmp_path / "a") == tmp_path / "a"
+    assert str(artifact_dir_for("postgresql://u@h/db")) == "sigmatune-artifacts"
+    assert artifact_dir_for(f"journal:{tmp_path / 'j.log'}") == tmp_path / "j-artifacts"
