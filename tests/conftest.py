@@ -1,0 +1,301 @@
+"""Shared fixtures: a synthetic sigmatune study in a temp SQLite file (fast), and one study
+made by a real, minimal ``toy`` run (slow, made once per session).
+
+The synthetic study has the stored layout of ``study.bilevel`` (schema 1): an outer study
+``synth`` with the EDM-defaults trial, two more complete trials and a failed one, and for each
+complete trial two inner studies ``synth/trial-NNNN/nfe-K`` holding the two baselines
+(``karras_rho7``, ``loglinear``) and three tuned schedules. FIDs are made up; every schedule is
+a valid one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+SYNTH_NAME = "synth"
+SYNTH_NFE = (5, 9)
+
+
+@dataclass
+class SyntheticStudy:
+    url: str
+    path: Path
+    storage: optuna.storages.BaseStorage
+    name: str
+    config: dict[str, Any]
+    best_number: int
+    expected: dict[int, dict[str, Any]]  # outer trial -> what was stored
+
+
+def _describe(
+    parameterisation: str,
+    density: tuple[str, dict],
+    weighting: tuple[str, dict],
+    adaptive: tuple[str, dict] | None,
+    sigma_min: float,
+    sigma_max: float,
+) -> dict:
+    from objectives.adaptive import make_adaptive
+    from objectives.densities import make_density
+    from objectives.loss import DiffusionObjective
+    from objectives.weightings import make_weighting
+
+    rng = {"sigma_min": sigma_min, "sigma_max": sigma_max}
+    obj = DiffusionObjective(
+        parameterisation,
+        make_density(density[0], density[1], **rng),
+        make_weighting(weighting[0], weighting[1], **rng),
+        0.5,
+        make_adaptive(*adaptive) if adaptive else None,
+    )
+    return obj.describe()
+
+
+@contextlib.contextmanager
+def _sqlite_without_fsync() -> Iterator[None]:
+    """SQLite connections opened inside skip fsync (``PRAGMA synchronous=OFF``): building a
+    throwaway test database then takes a fraction of the time."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def fast(dbapi_connection: Any, _record: Any) -> None:
+        if "sqlite" in type(dbapi_connection).__module__:
+            dbapi_connection.execute("PRAGMA synchronous=OFF")
+
+    event.listen(Engine, "connect", fast)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "connect", fast)
+
+
+def build_synthetic_study(directory: Path, name: str = SYNTH_NAME) -> SyntheticStudy:
+    with _sqlite_without_fsync():
+        study = _build_synthetic_study(directory, name)
+    study.storage = optuna.storages.RDBStorage(study.url)  # connections with fsync from here
+    return study
+
+
+def _build_synthetic_study(directory: Path, name: str) -> SyntheticStudy:
+    import torch
+
+    from models.samplers import steps_for_nfe
+    from models.schedules import from_gaps, karras, loglinear
+    from study.config import load_config
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = directory / "synth.db"
+    url = f"sqlite:///{path}"
+    config = load_config(
+        "toy", {"name": name, "storage": url, "inner.nfe_budgets": list(SYNTH_NFE)}
+    ).to_dict()
+    storage = optuna.storages.RDBStorage(url)
+    smin, smax = float(config["sigma_min"]), float(config["sigma_max"])
+    outer = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    outer.set_user_attr("sigmatune:schema", 1)
+    outer.set_user_attr("sigmatune:role", "outer")
+    outer.set_user_attr("sigmatune:config", config)
+
+    configs = [
+        ("edm", ("lognormal", {"P_mean": -1.2, "P_std": 1.2}), ("unit", {}), None, "edm"),
+        ("eps", ("cosine", {"shift": 1.0}), ("min_snr", {"gamma": 5.0}), None, None),
+        ("v", ("uniform", {}), ("sigmoid", {"b": 2.0}), ("importance", {}), None),
+    ]
+    gen = torch.Generator().manual_seed(0)
+    expected: dict[int, dict[str, Any]] = {}
+    # primary-NFE FIDs per outer trial; trial 1 is the best
+    primary_fid = {0: 0.30, 1: 0.12, 2: 0.21}
+    for number, (par, dens, wt, ad, baseline) in enumerate(configs):
+        desc = _describe(par, dens, wt, ad, smin, smax)
+        prefix = f"{name}/trial-{number:04d}"
+        inner_studies, best_fid, base_fid, best_sigmas, best_sampler = {}, {}, {}, {}, {}
+        best_params, inner_best = {}, {}
+        for j, nfe in enumerate(SYNTH_NFE):
+            inner_name = f"{prefix}/nfe-{nfe}"
+            inner = optuna.create_study(study_name=inner_name, storage=storage)
+            inner.set_user_attr("sigmatune:schema", 1)
+            inner.set_user_attr("sigmatune:role", "inner")
+            inner.set_user_attr("nfe", nfe)
+            inner.set_user_attr("outer:study", name)
+            inner.set_user_attr("outer:trial", number)
+            inner.set_user_attr("outer:original_trial", number)
+            n = steps_for_nfe("heun", nfe)
+            scale = primary_fid[number] * (1.0 if j == 0 else 0.5)
+            rows = [
+                ("karras_rho7", karras(n, smin, smax), scale * 1.6, {}),
+                ("loglinear", loglinear(n, smin, smax), scale * 1.9, {}),
+            ]
+            kwargs_tuned = {"S_churn": 0.0, "S_min": 0.0, "S_max": math.inf, "S_noise": 1.0}
+            for fid in (scale * 1.3, scale, scale * 1.1):
+                gaps = torch.rand(n - 1, generator=gen, dtype=torch.float64) + 0.2
+                rows.append((None, from_gaps(gaps, smin, smax), fid, kwargs_tuned))
+            for base, sigmas, fid, kw in rows:
+                params = {
+                    f"gap_{i}": float(g)
+                    for i, g in enumerate((-2 * torch.log(sigmas[:-1])).diff().tolist())
+                }
+                attrs = {
+                    "sigmatune:schema": 1,
+                    "sampler": "heun",
+                    "sampler_kwargs": kw,
+                    "sigmas": [float(s) for s in sigmas],
+                }
+                if base:
+                    attrs["baseline"] = base
+                inner.add_trial(
+                    optuna.trial.create_trial(
+                        value=fid,
+                        params=params,
+                        distributions={
+                            p: optuna.distributions.FloatDistribution(0.0, 100.0) for p in params
+                        },
+                        user_attrs=attrs,
+                    )
+                )
+            best = min(
+                inner.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.value
+            )
+            inner_studies[str(nfe)] = inner_name
+            best_fid[str(nfe)] = best.value
+            base_fid[str(nfe)] = {r[0]: r[2] for r in rows[:2]}
+            best_sigmas[str(nfe)] = best.user_attrs["sigmas"]
+            best_sampler[str(nfe)] = "heun"
+            best_params[str(nfe)] = best.params
+            inner_best[nfe] = best
+        attrs = {
+            "sigmatune:schema": 1,
+            "sigmatune:objective": desc,
+            "sigmatune:original_trial": number,
+            "inner:studies": inner_studies,
+            "inner:best_fid": best_fid,
+            "inner:baseline_fid": base_fid,
+            "inner:best_params": best_params,
+            "inner:best_sigmas": best_sigmas,
+            "inner:best_sampler": best_sampler,
+            "sigmatune:model_artifact": f"model-{number}",
+        }
+        if baseline:
+            attrs["baseline"] = baseline
+        outer.add_trial(
+            optuna.trial.create_trial(value=best_fid[str(SYNTH_NFE[0])], user_attrs=attrs)
+        )
+        expected[number] = {"attrs": attrs, "inner_best": inner_best, "description": desc}
+    failed = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL,
+        user_attrs={
+            "sigmatune:schema": 1,
+            "sigmatune:fail_reason": "NonFiniteLossError: nan",
+            "sigmatune:original_trial": 3,
+            "sigmatune:objective": _describe(
+                "x0", ("lognormal", {}), ("snr", {"k": 1.0}), None, smin, smax
+            ),
+        },
+    )
+    outer.add_trial(failed)
+    return SyntheticStudy(
+        url=url,
+        path=path,
+        storage=storage,
+        name=name,
+        config=config,
+        best_number=1,
+        expected=expected,
+    )
+
+
+@pytest.fixture(scope="session")
+def _synthetic_template(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    return build_synthetic_study(tmp_path_factory.mktemp("synth-template"))
+
+
+def _copy_synthetic(template: SyntheticStudy, directory: Path) -> SyntheticStudy:
+    path = directory / template.path.name
+    shutil.copyfile(template.path, path)
+    url = f"sqlite:///{path}"
+    with _sqlite_without_fsync():  # this storage's pooled connection skips fsync
+        storage = optuna.storages.RDBStorage(url)
+    return SyntheticStudy(
+        url=url,
+        path=path,
+        storage=storage,
+        name=template.name,
+        config=template.config,
+        best_number=template.best_number,
+        expected=template.expected,
+    )
+
+
+@pytest.fixture(scope="session")
+def synthetic_copy(_synthetic_template: SyntheticStudy):
+    """A factory: ``synthetic_copy(directory)`` copies the synthetic study's SQLite file into
+    ``directory`` (for fixtures of a wider scope than a test)."""
+    return lambda directory: _copy_synthetic(_synthetic_template, Path(directory))
+
+
+@pytest.fixture
+def synthetic_study(synthetic_copy, tmp_path: Path) -> SyntheticStudy:
+    """A fresh copy (its own SQLite file in ``tmp_path``) of a synthetic sigmatune study."""
+    return synthetic_copy(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real toy run, once per session (slow tests only)
+
+TOY_OVERRIDES = {
+    "name": "toyrun",
+    "outer.outer_trials": 2,
+    "inner.inner_trials": 4,
+    "inner.nfe_budgets": [5],
+    "inner.fid_num_images": 256,
+    "inner.batch_size": 256,
+    "train.train_nimg": 4096,
+    "train.batch_size": 256,
+    "train.checkpoint_nimg": 4096,
+    "train.ema_halflife_nimg": 1024,
+    "device": "cpu",
+}
+
+
+@dataclass
+class ToyRun:
+    url: str
+    directory: Path
+    name: str
+    config: Any  # study.config.Config
+    summary: Any  # study.bilevel.RunSummary
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> ToyRun:
+    """``sigmatune run --preset toy`` made as small as it goes (2 outer x 4 inner trials, one
+    NFE budget, 256 images), in a temp folder, with the after-trial and after-run hooks."""
+    from study.bilevel import run
+    from study.config import load_config
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directory = tmp_path_factory.mktemp("toyrun")
+    url = f"sqlite:///{directory / 'toy.db'}"
+    config = load_config("toy", {**TOY_OVERRIDES, "storage": url})
+    cwd = os.getcwd()
+    os.chdir(directory)  # anything written relative to the working folder stays in the temp dir
+    try:
+        summary = run(config, progress=False, log=lambda _msg: None)
+    finally:
+        os.chdir(cwd)
+    if summary.best_trial is None:
+        study = optuna.load_study(study_name=config.name, storage=url)
+        reasons = {
+            t.number: t.user_attrs.get("sigmatune:fail_reason", t.state.name) for t in study.trials
+        }
+        pytest.fail(f"the toy run completed no outer trial: {reasons}", pytrace=False)
+    return ToyRun(url=url, directory=directory, name=config.name, config=config, summary=summary)
