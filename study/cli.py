@@ -45,7 +45,26 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     sampler = getattr(args, "sampler", None)
     if sampler:
         out["inner.samplers"] = list(sampler)
+    for item in getattr(args, "set", None) or []:
+        key, value = _parse_set(item)
+        out[key] = value
     return out
+
+
+def _parse_set(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as TOML (``3``, ``true``, ``[5, 9]``, ``"tpe"``); a bare
+    word that is no TOML value is taken as a string."""
+    import tomllib
+
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set wants KEY=VALUE (e.g. inner.tune_sigma_range=true), got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return key, value
 
 
 def _load_config(args: argparse.Namespace):
@@ -163,6 +182,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inner-trials", type=int, help="trials per inner study")
     p.add_argument("--nfe", type=int, nargs="+", help="NFE budgets (the first is primary)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config key, dotted, value in TOML (repeatable), "
+        "e.g. --set inner.tune_sigma_range=true --set train.train_nimg=512_000",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

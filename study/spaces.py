@@ -494,14 +494,21 @@ def make_inner_sampler(config: Config, seed: int) -> optuna.samplers.BaseSampler
 
 
 def make_outer_pruner(config: Config) -> optuna.pruners.BasePruner:
-    """Median pruning of the interim FID reported at training checkpoints, or none."""
+    """Median pruning of the interim FID reported at training checkpoints (step = images
+    trained), or none. Not before half of ``train_nimg``: early interim FIDs say more about
+    how fast a weighting starts than where it ends."""
     if config.outer.pruner == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=1, n_warmup_steps=config.train.train_nimg // 2
+    )
 
 
 def make_inner_pruner(config: Config) -> optuna.pruners.BasePruner:
-    """Median pruning of FID at 1/4 and 1/2 of the images, after the baselines and two more."""
-    if not config.inner.prune:
+    """Median pruning of FID at 1/4 and 1/2 of the images, after the baselines and two more.
+
+    Not with GPSampler: it fits its Gaussian process to complete trials only, so a pruned
+    point teaches it nothing and it proposes the same point again and again."""
+    if not config.inner.prune or config.inner.sampler == "gp":
         return optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=2 + len(BASELINES), n_warmup_steps=0)

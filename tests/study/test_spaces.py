@@ -331,9 +331,17 @@ def test_pruners_follow_the_config():
     assert isinstance(spaces.make_outer_sampler(random), optuna.samplers.RandomSampler)
 
 
+def test_no_inner_pruning_with_the_gp_sampler():
+    """GPSampler learns from complete trials only: pruning would make it repeat points."""
+    gp = TOY.replace(**{"inner.sampler": "gp", "inner.prune": True})
+    assert isinstance(spaces.make_inner_pruner(gp), optuna.pruners.NopPruner)
+    tpe = TOY.replace(**{"inner.sampler": "tpe", "inner.prune": True})
+    assert isinstance(spaces.make_inner_pruner(tpe), optuna.pruners.MedianPruner)
+
+
 def test_inner_pruner_waits_for_the_baselines_and_two_more():
     """MedianPruner(n_startup_trials=4): the 5th trial is the first that can be pruned."""
-    pruner = spaces.make_inner_pruner(TOY)
+    pruner = spaces.make_inner_pruner(TOY.replace(**{"inner.sampler": "tpe"}))
     study = optuna.create_study(pruner=pruner)
     pruned = []
 
