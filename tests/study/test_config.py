@@ -28,7 +28,8 @@ def test_toy_preset_is_sized_for_two_cpu_cores():
     toy = load_config("toy")
     assert (toy.dataset, toy.network.name, toy.inner.fid_extractor) == ("gmm2d", "mlp", "rff")
     assert 150_000 <= toy.train.train_nimg <= 300_000
-    assert toy.outer.outer_trials == 3 and toy.inner.inner_trials == 12
+    assert toy.outer.outer_trials == 4 and toy.inner.inner_trials == 16
+    assert toy.inner.tune_sigma_range  # at NFE 5 the range is most of what can be gained
     assert toy.inner.nfe_budgets == (5, 9) and toy.inner.samplers == ("heun",)
     assert toy.inner.fid_num_images == 1000
 
@@ -239,7 +240,7 @@ def test_replace_returns_a_checked_copy():
     config = load_config("toy")
     other = config.replace(**{"inner.inner_trials": 4}, seed=3)
     assert (other.inner.inner_trials, other.seed) == (4, 3)
-    assert (config.inner.inner_trials, config.seed) == (12, 0)  # unchanged
+    assert (config.inner.inner_trials, config.seed) == (16, 0)  # unchanged
     with pytest.raises(ConfigError, match=r"inner\.inner_trials must be a positive integer"):
         config.replace(**{"inner.inner_trials": -1})
     with pytest.raises(dataclasses.FrozenInstanceError):

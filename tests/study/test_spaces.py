@@ -236,7 +236,7 @@ def test_sigma_range_space_stays_inside_the_run_and_apart():
 
 
 def test_schedule_params_rejects_schedules_outside_the_space():
-    config = TOY
+    config = TOY.replace(**{"inner.tune_sigma_range": False})
     with pytest.raises(ValueError, match=r"must have 4 values \(3 steps of heun at NFE 5\)"):
         spaces.schedule_params([80.0, 1.0, 0.0], "heun", config=config, nfe=5)
     with pytest.raises(ValueError, match=r"sigma_max must equal the config's sigma_max=80\.0"):
