@@ -121,6 +121,7 @@ def cmd_tune_sampling(args: argparse.Namespace) -> int:
         denoiser=args.denoiser,
         study_name=args.study_prefix,
         progress=not args.no_progress,
+        reference_steps=args.reference_steps,
     )
     print(f"inner studies {summary.prefix}/nfe-K in {config.storage}")
     return 0
@@ -230,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tune the sampling step locations of one model: a sigmatune model file "
         "(--checkpoint) or a k-diffusion-style denoiser D(x, sigma) returned by "
         "module:function (--denoiser). The data set of the config gives the FID reference.",
+        epilog="examples:\n"
+        "  sigmatune tune-sampling --preset toy --denoiser models.data:gmm2d_mixture --nfe 5\n"
+        "      # the exact denoiser of the toy data set (a Gaussian mixture)\n"
+        "  sigmatune tune-sampling --preset digits --checkpoint model.pt --nfe 5 9\n"
+        "      # a model file: `sigmatune run` leaves one per outer trial in\n"
+        "      # sigmatune-artifacts/runs/NAME/trial-NNNN/model.pt beside sigmatune.db",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(p)
     p.add_argument("--dataset", help="data set for the FID reference (overrides the config)")
@@ -237,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a model file written by `sigmatune run`")
     src.add_argument("--denoiser", help="module:function returning D(x, sigma)")
+    p.add_argument(
+        "--reference-steps",
+        type=int,
+        default=256,
+        help="steps of the karras reference that the gap closed is measured against "
+        "(default 256; 0 skips it)",
+    )
     p.add_argument(
         "--study-prefix", help="inner studies are named PREFIX/nfe-K (default: NAME-sampling)"
     )
@@ -340,10 +355,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.getLogger("optuna").setLevel(logging.WARNING)
+    import warnings
+
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # sigmatune prints its own line per trial (a failed one with its reason, which is also
+    # stored in the trial's user attrs), so Optuna's per-trial log and tracebacks are noise.
+    logging.getLogger("optuna").setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     from study.errors import USER_ERRORS
 
     try:

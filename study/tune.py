@@ -7,11 +7,15 @@ The model is a sigmatune model file (``--checkpoint``) or any k-diffusion-style 
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import optuna
+import torch
 
 from study import bilevel
 from study.config import Config
@@ -48,10 +52,112 @@ def load_denoiser_spec(spec: str) -> Callable[..., Any]:
 
 
 @dataclass
+class GapFigures:
+    """How much of the way from ``karras`` rho = 7 to a many-step reference the tuned
+    schedule goes, in the study's score and (with a known true distribution) in sliced
+    Wasserstein distance on fresh seeds: ``gap_closed = (karras - tuned) / (karras - ref)``."""
+
+    reference_steps: int
+    score: dict[str, float]  # karras_rho7, tuned, reference, gap_closed
+    sliced_wasserstein: dict[str, float] | None = None  # the same, plus true_vs_true
+
+
+@dataclass
 class TuneSummary:
     prefix: str
     results: dict[int, bilevel.InnerResult]
     lines: list[str]
+    gaps: dict[int, GapFigures] = field(default_factory=dict)
+
+
+def gap_closed(baseline: float, tuned: float, reference: float) -> float:
+    """``(baseline - tuned) / (baseline - reference)``; nan where the baseline is already at
+    the reference (no gap to close)."""
+    gap = baseline - reference
+    return (baseline - tuned) / gap if gap > 0 else math.nan
+
+
+# Seeds for the independent check: far from the study's (1e6 * seed onwards), so the
+# tuned schedule is judged on noise it was not tuned on.
+CHECK_SEED_OFFSET = 10**9
+
+
+def measure_gaps(
+    ctx: bilevel.RunContext,
+    D: Callable[..., Any],
+    result: bilevel.InnerResult,
+    sampler_kwargs: dict[str, Any],
+    *,
+    reference_steps: int,
+    num_samples: int = 4000,
+) -> GapFigures:
+    """Score a ``reference_steps``-step karras schedule of the tuned sampler, and, where the
+    data set has an analytic distribution, compare karras, tuned and reference samples with
+    true samples in sliced Wasserstein distance on fresh seeds."""
+    from models.samplers import generate
+    from models.schedules import karras
+    from objectives.distances import sliced_wasserstein
+    from study import spaces
+    from study.trials import score_schedule
+
+    config = ctx.config
+    smin, smax = float(config.sigma_min), float(config.sigma_max)
+    base = spaces.baseline_schedules(config, result.nfe)["karras_rho7"]
+    ref_sigmas = karras(reference_steps, smin, smax, spaces.KARRAS_RHO)
+    schedules = {
+        "karras_rho7": (base.sampler, base.sigmas, dict(base.sampler_kwargs)),
+        "tuned": (result.best_sampler, torch.tensor(result.best_sigmas), sampler_kwargs),
+        "reference": (result.best_sampler, ref_sigmas, {}),
+    }
+    score = {
+        "karras_rho7": float(result.baseline_fid["karras_rho7"]),
+        "tuned": float(result.best_fid),
+        "reference": score_schedule(ctx, D, result.best_sampler, ref_sigmas),
+    }
+    score["gap_closed"] = gap_closed(score["karras_rho7"], score["tuned"], score["reference"])
+    sw = None
+    truth = getattr(ctx.data, "analytic", None)
+    if truth is not None:
+        g = torch.Generator().manual_seed(CHECK_SEED_OFFSET + config.seed)
+        true_a = truth.sample(num_samples, generator=g)
+        true_b = truth.sample(num_samples, generator=g)
+        seeds = range(CHECK_SEED_OFFSET, CHECK_SEED_OFFSET + num_samples)
+        sw = {"true_vs_true": sliced_wasserstein(true_a, true_b)}
+        for name, (sampler, sigmas, kwargs) in schedules.items():
+            x = torch.cat(
+                list(
+                    generate(
+                        D,
+                        sigmas,
+                        sampler,
+                        seeds,
+                        ctx.shape,
+                        config.inner.batch_size,
+                        device=ctx.device,
+                        **kwargs,
+                    )
+                )
+            )
+            sw[name] = sliced_wasserstein(x.cpu(), true_a)
+        sw["gap_closed"] = gap_closed(sw["karras_rho7"], sw["tuned"], sw["reference"])
+    return GapFigures(reference_steps=reference_steps, score=score, sliced_wasserstein=sw)
+
+
+def format_gaps(nfe: int, gaps: GapFigures) -> str:
+    sc = gaps.score
+    line = (
+        f"nfe {nfe}: gap to a {gaps.reference_steps}-step reference closed "
+        f"{sc['gap_closed']:.1%} in FID (karras {sc['karras_rho7']:.4g}, tuned "
+        f"{sc['tuned']:.4g}, reference {sc['reference']:.4g})"
+    )
+    sw = gaps.sliced_wasserstein
+    if sw is not None:
+        line += (
+            f"; {sw['gap_closed']:.1%} in sliced Wasserstein to true samples on fresh seeds "
+            f"(karras {sw['karras_rho7']:.4g}, tuned {sw['tuned']:.4g}, reference "
+            f"{sw['reference']:.4g}, true vs true {sw['true_vs_true']:.4g})"
+        )
+    return line
 
 
 def tune_sampling(
@@ -63,8 +169,20 @@ def tune_sampling(
     progress: bool = True,
     log: Callable[[str], None] = print,
     context: bilevel.RunContext | None = None,
+    reference_steps: int = 256,
 ) -> TuneSummary:
-    """Run (or resume) one inner study per NFE budget of ``config`` for one model."""
+    """Run (or resume) one inner study per NFE budget of ``config`` for one model; then,
+    unless ``reference_steps`` is 0, measure how much of the gap between ``karras`` rho = 7
+    and a ``reference_steps``-step reference the tuned schedule closes (:func:`measure_gaps`)."""
+    if (
+        isinstance(reference_steps, bool)
+        or int(reference_steps) != reference_steps
+        or not (reference_steps == 0 or reference_steps >= 2)
+    ):
+        raise ValueError(
+            f"reference_steps must be 0 (no reference) or an integer >= 2, "
+            f"but got reference_steps={reference_steps}"
+        )
     if (checkpoint is None) == (denoiser is None):
         raise ValueError(
             "give exactly one of checkpoint (a model file) or denoiser ('module:function')"
@@ -108,4 +226,22 @@ def tune_sampling(
             line += f"  loglinear {loglin:.4g}"
         lines.append(line)
         log(line)
-    return TuneSummary(prefix=prefix, results=results, lines=lines)
+    gaps: dict[int, GapFigures] = {}
+    if reference_steps:
+        for nfe, result in results.items():
+            study = optuna.load_study(study_name=result.study_name, storage=ctx.storage)
+            best = bilevel.best_of(study)
+            kwargs = dict(best.user_attrs.get("sampler_kwargs", {})) if best else {}
+            gaps[nfe] = measure_gaps(ctx, D, result, kwargs, reference_steps=reference_steps)
+            study.set_user_attr(
+                "tune:gaps",
+                {
+                    "reference_steps": reference_steps,
+                    "score": gaps[nfe].score,
+                    "sliced_wasserstein": gaps[nfe].sliced_wasserstein,
+                },
+            )
+            line = format_gaps(nfe, gaps[nfe])
+            lines.append(line)
+            log(line)
+    return TuneSummary(prefix=prefix, results=results, lines=lines, gaps=gaps)

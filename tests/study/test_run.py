@@ -1,0 +1,444 @@
+"""`sigmatune run` end to end, as a user runs it: in a subprocess, on a SQLite file, with
+kills (SIGKILL) in the middle, two processes at once, a diverging trial and bad input.
+
+Each test writes its own small config (a 2-D Gaussian mixture and a small MLP, as the toy
+preset, with fewer images) so that a whole run takes seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from study.bilevel import count_finished
+from study.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "tiny"
+
+
+def tiny_toml(**changes: str) -> str:
+    """A small toy config as TOML; ``changes`` replace whole lines ``key = value``."""
+    lines = {
+        "name": f'"{NAME}"',
+        "dataset": '"gmm2d"',
+        "seed": "0",
+        "sigma_min": "0.002",
+        "sigma_max": "80.0",
+        "storage": '"sqlite:///run.db"',
+        "device": '"cpu"',
+    }
+    sections = {
+        "network": {"name": '"mlp"', "params": "{ hidden = 64, depth = 2, emb_dim = 32 }"},
+        "train": {
+            "train_nimg": "16_384",
+            "batch_size": "256",
+            "lr": "2e-3",
+            "ema_halflife_nimg": "2_000",
+            "checkpoint_nimg": "4_096",
+            "grad_clip": "1.0",
+        },
+        "outer": {"outer_trials": "2", "sampler": '"tpe"', "pruner": '"none"'},
+        "inner": {
+            "inner_trials": "5",
+            "nfe_budgets": "[5]",
+            "samplers": '["heun"]',
+            "sampler": '"gp"',
+            "tune_sigma_range": "true",
+            "fid_num_images": "256",
+            "fid_extractor": '"rff"',
+            "batch_size": "256",
+        },
+    }
+    for key, value in changes.items():
+        section, _, name = key.rpartition("__")
+        (sections[section] if section else lines)[name] = value
+    out = [f"{k} = {v}" for k, v in lines.items()]
+    for section, items in sections.items():
+        out.append(f"\n[{section}]")
+        out += [f"{k} = {v}" for k, v in items.items()]
+    return "\n".join(out) + "\n"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return env
+
+
+def sigmatune(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "study.cli", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.cli", *args],
+        cwd=cwd,
+        env=_env(),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+RUN = ("run", "config.toml", "--no-progress", "--heartbeat-interval", "1", "--grace-period", "2")
+
+
+def load(tmp_path: Path, name: str = NAME) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'run.db'}")
+
+
+def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    t0 = time.monotonic()
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before the kill point:\n{log.read_text()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            pytest.fail(f"kill point not reached in {timeout} s:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
+def _inner_complete(tmp_path: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'run.db'}")
+    except KeyError:
+        return []
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def _db_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ a whole run
+
+
+@pytest.mark.slow
+def test_run_stores_outer_and_inner_studies_links_and_artifacts(tmp_path):
+    (tmp_path / "config.toml").write_text(tiny_toml())
+    out = sigmatune(*RUN, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    db = tmp_path / "run.db"
+    assert [p.name for p in tmp_path.glob("*.db")] == ["run.db"]  # one SQLite file
+    url = f"sqlite:///{db}"
+    names = {s.study_name for s in optuna.get_all_study_summaries(url)}
+    assert names == {NAME, f"{NAME}/trial-0000/nfe-5", f"{NAME}/trial-0001/nfe-5"}
+
+    outer = load(tmp_path)
+    assert outer.user_attrs["sigmatune:role"] == "outer"
+    stored = outer.user_attrs["sigmatune:config"]
+    assert stored["train"]["train_nimg"] == 16_384  # the full config is on the study
+    trials = outer.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert trials[0].user_attrs["baseline"] == "edm"
+    store = optuna.artifacts.FileSystemArtifactStore(tmp_path / "run-artifacts")
+    for t in trials:
+        inner_name = t.user_attrs["inner:studies"]["5"]
+        inner = optuna.load_study(study_name=inner_name, storage=url)
+        # links both ways
+        assert inner.user_attrs["outer:study"] == NAME
+        assert inner.user_attrs["outer:trial"] == t.number
+        assert inner.user_attrs["sigmatune:role"] == "inner"
+        done = inner.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        assert len(done) == 5
+        baselines = {x.user_attrs["baseline"]: x.value for x in done if "baseline" in x.user_attrs}
+        assert set(baselines) == {"karras_rho7", "loglinear"}
+        best = min(x.value for x in done)
+        # the best is never worse than the baselines measured on the same model and images
+        assert t.value == pytest.approx(best)
+        assert t.value <= min(baselines.values())
+        assert t.user_attrs["inner:baseline_fid"]["5"]["karras_rho7"] == pytest.approx(
+            baselines["karras_rho7"]
+        )
+        # the trained model is an artifact that loads back into a denoiser
+        artifact = t.user_attrs["sigmatune:model_artifact"]
+        path = tmp_path / f"model-{t.number}.pt"
+        optuna.artifacts.download_artifact(
+            artifact_store=store, artifact_id=artifact, file_path=str(path)
+        )
+        from study.trials import load_model_file
+
+        D, payload = load_model_file(path)
+        assert payload["nimg"] >= 16_384
+        x = torch.randn(4, 2)
+        assert D(x, torch.full((4,), 1.0)).shape == (4, 2)
+    # one summary line per finished outer trial, with the baseline and the ratio
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("trial ")]
+    assert len(lines) == 2 and all("karras" in ln and " x" in ln for ln in lines)
+    assert "best: trial" in out.stdout and "% lower" in out.stdout
+
+    # the same command again: nothing to do, nothing repeated
+    again = sigmatune(*RUN, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(load(tmp_path).trials) == 2
+
+
+# --------------------------------------------------------------------------- faults: kills
+
+
+@pytest.mark.slow
+def test_killed_in_training_and_in_an_inner_study_the_same_command_finishes(tmp_path):
+    toml = tiny_toml(
+        train__train_nimg="131_072",
+        train__checkpoint_nimg="16_384",
+        network__params="{ hidden = 128, depth = 3, emb_dim = 64 }",
+        outer__outer_trials="1",
+        inner__inner_trials="10",
+        inner__fid_num_images="1000",
+        inner__batch_size="1000",
+    )
+    (tmp_path / "config.toml").write_text(toml)
+    ckpt_dir = tmp_path / "run-artifacts" / "runs" / NAME / "trial-0000" / "checkpoints"
+    inner_name = f"{NAME}/trial-0000/nfe-5"
+
+    # 1. kill while training: after the first checkpoint, before the last
+    log = tmp_path / "first.log"
+    proc = start(*RUN, cwd=tmp_path, log=log)
+    wait_for(lambda: len(list(ckpt_dir.glob("checkpoint-*.pt"))) >= 1, proc, log)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = sorted(ckpt_dir.glob("checkpoint-*.pt"))
+    saved_nimg = max(int(p.stem.split("-")[1]) for p in saved)
+    assert 0 < saved_nimg < 131_072, "the kill was meant to land in the middle of training"
+    assert _inner_complete(tmp_path, inner_name) == []
+
+    # 2. the same command: it retries the trial from its checkpoint; kill it again once the
+    #    inner study has finished some trials
+    log = tmp_path / "second.log"
+    proc = start(*RUN, cwd=tmp_path, log=log)
+    wait_for(lambda: len(_inner_complete(tmp_path, inner_name)) >= 3, proc, log)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {t.number: (t.value, t.params) for t in _inner_complete(tmp_path, inner_name)}
+    assert 3 <= len(before) < 10, "the kill was meant to land in the middle of the inner study"
+
+    # 3. the same command finishes the study
+    out = sigmatune(*RUN, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    outer = load(tmp_path)
+    trials = outer.get_trials(deepcopy=False)
+    assert count_finished(trials) == 1
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 1
+    final = done[0]
+    assert final.user_attrs["sigmatune:original_trial"] == 0  # a retry of trial 0
+    assert final.number >= 1
+    # the retry resumed from a checkpoint: it trained fewer images than a fresh start
+    assert final.user_attrs["train:resumed_from_nimg"] >= saved_nimg
+    assert final.user_attrs["train:nimg_this_process"] < 131_072
+
+    inner = optuna.load_study(study_name=inner_name, storage=f"sqlite:///{tmp_path / 'run.db'}")
+    assert len({s.study_name for s in optuna.get_all_study_summaries(inner._storage)}) == 2
+    after = inner.get_trials(deepcopy=False)
+    complete = {t.number: (t.value, t.params) for t in after if t.state == TrialState.COMPLETE}
+    # no completed inner trial lost or repeated, and the study went on where it stopped
+    for number, (value, params) in before.items():
+        assert complete[number] == (value, params)
+    assert count_finished(after) == 10
+    assert len(complete) >= 10 - sum(t.state == TrialState.FAIL for t in after)
+    base = [t for t in after if "baseline" in t.user_attrs and t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs["baseline"] for t in base) == ["karras_rho7", "loglinear"]
+    assert final.value == pytest.approx(min(v for v, _ in complete.values()))
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_sqlite_file_share_the_study(tmp_path):
+    (tmp_path / "config.toml").write_text(tiny_toml(outer__outer_trials="3"))
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [start(*RUN, cwd=tmp_path, log=log) for log in logs]
+    for p in procs:
+        p.wait(timeout=600)
+    texts = [log.read_text() for log in logs]
+    for p, text in zip(procs, texts, strict=True):
+        assert p.returncode == 0, text
+        assert "database is locked" not in text
+        assert "Traceback" not in text
+    trials = load(tmp_path).get_trials(deepcopy=False)
+    assert count_finished(trials) == 3
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    assert sorted(t.user_attrs["sigmatune:original_trial"] for t in trials) == [0, 1, 2]
+    # both processes did some of the work (each prints the lines of the trials it ran)
+    ran = [sum(ln.startswith("trial ") for ln in text.splitlines()) for text in texts]
+    assert sum(ran) == 3 and min(ran) >= 1, texts
+    for t in trials:
+        inner = optuna.load_study(
+            study_name=t.user_attrs["inner:studies"]["5"],
+            storage=f"sqlite:///{tmp_path / 'run.db'}",
+        )
+        assert count_finished(inner.get_trials(deepcopy=False)) == 5
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
+    # a learning rate of 1e4 without clipping sends the weights (and the loss) to inf/nan
+    toml = tiny_toml(train__lr="1e4", train__grad_clip="0.0", outer__outer_trials="2")
+    (tmp_path / "config.toml").write_text(toml)
+    out = sigmatune(*RUN, cwd=tmp_path)
+    assert "Traceback" not in out.stderr
+    trials = load(tmp_path).get_trials(deepcopy=False)
+    assert len(trials) == 2  # the first failure did not stop the study
+    for t in trials:
+        assert t.state == TrialState.FAIL
+        assert t.user_attrs["sigmatune:fail_reason"].startswith("NonFiniteLossError")
+    assert out.returncode == 1  # no trial completed, said plainly
+    assert "no outer trial completed" in out.stderr
+    status = sigmatune("status", "sqlite:///run.db", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "NonFiniteLossError" in status.stdout
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _one_paragraph_error(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 2, out.stdout + out.stderr
+    err = out.stderr.strip()
+    assert "Traceback" not in err
+    assert err.startswith("sigmatune: error:")
+    assert "\n\n" not in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished_db(tmp_path_factory) -> Path:
+    """A finished tiny study (1 outer trial) to point bad commands at."""
+    d = tmp_path_factory.mktemp("finished")
+    (d / "config.toml").write_text(tiny_toml(outer__outer_trials="1", inner__inner_trials="3"))
+    out = sigmatune(*RUN, cwd=d)
+    assert out.returncode == 0, out.stderr
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("changes", "args", "expected"),
+    [
+        ({"inner__inner_trials": "-3"}, (), r"inner\.inner_trials"),
+        ({"train__batch_sise": "256"}, (), r"train\.batch_sise"),  # unknown key
+        ({"inner__fid_extractor": '"vgg"'}, (), r"fid_extractor"),
+        ({}, ("--set", "outer.sampler=annealing"), r"outer\.sampler"),
+        ({}, ("--nfe", "1"), r"nfe"),
+    ],
+)
+def test_bad_config_is_one_paragraph_and_leaves_the_database_untouched(
+    finished_db, tmp_path, changes, args, expected
+):
+    db = finished_db / "run.db"
+    digest = _db_digest(db)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(tiny_toml(storage=f'"sqlite:///{db}"', **changes))
+    out = sigmatune("run", str(bad), "--no-progress", *args, cwd=finished_db)
+    err = _one_paragraph_error(out)
+    import re
+
+    assert re.search(expected, err), err
+    assert _db_digest(db) == digest
+
+
+@pytest.mark.slow
+def test_a_config_that_differs_from_the_stored_one_is_refused(finished_db):
+    db = finished_db / "run.db"
+    digest = _db_digest(db)
+    out = sigmatune(
+        "run", "config.toml", "--no-progress", "--set", "train.lr=0.01", cwd=finished_db
+    )
+    err = _one_paragraph_error(out)
+    assert "train.lr" in err
+    assert _db_digest(db) == digest
+
+
+def test_unreachable_storage_is_one_paragraph(tmp_path):
+    (tmp_path / "config.toml").write_text(tiny_toml())
+    missing = tmp_path / "no" / "such" / "folder" / "x.db"
+    for url in (f"sqlite:///{missing}", "postgresql://user@127.0.0.1:1/none"):
+        out = sigmatune("run", "config.toml", "--no-progress", "--storage", url, cwd=tmp_path)
+        err = _one_paragraph_error(out)
+        assert url.split("://")[0] in err
+    assert not missing.parent.exists()
+    assert list(tmp_path.glob("*.db")) == []
+
+
+def test_status_of_a_missing_database_is_one_paragraph_and_creates_nothing(tmp_path):
+    out = sigmatune("status", "sqlite:///nothing.db", cwd=tmp_path)
+    err = _one_paragraph_error(out)
+    assert "nothing.db" in err
+    assert not (tmp_path / "nothing.db").exists()
+
+
+def test_missing_checkpoint_is_one_paragraph_and_creates_nothing(tmp_path):
+    (tmp_path / "config.toml").write_text(tiny_toml())
+    out = sigmatune(
+        "tune-sampling", "config.toml", "--checkpoint", "nope.pt", "--no-progress", cwd=tmp_path
+    )
+    err = _one_paragraph_error(out)
+    assert "nope.pt" in err
+    assert list(tmp_path.glob("*.db")) == []
+
+
+def test_tiny_config_is_valid(tmp_path):
+    """The config the tests above write is itself a valid one (so failures there are theirs)."""
+    (tmp_path / "config.toml").write_text(tiny_toml())
+    config = load_config(tmp_path / "config.toml")
+    assert config.inner.nfe_budgets == (5,)
+    assert load_config("toy").dataset == config.dataset
+
+
+# ----------------------------------------------------------------- tune-sampling, analytic
+
+
+@pytest.mark.slow
+def test_tune_sampling_closes_the_gap_on_the_exact_gaussian_mixture_denoiser(tmp_path):
+    """The toy data set's own mixture, given as module:function, at NFE 5 with Heun: the
+    tuned schedule closes >= 90% of the gap between karras rho = 7 and a 256-step reference,
+    in the study's score and in sliced Wasserstein distance to true samples on fresh seeds."""
+    out = sigmatune(
+        "tune-sampling",
+        "--preset",
+        "toy",
+        "--denoiser",
+        "models.data:gmm2d_mixture",
+        "--nfe",
+        "5",
+        "--sampler",
+        "heun",
+        "--storage",
+        "sqlite:///tune.db",
+        "--no-progress",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "closed" in out.stdout and "sliced Wasserstein" in out.stdout  # all printed
+    inner = optuna.load_study(
+        study_name="toy-sampling/nfe-5", storage=f"sqlite:///{tmp_path / 'tune.db'}"
+    )
+    gaps = inner.user_attrs["tune:gaps"]
+    assert gaps["reference_steps"] == 256
+    score, sw = gaps["score"], gaps["sliced_wasserstein"]
+    # the stored figures are what the formula gives on the stored scores
+    assert score["gap_closed"] == pytest.approx(
+        (score["karras_rho7"] - score["tuned"]) / (score["karras_rho7"] - score["reference"])
+    )
+    assert score["tuned"] == pytest.approx(inner.best_value)
+    assert score["gap_closed"] >= 0.9, out.stdout
+    assert sw["gap_closed"] >= 0.9, out.stdout
+    # the reference is near the noise floor of the distance, karras far from it
+    assert sw["reference"] < 3 * sw["true_vs_true"] < sw["karras_rho7"]
