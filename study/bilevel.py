@@ -433,7 +433,9 @@ def summary_line(trial: FrozenTrial, primary: int) -> str:
     desc = trial.user_attrs.get("sigmatune:objective")
     head = f"trial {trial.number:>3} {trial.state.name:<8} {describe_objective(desc)}"
     if trial.state != TrialState.COMPLETE:
-        reason = trial.user_attrs.get(trials.FAIL_REASON, "")
+        reason = trial.user_attrs.get(trials.FAIL_REASON) or trial.user_attrs.get(
+            trials.PRUNE_REASON, ""
+        )
         return head + (f"  ({reason})" if reason else "")
     best = trial.user_attrs.get("inner:best_fid", {})
     base = trial.user_attrs.get("inner:baseline_fid", {})

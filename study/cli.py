@@ -130,7 +130,7 @@ def cmd_tune_sampling(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from study.status import format_status, status_rows
 
-    name, rows = status_rows(args.storage, args.study_name)
+    name, rows = status_rows(args.storage_option or args.storage, args.study_name)
     print(format_status(name, rows))
     return 0
 
@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default="sqlite:///sigmatune.db",
         help="storage URL (default: sqlite:///sigmatune.db)",
+    )
+    p.add_argument(
+        "--storage", dest="storage_option", help="the same, as an option (as for export)"
     )
     p.add_argument("--study-name", help="which study, when the storage holds several")
     p.set_defaults(func=cmd_status)

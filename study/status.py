@@ -8,7 +8,7 @@ import optuna
 
 from study.bilevel import ROLE, describe_objective
 from study.storage import check_storage_exists, make_storage
-from study.trials import FAIL_REASON
+from study.trials import FAIL_REASON, PRUNE_REASON
 
 
 def outer_study_names(storage: optuna.storages.BaseStorage) -> list[str]:
@@ -53,7 +53,7 @@ def status_rows(
                 "baseline_fid": t.user_attrs.get("inner:baseline_fid", {}),
                 "baseline": t.user_attrs.get("baseline"),
                 "retry_of": t.system_attrs.get("failed_trial"),
-                "reason": t.user_attrs.get(FAIL_REASON, ""),
+                "reason": t.user_attrs.get(FAIL_REASON) or t.user_attrs.get(PRUNE_REASON, ""),
             }
         )
     return study_name, rows

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 SCHEMA = 1
 FAIL_REASON = "sigmatune:fail_reason"
+PRUNE_REASON = "sigmatune:prune_reason"
 # What every inner trial's schedule is scored at, for pruning at equal image counts.
 REPORT_FRACTIONS = (0.25, 0.5, 1.0)
 
@@ -209,7 +210,12 @@ def train_trial(trial: optuna.trial.Trial, ctx: RunContext) -> float:
             )
             trial.report(fid, nimg)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"interim FID {fid:.5g} at {nimg} images")
+                why = (
+                    f"pruned: interim FID {fid:.4g} (karras_rho7, {interim_images} images) "
+                    f"after {nimg} training images, worse than the median of earlier trials"
+                )
+                trial.set_user_attr(PRUNE_REASON, why)
+                raise optuna.TrialPruned(why)
 
         result = train(
             net,
