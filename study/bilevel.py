@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,7 +200,9 @@ def optimize_until(
     """
     callbacks = [on_trial] if on_trial is not None else None
     while True:
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():  # experimental in Optuna, and stable since 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         all_trials = study.get_trials(deepcopy=False)
         finished = count_finished(all_trials)
         if finished >= n_trials:
