@@ -103,14 +103,17 @@ def sample_trial(trial: optuna.trial.Trial, ctx: RunContext, denoiser: Any, nfe:
         trial.set_user_attr("sampler_kwargs", dict(choice.sampler_kwargs))
         trial.set_user_attr("sigmas", [float(s) for s in choice.sigmas])
         is_baseline = trial.user_attrs.get("baseline") is not None
+        # Prefix scores are reported (each costs a score and a storage write) only where a
+        # pruner reads them; baselines report them too, for the median, but are never pruned.
+        pruning = not isinstance(spaces.make_inner_pruner(ctx.config), optuna.pruners.NopPruner)
         return score_schedule(
             ctx,
             denoiser,
             choice.sampler,
             choice.sigmas,
             choice.sampler_kwargs,
-            trial=trial,
-            prune=ctx.config.inner.prune and not is_baseline,
+            trial=trial if pruning else None,
+            prune=pruning and not is_baseline,
         )
     except optuna.TrialPruned:
         raise
