@@ -274,6 +274,14 @@ def run_inner_study(
                 choice.sigmas, choice.sampler, choice.sampler_kwargs, config=config, nfe=nfe
             )
             study.enqueue_trial(params, user_attrs={"baseline": name})
+        for name, choice in spaces.starting_schedules(config, nfe).items():
+            try:
+                params = spaces.schedule_params(
+                    choice.sigmas, choice.sampler, choice.sampler_kwargs, config=config, nfe=nfe
+                )
+            except ValueError:  # outside a narrowed space: the search starts without it
+                continue
+            study.enqueue_trial(params, user_attrs={"start": name}, skip_if_exists=True)
         for params in warm_start or []:
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
 
@@ -446,7 +454,7 @@ def summary_line(trial: FrozenTrial, primary: int) -> str:
     for nfe, fid in best.items():
         karras = base.get(nfe, {}).get("karras_rho7")
         if karras:
-            parts.append(f"nfe {nfe}: {fid:.4g} (karras {karras:.4g}, x{fid / karras:.2f})")
+            parts.append(f"nfe {nfe}: {fid:.4g} (karras {karras:.4g}, x{fid / karras:.3g})")
         else:
             parts.append(f"nfe {nfe}: {fid:.4g}")
     return head + "  " + "  ".join(parts)

@@ -101,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         gain = summary.best_fid / summary.baseline_fid
         msg += (
             f" vs karras_rho7 {summary.baseline_fid:.4g} on the same model "
-            f"(x{gain:.2f}, {100 * (1 - gain):.0f}% lower)"
+            f"(x{gain:.3g}, {100 * (1 - gain):.3g}% lower)"
         )
     print(msg)
     print(

@@ -21,7 +21,7 @@ Inner space (one trial = one schedule at a fixed NFE budget):
 - ``sampler``: categorical over ``config.inner.samplers`` (always a param, also when there is
   only one sampler: Optuna treats a one-choice categorical as fixed, and enqueued or
   warm-started params then say which sampler they are for);
-- ``{sampler}.gap_{i}`` for ``i < n - 1`` in [1e-3, 1] (log), ``n =
+- ``{sampler}.gap_{i}`` for ``i < n - 1`` in [0.02, 1] (log), ``n =
   models.samplers.steps_for_nfe(sampler, nfe)``: the gaps in lam between consecutive steps,
   normalised to fractions of the range inside ``models.schedules.from_gaps``. Named per
   sampler, since the same index means a different step for samplers with different ``n``;
@@ -101,13 +101,19 @@ EDM_DEFAULTS = {
     "adaptive": "none",
 }
 
-GAP_RANGE = _Float(1e-3, 1.0, log=True)
+# Gap ratios below 1/50 of the largest made almost every random schedule a disaster (FID
+# spanning six orders of magnitude, which a GP cannot model); karras rho = 3..20 at up to 20
+# steps keep every ratio above 0.05.
+GAP_RANGE = _Float(0.02, 1.0, log=True)
 S_CHURN_RANGE = _Float(0.0, 40.0)
 CHURN_FIXED = {"S_min": 0.05, "S_max": 50.0, "S_noise": 1.003}
 SIGMA_MIN_FACTOR = 50.0  # sigma_min may rise up to 50x ...
 SIGMA_MAX_FACTOR = 80.0  # ... and sigma_max fall up to 80x when tune_sigma_range
 BASELINES = ("karras_rho7", "loglinear")
 KARRAS_RHO = 7.0
+# Further starting points of every inner study (not baselines): karras with other rho, so
+# the model-based search starts from a family of sane schedules.
+STARTING_RHOS = (3.0, 5.0, 12.0)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -361,7 +367,7 @@ def schedule_params(
     """Trial params from which :func:`suggest_schedule` reproduces ``sigmas`` (to ``rtol``,
     relative, in every sigma) for ``sampler`` at budget ``nfe``.
 
-    The gaps are ``to_gaps(sigmas)`` scaled so the largest is 1; a gap ratio below 1e-3 is
+    The gaps are ``to_gaps(sigmas)`` scaled so the largest is 1; a gap ratio below 0.02 is
     clipped into the space and the resulting schedule checked against ``rtol``. Raises
     ``ValueError`` where the schedule is not in the space.
     """
@@ -430,6 +436,20 @@ def schedule_params(
     return params
 
 
+def starting_schedules(config: Config, nfe: int) -> dict[str, InnerChoice]:
+    """Extra first points of an inner study, ``karras_rho{r}`` for ``r`` in STARTING_RHOS,
+    over the run's σ range, with the baselines' sampler."""
+    from models.schedules import karras
+
+    sampler = config.inner.samplers[0]
+    n = _steps(sampler, nfe)
+    smin, smax = float(config.sigma_min), float(config.sigma_max)
+    return {
+        f"karras_rho{rho:g}": InnerChoice(sampler, karras(n, smin, smax, rho), {})
+        for rho in STARTING_RHOS
+    }
+
+
 def baseline_schedules(config: Config, nfe: int) -> dict[str, InnerChoice]:
     """The inner baselines at budget ``nfe`` for the first sampler of ``config.inner.samplers``,
     over the run's σ range: ``karras_rho7`` (Karras et al. 2022, eq. 5, ρ = 7) and ``loglinear``
@@ -470,7 +490,7 @@ def make_outer_sampler(config: Config) -> optuna.samplers.BaseSampler:
 
 def _inner_startup_trials(config: Config) -> int:
     """Complete trials (baselines and warm starts count) before the model-based sampler."""
-    return min(10, max(len(BASELINES) + 2, config.inner.inner_trials // 3))
+    return min(10, max(len(BASELINES) + len(STARTING_RHOS) + 1, config.inner.inner_trials // 3))
 
 
 def make_inner_sampler(config: Config, seed: int) -> optuna.samplers.BaseSampler:

@@ -221,7 +221,7 @@ def tune_sampling(
         loglin = result.baseline_fid.get("loglinear")
         line = f"nfe {nfe}: best {result.best_fid:.4g} ({result.best_sampler})"
         if karras:
-            line += f"  karras_rho7 {karras:.4g} (x{result.best_fid / karras:.2f})"
+            line += f"  karras_rho7 {karras:.4g} (x{result.best_fid / karras:.3g})"
         if loglin:
             line += f"  loglinear {loglin:.4g}"
         lines.append(line)
