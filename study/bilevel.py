@@ -274,7 +274,10 @@ def run_inner_study(
                 choice.sigmas, choice.sampler, choice.sampler_kwargs, config=config, nfe=nfe
             )
             study.enqueue_trial(params, user_attrs={"baseline": name})
-        for name, choice in spaces.starting_schedules(config, nfe).items():
+        # Starting points and warm starts fill at most the budget left after the baselines,
+        # keeping one trial for the search itself.
+        room = max(0, config.inner.inner_trials - len(spaces.BASELINES) - 1)
+        for name, choice in list(spaces.starting_schedules(config, nfe).items())[:room]:
             try:
                 params = spaces.schedule_params(
                     choice.sigmas, choice.sampler, choice.sampler_kwargs, config=config, nfe=nfe
@@ -282,7 +285,8 @@ def run_inner_study(
             except ValueError:  # outside a narrowed space: the search starts without it
                 continue
             study.enqueue_trial(params, user_attrs={"start": name}, skip_if_exists=True)
-        for params in warm_start or []:
+            room -= 1
+        for params in (warm_start or [])[:room]:
             study.enqueue_trial(params, user_attrs={"warm_start": True}, skip_if_exists=True)
 
     bar = None
