@@ -184,6 +184,59 @@ def count_finished(all_trials: list[FrozenTrial]) -> int:
     return n
 
 
+ORPHAN_GRACE_FACTOR = 5
+
+
+def fail_orphans(study: optuna.Study) -> list[int]:
+    """Fail (and retry) RUNNING trials that never recorded a heartbeat, long after they began.
+
+    Optuna records a trial's first heartbeat only after ``study.ask()`` returns, and ask runs
+    the sampler (a GP fit): a process killed in that window leaves a RUNNING trial that
+    ``fail_stale_trials`` never sees, and a study waiting for it would wait forever. Such a
+    trial is failed once it is ``ORPHAN_GRACE_FACTOR`` grace periods old (SQL storages only).
+    """
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return []
+    interval = storage.get_heartbeat_interval()
+    if interval is None:
+        return []
+    grace = backend.grace_period if backend.grace_period is not None else 2 * interval
+    from datetime import datetime, timedelta
+
+    from optuna.storages._rdb import models
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    session = backend.scoped_session()
+    try:
+        alive = {
+            row[0]
+            for row in session.query(models.TrialHeartbeatModel.trial_id)
+            .filter(models.TrialHeartbeatModel.trial_id.in_([t._trial_id for t in running]))
+            .all()
+        }
+    finally:
+        session.close()
+    cutoff = datetime.now() - timedelta(seconds=ORPHAN_GRACE_FACTOR * grace)
+    failed = []
+    for t in running:
+        if t._trial_id in alive or t.datetime_start is None or t.datetime_start > cutoff:
+            continue
+        try:
+            changed = storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another process was first
+            continue
+        if changed:
+            failed.append(t.number)
+            callback = storage.get_heartbeat_stale_trial_callback()
+            if callback is not None:
+                callback(study, storage.get_trial(t._trial_id))
+    return failed
+
+
 def optimize_until(
     study: optuna.Study,
     objective: Callable[[optuna.trial.Trial], float],
@@ -203,6 +256,7 @@ def optimize_until(
         with warnings.catch_warnings():  # experimental in Optuna, and stable since 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+        fail_orphans(study)
         all_trials = study.get_trials(deepcopy=False)
         finished = count_finished(all_trials)
         if finished >= n_trials:

@@ -272,12 +272,16 @@ def test_two_processes_on_one_sqlite_file_share_the_study(tmp_path):
         assert "database is locked" not in text
         assert "Traceback" not in text
     trials = load(tmp_path).get_trials(deepcopy=False)
-    assert count_finished(trials) == 3
+    # Both processes may see 2 finished and none running and each start one: the budget is
+    # met, and overshot by at most one trial per extra process (as with MaxTrialsCallback).
+    assert count_finished(trials) in (3, 4)
     assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
-    assert sorted(t.user_attrs["sigmatune:original_trial"] for t in trials) == [0, 1, 2]
+    assert sorted(t.user_attrs["sigmatune:original_trial"] for t in trials) == list(
+        range(len(trials))
+    )
     # both processes did some of the work (each prints the lines of the trials it ran)
     ran = [sum(ln.startswith("trial ") for ln in text.splitlines()) for text in texts]
-    assert sum(ran) == 3 and min(ran) >= 1, texts
+    assert sum(ran) == len(trials) and min(ran) >= 1, texts
     for t in trials:
         inner = optuna.load_study(
             study_name=t.user_attrs["inner:studies"]["5"],
@@ -442,3 +446,26 @@ def test_tune_sampling_closes_the_gap_on_the_exact_gaussian_mixture_denoiser(tmp
     assert sw["gap_closed"] >= 0.9, out.stdout
     # the reference is near the noise floor of the distance, karras far from it
     assert sw["reference"] < 3 * sw["true_vs_true"] < sw["karras_rho7"]
+
+
+def test_a_running_trial_that_never_beat_is_failed_and_retried(tmp_path, monkeypatch):
+    """A process killed inside ``study.ask()`` (before Optuna's first heartbeat) leaves a
+    RUNNING trial with no heartbeat; ``fail_orphans`` fails it once it is old enough, and the
+    retry callback enqueues its retry, while a trial with a heartbeat is left alone."""
+    from study import bilevel
+    from study.storage import make_storage
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="o")
+    orphan = study.ask()  # RUNNING, no heartbeat recorded
+    beating = study.ask()
+    storage.record_heartbeat(beating._trial_id)
+    assert bilevel.fail_orphans(study) == []  # too young
+    monkeypatch.setattr(bilevel, "ORPHAN_GRACE_FACTOR", 0)
+    time.sleep(0.01)
+    assert bilevel.fail_orphans(study) == [orphan.number]
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[orphan.number] == TrialState.FAIL
+    assert states[beating.number] == TrialState.RUNNING
+    retries = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+    assert [t.system_attrs["failed_trial"] for t in retries] == [orphan.number]
