@@ -11,16 +11,6 @@ import torch
 
 from models.data import CIFAR_FOLDER, DATASETS, Dataset, load_dataset
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors run fastest on one thread (and the machine is shared); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CIFAR_PER_BATCH = 3
 
 

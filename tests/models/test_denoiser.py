@@ -9,16 +9,6 @@ from models.denoiser import Denoiser
 from models.networks import MLP
 from objectives.parameterisations import PARAMETERISATIONS
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors run fastest on one thread (and the machine is shared); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 SIGMA_DATA = 0.5
 
 # (c_skip, c_out, c_in) written out from DESIGN.md, independently of objectives/.

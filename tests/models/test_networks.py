@@ -5,16 +5,6 @@ import torch
 
 from models.networks import MLP, NETWORKS, UNet, make_network
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors run fastest on one thread (and the machine is shared); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 UNET_CASES = [
     # (channels C, size, channel_mult, attn_resolutions)
     (1, 8, (1, 2), ()),

@@ -17,15 +17,6 @@ from objectives.weightings import Unit
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks train fastest on one thread (and the machine is shared); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def edm_objective(sigma_data: float, adaptive: str | None = None) -> DiffusionObjective:
     """EDM's training objective: edm parameterisation, unit weight, lognormal(-1.2, 1.2)."""
     density = LogNormal(-1.2, 1.2, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
