@@ -7,13 +7,14 @@ numbers came from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,21 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+@contextlib.contextmanager
+def limited_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads and the BLAS pools (numpy and scipy: the FID, the GP sampler)
+    at ``n`` inside; 0: as they are."""
+    if n <= 0:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(before)

@@ -19,7 +19,6 @@ Generation and scoring alternate, round by round; the figures are medians over t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import platform
@@ -27,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402  (puts the checkout on sys.path)
     describe_machine,
     format_table,
+    limited_threads,
     machine_info,
     median_seconds,
     write_json,
@@ -49,26 +49,8 @@ from models.samplers import generate, nfe, steps_for_nfe  # noqa: E402
 from models.schedules import karras  # noqa: E402
 from objectives.fid import Scorer  # noqa: E402
 from study.config import load_config  # noqa: E402
-
-KARRAS_RHO = 7.0
-REPORT_FRACTIONS = (0.25, 0.5, 1.0)  # study.trials.REPORT_FRACTIONS
-
-
-@contextlib.contextmanager
-def limited_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads and the BLAS pools (numpy, scipy) at ``n`` inside; 0: as is."""
-    if n <= 0:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        with threadpool_limits(limits=n):
-            yield
-    finally:
-        torch.set_num_threads(before)
+from study.spaces import KARRAS_RHO  # noqa: E402
+from study.trials import REPORT_FRACTIONS  # noqa: E402
 
 
 def run(

@@ -51,9 +51,8 @@ from models.schedules import karras  # noqa: E402
 from models.training import train  # noqa: E402
 from objectives.loss import objective_from_description  # noqa: E402
 from study.config import Config, load_config  # noqa: E402
-from study.spaces import edm_defaults_description  # noqa: E402
+from study.spaces import KARRAS_RHO, edm_defaults_description  # noqa: E402
 
-KARRAS_RHO = 7.0
 MODES = [  # (precision, compiled)
     ("float32", False),
     ("bf16", False),

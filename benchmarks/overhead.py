@@ -61,6 +61,7 @@ import optuna  # noqa: E402
 from _common import (  # noqa: E402  (puts the checkout on sys.path)
     describe_machine,
     format_table,
+    limited_threads,
     machine_info,
     median_seconds,
     write_json,
@@ -77,13 +78,12 @@ from objectives.fid import Scorer  # noqa: E402
 from objectives.loss import DiffusionObjective, objective_from_description  # noqa: E402
 from study import bilevel, spaces, trials  # noqa: E402
 from study.config import Config, load_config  # noqa: E402
-from study.spaces import edm_defaults_description  # noqa: E402
+from study.spaces import KARRAS_RHO, edm_defaults_description  # noqa: E402
 from study.storage import artifact_store_for, make_storage  # noqa: E402
 
 SECTIONS = ("training", "sampling", "fid", "optuna")
 PRESETS = ("digits", "toy")
 TARGETS = {"training": 1.05, "sampling": 1.05, "optuna": 0.05}
-KARRAS_RHO = 7.0
 EDM_P_MEAN, EDM_P_STD = -1.2, 1.2
 
 
@@ -1052,24 +1052,6 @@ def targets(result: dict) -> list[dict]:
             }
         )
     return found
-
-
-@contextlib.contextmanager
-def limited_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads and the BLAS pools (numpy and scipy: the FID, the GP sampler)
-    at ``n`` inside; 0: as they are."""
-    if n <= 0:
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        with threadpool_limits(limits=n):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -66,10 +66,12 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import describe_machine, format_table, machine_info, write_json  # noqa: E402
 
+from study.spaces import KARRAS_RHO  # noqa: E402
+from study.tune import gap_closed  # noqa: E402
+
 NAME = "quality_analytic"
 SAMPLER_NAMES = ("euler", "heun", "dpmpp_2m")
 MIXTURE_NAMES = ("ring", "gmm64")
-KARRAS_RHO = 7.0
 # Seeds of the independent check, far from the study's (1e6 * seed onwards, a few thousand).
 EVAL_SEED_BASE = 3 * 10**9
 TARGET = {"mixture": "ring", "sampler": "heun", "nfe": 5, "threshold": 0.9}
@@ -78,14 +80,6 @@ GMM64_DATA_SIZE = 20_000  # like gmm2d's 20,000 samples
 
 
 # ----------------------------------------------------------------------------- distances
-
-
-def gap_closed(baseline: float, tuned: float, reference: float) -> float:
-    """``(baseline - tuned) / (baseline - reference)``; nan where there is no gap."""
-    gap = baseline - reference
-    if not (math.isfinite(gap) and gap > 0 and math.isfinite(tuned)):
-        return math.nan
-    return (baseline - tuned) / gap
 
 
 def unit_directions(dim: int, count: int, seed: int) -> Tensor:

@@ -57,6 +57,7 @@ __all__ = [
     "InnerChoice",
     "baseline_schedules",
     "edm_defaults_description",
+    "inner_pruning",
     "make_inner_pruner",
     "make_inner_sampler",
     "make_outer_pruner",
@@ -527,11 +528,16 @@ def make_outer_pruner(config: Config) -> optuna.pruners.BasePruner:
     )
 
 
+def inner_pruning(config: Config) -> bool:
+    """Whether inner trials are pruned (``inner.prune``, and a sampler other than GP)."""
+    return bool(config.inner.prune) and config.inner.sampler != "gp"
+
+
 def make_inner_pruner(config: Config) -> optuna.pruners.BasePruner:
     """Median pruning of FID at 1/4 and 1/2 of the images, after the baselines and two more.
 
     Not with GPSampler: it fits its Gaussian process to complete trials only, so a pruned
     point teaches it nothing and it proposes the same point again and again."""
-    if not config.inner.prune or config.inner.sampler == "gp":
+    if not inner_pruning(config):
         return optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=2 + len(BASELINES), n_warmup_steps=0)

@@ -105,7 +105,7 @@ def sample_trial(trial: optuna.trial.Trial, ctx: RunContext, denoiser: Any, nfe:
         is_baseline = trial.user_attrs.get("baseline") is not None
         # Prefix scores are reported (each costs a score and a storage write) only where a
         # pruner reads them; baselines report them too, for the median, but are never pruned.
-        pruning = not isinstance(spaces.make_inner_pruner(ctx.config), optuna.pruners.NopPruner)
+        pruning = spaces.inner_pruning(ctx.config)
         return score_schedule(
             ctx,
             denoiser,

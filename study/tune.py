@@ -72,9 +72,11 @@ class TuneSummary:
 
 def gap_closed(baseline: float, tuned: float, reference: float) -> float:
     """``(baseline - tuned) / (baseline - reference)``; nan where the baseline is already at
-    the reference (no gap to close)."""
+    the reference (no gap to close) or a figure is not finite."""
     gap = baseline - reference
-    return (baseline - tuned) / gap if gap > 0 else math.nan
+    if not (math.isfinite(gap) and gap > 0 and math.isfinite(tuned)):
+        return math.nan
+    return (baseline - tuned) / gap
 
 
 # Seeds for the independent check: far from the study's (1e6 * seed onwards), so the
