@@ -424,9 +424,8 @@ def _weighted_trials(data: StudyData) -> list[OuterTrial]:
 # Figures
 
 
-def figure_headline(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
-    """Training weighting ``W(lam)`` of every outer trial (normalised; best highlighted, EDM's
-    defaults dashed) above the step density of the best trial's tuned schedules per NFE."""
+def _lambda_panels(data: StudyData, points: int, top: str, bottom: str) -> tuple[go.Figure, Any]:
+    """Two panels stacked on one λ axis over the run's σ range, and that λ grid."""
     sigma_min, sigma_max = data.sigma_range()
     lam = lam_grid(sigma_min, sigma_max, points)
     fig = make_subplots(
@@ -435,10 +434,19 @@ def figure_headline(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
         cols=1,
         shared_xaxes=True,
         vertical_spacing=0.1,
-        subplot_titles=(
-            "training: effective weighting W(λ) per unit λ (normalised to area 1)",
-            "sampling: density of the tuned step locations (best trial)",
-        ),
+        subplot_titles=(top, bottom),
+    )
+    return fig, lam
+
+
+def figure_headline(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
+    """Training weighting ``W(lam)`` of every outer trial (normalised; best highlighted, EDM's
+    defaults dashed) above the step density of the best trial's tuned schedules per NFE."""
+    fig, lam = _lambda_panels(
+        data,
+        points,
+        "training: effective weighting W(λ) per unit λ (normalised to area 1)",
+        "sampling: density of the tuned step locations (best trial)",
     )
     best = data.best
     others_shown = False
@@ -527,18 +535,11 @@ def figure_headline(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
 
 def figure_densities(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
     """Per outer trial: the noise-level density ``p_lam`` and the loss weight ``w(sigma)``."""
-    sigma_min, sigma_max = data.sigma_range()
-    lam = lam_grid(sigma_min, sigma_max, points)
-    fig = make_subplots(
-        figure=_new_figure(),
-        rows=2,
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=0.1,
-        subplot_titles=(
-            "noise-level density p(λ)",
-            "loss weight w(σ) (in its parameterisation's space)",
-        ),
+    fig, lam = _lambda_panels(
+        data,
+        points,
+        "noise-level density p(λ)",
+        "loss weight w(σ) (in its parameterisation's space)",
     )
     best = data.best
     others_shown = False
