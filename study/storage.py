@@ -181,7 +181,7 @@ def make_storage(
                         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
                     ),
                 }
-            return optuna.storages.RDBStorage(loc.rdb_url, engine_kwargs=engine_kwargs, **heartbeat)
+            return _create_rdb(loc.rdb_url, engine_kwargs, heartbeat)
     except ImportError as exc:
         raise _error(
             loc.url,
@@ -195,6 +195,30 @@ def make_storage(
         if "no longer compatible" in what or "storage upgrade" in str(exc):
             what += " (upgrade it with `optuna storage upgrade --storage URL`)"
         raise _error(loc.url, what) from exc
+
+
+SCHEMA_RACE_RETRIES = 5
+
+
+def _create_rdb(
+    rdb_url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any]
+) -> optuna.storages.RDBStorage:
+    """RDBStorage, retried when another process creates the same new database's tables at
+    the same moment (the loser sees "table ... already exists" or a unique-constraint error
+    on the schema version)."""
+    import time
+
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(SCHEMA_RACE_RETRIES):
+        try:
+            return optuna.storages.RDBStorage(rdb_url, engine_kwargs=engine_kwargs, **heartbeat)
+        except (IntegrityError, OperationalError) as exc:
+            race = isinstance(exc, IntegrityError) or "already exists" in str(exc)
+            if not race or attempt == SCHEMA_RACE_RETRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _remove_if_created(path: Path | None, existed: bool) -> None:

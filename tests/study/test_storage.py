@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import optuna
 import pytest
@@ -141,3 +142,24 @@ def test_artifact_dir_given_or_for_servers(tmp_path):
     assert artifact_dir_for("sqlite:///x.db", tmp_path / "a") == tmp_path / "a"
     assert str(artifact_dir_for("postgresql://u@h/db")) == "sigmatune-artifacts"
     assert artifact_dir_for(f"journal:{tmp_path / 'j.log'}") == tmp_path / "j-artifacts"
+
+
+def test_processes_creating_one_new_sqlite_file_at_once_all_get_the_storage(tmp_path):
+    """Two `sigmatune run` started together race to create the tables of a new SQLite file;
+    the loser's "already exists" / unique-constraint error is retried, not reported."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    for round_ in range(3):  # the race is timing-dependent: a few fresh files
+        code = (
+            f"import sys; sys.path.insert(0, {str(root)!r}); "
+            "from study.storage import make_storage; "
+            f"make_storage('sqlite:///{tmp_path / f'race{round_}.db'}', heartbeat_interval=1)"
+        )
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+            for _ in range(6)
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, errors
