@@ -41,16 +41,15 @@ from _common import (  # noqa: E402  (puts the checkout on sys.path)
     median_seconds,
     write_json,
 )
-
-from models.data import load_dataset  # noqa: E402
-from models.denoiser import Denoiser  # noqa: E402
-from models.networks import make_network  # noqa: E402
-from models.samplers import generate, nfe, steps_for_nfe  # noqa: E402
-from models.schedules import karras  # noqa: E402
-from objectives.fid import Scorer  # noqa: E402
-from study.config import load_config  # noqa: E402
-from study.spaces import KARRAS_RHO  # noqa: E402
-from study.trials import REPORT_FRACTIONS  # noqa: E402
+from sigmatune.models.data import load_dataset  # noqa: E402
+from sigmatune.models.denoiser import Denoiser  # noqa: E402
+from sigmatune.models.networks import make_network  # noqa: E402
+from sigmatune.models.samplers import generate, nfe, steps_for_nfe  # noqa: E402
+from sigmatune.models.schedules import karras  # noqa: E402
+from sigmatune.objectives.fid import Scorer  # noqa: E402
+from sigmatune.study.config import load_config  # noqa: E402
+from sigmatune.study.spaces import KARRAS_RHO  # noqa: E402
+from sigmatune.study.trials import REPORT_FRACTIONS  # noqa: E402
 
 
 def run(

@@ -66,20 +66,19 @@ from _common import (  # noqa: E402  (puts the checkout on sys.path)
     median_seconds,
     write_json,
 )
-
-from models import samplers  # noqa: E402
-from models.data import Dataset, load_dataset  # noqa: E402
-from models.denoiser import Denoiser  # noqa: E402
-from models.networks import make_network  # noqa: E402
-from models.samplers import generate, get_sampler, nfe, steps_for_nfe  # noqa: E402
-from models.schedules import karras  # noqa: E402
-from models.training import train  # noqa: E402
-from objectives.fid import Scorer  # noqa: E402
-from objectives.loss import DiffusionObjective, objective_from_description  # noqa: E402
-from study import bilevel, spaces, trials  # noqa: E402
-from study.config import Config, load_config  # noqa: E402
-from study.spaces import KARRAS_RHO, edm_defaults_description  # noqa: E402
-from study.storage import artifact_store_for, make_storage  # noqa: E402
+from sigmatune.models import samplers  # noqa: E402
+from sigmatune.models.data import Dataset, load_dataset  # noqa: E402
+from sigmatune.models.denoiser import Denoiser  # noqa: E402
+from sigmatune.models.networks import make_network  # noqa: E402
+from sigmatune.models.samplers import generate, get_sampler, nfe, steps_for_nfe  # noqa: E402
+from sigmatune.models.schedules import karras  # noqa: E402
+from sigmatune.models.training import train  # noqa: E402
+from sigmatune.objectives.fid import Scorer  # noqa: E402
+from sigmatune.objectives.loss import DiffusionObjective, objective_from_description  # noqa: E402
+from sigmatune.study import bilevel, spaces, trials  # noqa: E402
+from sigmatune.study.config import Config, load_config  # noqa: E402
+from sigmatune.study.spaces import KARRAS_RHO, edm_defaults_description  # noqa: E402
+from sigmatune.study.storage import artifact_store_for, make_storage  # noqa: E402
 
 SECTIONS = ("training", "sampling", "fid", "optuna")
 PRESETS = ("digits", "toy")

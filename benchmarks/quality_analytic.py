@@ -65,9 +65,8 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import describe_machine, format_table, machine_info, write_json  # noqa: E402
-
-from study.spaces import KARRAS_RHO  # noqa: E402
-from study.tune import gap_closed  # noqa: E402
+from sigmatune.study.spaces import KARRAS_RHO  # noqa: E402
+from sigmatune.study.tune import gap_closed  # noqa: E402
 
 NAME = "quality_analytic"
 SAMPLER_NAMES = ("euler", "heun", "dpmpp_2m")
@@ -166,8 +165,8 @@ class Mixture:
 
 
 def build_mixtures(names: Sequence[str], nfe: list[int], nfe_gmm64: list[int]) -> list[Mixture]:
-    from models.analytic import GaussianMixture
-    from models.data import gmm2d_mixture
+    from sigmatune.models.analytic import GaussianMixture
+    from sigmatune.models.data import gmm2d_mixture
 
     out = []
     for name in names:
@@ -217,7 +216,7 @@ def blas_threads(n: int) -> Iterator[None]:
 
 def study_config(args: argparse.Namespace, storage_url: str, mix: Mixture, sampler: str) -> Any:
     """The preset with this (mixture, sampler)'s NFE budgets, the trial budget and storage."""
-    from study.config import load_config
+    from sigmatune.study.config import load_config
 
     overrides: dict[str, Any] = {
         "name": f"qa-{mix.name}-{sampler}",
@@ -236,10 +235,10 @@ def study_config(args: argparse.Namespace, storage_url: str, mix: Mixture, sampl
 
 def make_gmm64_context(config: Any, mixture: Any, log: Callable[[str], None]) -> Any:
     """A RunContext like ``bilevel.make_context``'s, around samples of the 64-D mixture."""
-    from models.data import Dataset
-    from objectives.fid import Scorer
-    from study.bilevel import RunContext, resolve_device
-    from study.storage import artifact_store_for, make_storage
+    from sigmatune.models.data import Dataset
+    from sigmatune.objectives.fid import Scorer
+    from sigmatune.study.bilevel import RunContext, resolve_device
+    from sigmatune.study.storage import artifact_store_for, make_storage
 
     x = mixture.sample(
         GMM64_DATA_SIZE, generator=torch.Generator().manual_seed(config.seed), dtype=torch.float32
@@ -283,9 +282,8 @@ def run_tuning(
 ) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
     """The inner studies of one (mixture, sampler): tuned schedule and study figures per NFE."""
     import optuna
-
-    from study import bilevel, spaces
-    from study.tune import tune_sampling
+    from sigmatune.study import bilevel, spaces
+    from sigmatune.study.tune import tune_sampling
 
     config = study_config(args, storage_url, mix, sampler)
     if mix.name == "ring":
@@ -350,7 +348,7 @@ def run_tuning(
 def generate_all(
     D: Any, sigmas: Any, sampler: str, seeds: range, dim: int, **kwargs: Any
 ) -> Tensor:
-    from models.samplers import generate
+    from sigmatune.models.samplers import generate
 
     batches = generate(
         D, sigmas, sampler, seeds, (dim,), len(seeds), device="cpu", dtype=torch.float64, **kwargs
@@ -484,10 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """Tune, measure, print the table and write the JSON; returns the payload."""
     import optuna
-
-    from models.samplers import nfe as nfe_of
-    from models.samplers import steps_for_nfe
-    from models.schedules import karras, loglinear
+    from sigmatune.models.samplers import nfe as nfe_of
+    from sigmatune.models.samplers import steps_for_nfe
+    from sigmatune.models.schedules import karras, loglinear
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     log: Callable[[str], None] = (

@@ -174,8 +174,8 @@ def build_parts(args: argparse.Namespace) -> list[Part]:
 
 def run_part(part: Part, storage_url: str, *, progress: bool, log: Callable[[str], None]):
     """Run (or resume) one study; returns its config, run context and wall seconds."""
-    from study.bilevel import make_context, run
-    from study.config import load_config
+    from sigmatune.study.bilevel import make_context, run
+    from sigmatune.study.config import load_config
 
     config = load_config(
         part.preset, {**part.overrides, "name": part.study_name, "storage": storage_url}
@@ -190,7 +190,7 @@ def heldout_fids(
     ctx: Any, denoiser: Any, schedules: dict[str, tuple[str, list[float], dict[str, Any]]]
 ) -> dict[str, float]:
     """FID of each schedule on seeds the study never used (same model, same image count)."""
-    from models.samplers import generate
+    from sigmatune.models.samplers import generate
 
     n = ctx.config.inner.fid_num_images
     base = 1_000_000 * int(ctx.config.seed) + HELDOUT_SEED_OFFSET
@@ -213,7 +213,7 @@ def heldout_fids(
 
 
 def load_trial_model(ctx: Any, trial: FrozenTrial) -> Any:
-    from study.trials import load_model_file
+    from sigmatune.study.trials import load_model_file
 
     original = int(trial.user_attrs.get("sigmatune:original_trial", trial.number))
     denoiser, _ = load_model_file(
@@ -226,7 +226,7 @@ def schedules_for(
     ctx: Any, trial: FrozenTrial, nfe: int
 ) -> dict[str, tuple[str, list[float], dict[str, Any]]]:
     """The baselines and the tuned (best) schedule of one outer trial at one NFE."""
-    from study import spaces
+    from sigmatune.study import spaces
 
     out = {
         name: (c.sampler, [float(s) for s in c.sigmas], dict(c.sampler_kwargs))
@@ -270,7 +270,7 @@ def _outer_trials(ctx: Any) -> list[FrozenTrial]:
 
 def collect_schedules(ctx: Any, heldout: bool) -> dict[str, Any]:
     """Part 1: karras, loglinear and tuned FID per NFE of the EDM-defaults model."""
-    from study.bilevel import describe_objective
+    from sigmatune.study.bilevel import describe_objective
 
     trials = [t for t in _outer_trials(ctx) if t.user_attrs.get("baseline") == "edm"]
     if not trials or trials[0].state != TrialState.COMPLETE:
@@ -330,9 +330,9 @@ def how_drawn(trial: FrozenTrial, all_trials: Sequence[FrozenTrial], n_startup: 
 
 def collect_outer(ctx: Any, heldout: bool) -> dict[str, Any]:
     """Part 2: the outer trials; the best configuration against EDM's defaults."""
-    from study import spaces
-    from study.bilevel import best_of, describe_objective
-    from study.trials import FAIL_REASON
+    from sigmatune.study import spaces
+    from sigmatune.study.bilevel import best_of, describe_objective
+    from sigmatune.study.trials import FAIL_REASON
 
     config = ctx.config
     nfe = config.inner.nfe_budgets[0]
@@ -796,8 +796,8 @@ def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any
         if args.jobs > 1:
             # Create the storage's tables and the FID cache (classifier, reference
             # statistics) once, before the workers would race to make them.
-            from study.bilevel import make_context
-            from study.config import load_config
+            from sigmatune.study.bilevel import make_context
+            from sigmatune.study.config import load_config
 
             for preset in dict.fromkeys(p.preset for p in parts):
                 first = next(p for p in parts if p.preset == preset)

@@ -30,11 +30,10 @@ import plotly.graph_objects as go
 import torch
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
-
-from models.schedules import validate
-from objectives.densities import make_density
-from objectives.loss import objective_from_description
-from objectives.weightings import make_weighting
+from sigmatune.models.schedules import validate
+from sigmatune.objectives.densities import make_density
+from sigmatune.objectives.loss import objective_from_description
+from sigmatune.objectives.weightings import make_weighting
 
 SCHEMA = 1
 BASELINES = ("karras_rho7", "loglinear")

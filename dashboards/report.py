@@ -15,8 +15,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
-
-from dashboards.figures import (
+from sigmatune.dashboards.figures import (
     BASELINE_LABELS,
     BASELINES,
     StudyData,

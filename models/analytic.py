@@ -10,9 +10,8 @@ import math
 from collections.abc import Sequence
 
 import torch
+from sigmatune.models.schedules import per_example_sigma
 from torch import Tensor
-
-from models.schedules import per_example_sigma
 
 __all__ = ["GaussianMixture"]
 

@@ -10,10 +10,9 @@ with the coefficients of one of ``objectives.parameterisations.PARAMETERISATIONS
 from __future__ import annotations
 
 import torch
+from sigmatune.models.schedules import per_example_sigma
+from sigmatune.objectives.parameterisations import Coefficients, get_parameterisation
 from torch import Tensor, nn
-
-from models.schedules import per_example_sigma
-from objectives.parameterisations import Coefficients, get_parameterisation
 
 __all__ = ["Denoiser"]
 

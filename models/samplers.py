@@ -16,9 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
+from sigmatune.models.schedules import validate
 from torch import Tensor
-
-from models.schedules import validate
 
 __all__ = [
     "SAMPLERS",

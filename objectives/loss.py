@@ -25,14 +25,13 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+from sigmatune.objectives.densities import Density, make_density
+from sigmatune.objectives.parameterisations import Coefficients, get_parameterisation
+from sigmatune.objectives.weightings import Weighting, make_weighting
 from torch import Tensor
 
-from objectives.densities import Density, make_density
-from objectives.parameterisations import Coefficients, get_parameterisation
-from objectives.weightings import Weighting, make_weighting
-
 if TYPE_CHECKING:
-    from objectives.adaptive import Adaptive
+    from sigmatune.objectives.adaptive import Adaptive
 
 __all__ = ["DiffusionObjective", "objective_from_description"]
 
@@ -244,7 +243,9 @@ def objective_from_description(desc: Mapping[str, Any]) -> DiffusionObjective:
     weighting = make_weighting(*_part(desc, "weighting"), **run)
     adaptive = None
     if desc.get("adaptive") is not None:
-        from objectives.adaptive import make_adaptive  # lazy: adaptive imports nothing of ours
+        from sigmatune.objectives.adaptive import (
+            make_adaptive,  # lazy: adaptive imports nothing of ours
+        )
 
         adaptive = make_adaptive(*_part(desc, "adaptive"))
     return DiffusionObjective(

@@ -20,9 +20,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+from sigmatune.objectives.densities import (
+    build,
+    check_real,
+    check_real_list,
+    check_sigma_range,
+    lam_range,
+)
 from torch import Tensor
-
-from objectives.densities import build, check_real, check_real_list, check_sigma_range, lam_range
 
 __all__ = [
     "Weighting",

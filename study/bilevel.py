@@ -21,12 +21,11 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
-
-from models.data import Dataset, load_dataset
-from objectives.fid import Scorer
-from study import spaces, trials
-from study.config import Config
-from study.storage import artifact_store_for, make_storage
+from sigmatune.models.data import Dataset, load_dataset
+from sigmatune.objectives.fid import Scorer
+from sigmatune.study import spaces, trials
+from sigmatune.study.config import Config
+from sigmatune.study.storage import artifact_store_for, make_storage
 
 SCHEMA = trials.SCHEMA
 ROLE = "sigmatune:role"
@@ -598,7 +597,7 @@ def after_outer_trial(ctx: RunContext, study: optuna.Study, trial: FrozenTrial) 
     A figure that cannot be drawn is reported and the study goes on: the results are in the
     storage either way, and the next trial (or ``dashboards.publish.publish_study``) redraws.
     """
-    from dashboards.publish import publish_after_trial
+    from sigmatune.dashboards.publish import publish_after_trial
 
     try:
         publish_after_trial(ctx.storage, study.study_name, trial.number)
@@ -611,7 +610,7 @@ def after_outer_trial(ctx: RunContext, study: optuna.Study, trial: FrozenTrial) 
 
 def after_run(ctx: RunContext, study: optuna.Study) -> None:
     """Hook run when the study is finished (the best trial's export as an artifact)."""
-    from study.export import attach_export
+    from sigmatune.study.export import attach_export
 
     try:
         record = attach_export(

@@ -68,7 +68,7 @@ def _parse_set(item: str) -> tuple[str, Any]:
 
 
 def _load_config(args: argparse.Namespace):
-    from study.config import load_config
+    from sigmatune.study.config import load_config
 
     source = args.config if args.config else args.preset
     if source is None:
@@ -79,7 +79,7 @@ def _load_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from study.bilevel import run
+    from sigmatune.study.bilevel import run
 
     config = _load_config(args)
     print(
@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_sampling(args: argparse.Namespace) -> int:
-    from study.tune import tune_sampling
+    from sigmatune.study.tune import tune_sampling
 
     config = _load_config(args)
     summary = tune_sampling(
@@ -128,7 +128,7 @@ def cmd_tune_sampling(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from study.status import format_status, status_rows
+    from sigmatune.study.status import format_status, status_rows
 
     name, rows = status_rows(args.storage_option or args.storage, args.study_name)
     print(format_status(name, rows))
@@ -136,7 +136,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from study.export import export
+    from sigmatune.study.export import export
 
     result = export(
         args.storage,
@@ -156,9 +156,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from dashboards.server import serve
-    from study.export import open_storage
-    from study.storage import artifact_store_for
+    from sigmatune.dashboards.server import serve
+    from sigmatune.study.export import open_storage
+    from sigmatune.study.storage import artifact_store_for
 
     storage = open_storage(args.storage)
     artifact_store, _ = artifact_store_for(args.storage, args.artifact_dir or "")
@@ -167,7 +167,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from study.export import export_report
+    from sigmatune.study.export import export_report
 
     path = export_report(args.storage, args.study, args.output)
     print(f"sigmatune: wrote {path}")
@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(--checkpoint) or a k-diffusion-style denoiser D(x, sigma) returned by "
         "module:function (--denoiser). The data set of the config gives the FID reference.",
         epilog="examples:\n"
-        "  sigmatune tune-sampling --preset toy --denoiser models.data:gmm2d_mixture --nfe 5\n"
+        "  sigmatune tune-sampling --preset toy --nfe 5 \\\n"
+        "      --denoiser sigmatune.models.data:gmm2d_mixture\n"
         "      # the exact denoiser of the toy data set (a Gaussian mixture)\n"
         "  sigmatune tune-sampling --preset digits --checkpoint model.pt --nfe 5 9\n"
         "      # a model file: `sigmatune run` leaves one per outer trial in\n"
@@ -367,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("optuna").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    from study.errors import USER_ERRORS
+    from sigmatune.study.errors import USER_ERRORS
 
     try:
         return int(args.func(args))

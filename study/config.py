@@ -33,19 +33,12 @@ import dataclasses
 import inspect
 import math
 import re
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-try:  # Python >= 3.11
-    import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    try:
-        import tomli as _toml  # type: ignore[no-redef]
-    except ModuleNotFoundError:
-        _toml = None  # type: ignore[assignment]
 
 __all__ = [
     "Config",
@@ -81,21 +74,21 @@ class ConfigError(ValueError):
 def _registry(kind: str) -> list[str]:
     """The valid names of one registry of ``objectives`` / ``models`` (imported lazily)."""
     if kind == "parameterisations":
-        from objectives.parameterisations import PARAMETERISATIONS as reg
+        from sigmatune.objectives.parameterisations import PARAMETERISATIONS as reg
     elif kind == "densities":
-        from objectives.densities import DENSITIES as reg
+        from sigmatune.objectives.densities import DENSITIES as reg
     elif kind == "weightings":
-        from objectives.weightings import WEIGHTINGS as reg
+        from sigmatune.objectives.weightings import WEIGHTINGS as reg
     elif kind == "adaptive":
-        from objectives.adaptive import ADAPTIVE as reg
+        from sigmatune.objectives.adaptive import ADAPTIVE as reg
 
         return ["none", *reg]
     elif kind == "samplers":
-        from models.samplers import SAMPLERS as reg
+        from sigmatune.models.samplers import SAMPLERS as reg
     elif kind == "networks":
-        from models.networks import NETWORKS as reg
+        from sigmatune.models.networks import NETWORKS as reg
     elif kind == "datasets":
-        from models.data import DATASETS as reg
+        from sigmatune.models.data import DATASETS as reg
 
         return [name for name in reg if name != "folder"]  # folder:PATH
     else:  # pragma: no cover - programming error
@@ -334,7 +327,7 @@ def _device(value: Any) -> str:
 def _storage(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Invalid("must be a non-empty storage URL")
-    from study.storage import StorageError, parse_storage_url
+    from sigmatune.study.storage import StorageError, parse_storage_url
 
     try:
         parse_storage_url(value)
@@ -472,7 +465,7 @@ def _check_section(raw: Mapping[str, Any], section: str, errors: list[str]) -> d
 def _check_network_params(net: dict[str, Any], errors: list[str]) -> None:
     """Unknown constructor arguments of the network are errors too (``network.params.X``)."""
     try:
-        from models.networks import NETWORKS
+        from sigmatune.models.networks import NETWORKS
     except ImportError:  # pragma: no cover - models is part of the package
         return
     cls = NETWORKS.get(net["name"])
@@ -504,8 +497,8 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
         errors.append(f"sigma_min must be < sigma_max={smax}, but got {smin}")
     budgets, samplers = inner.get("nfe_budgets"), inner.get("samplers")
     if budgets is not None and samplers is not None:
-        from models.samplers import nfe as nfe_of
-        from models.samplers import steps_for_nfe
+        from sigmatune.models.samplers import nfe as nfe_of
+        from sigmatune.models.samplers import steps_for_nfe
 
         def steps(sampler: str, budget: int) -> int:
             try:
@@ -593,7 +586,7 @@ def _build(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None, source: 
 
 
 def _presets_dir() -> Any:
-    return resources.files("study").joinpath("presets")
+    return resources.files("sigmatune.study").joinpath("presets")
 
 
 def preset_names() -> list[str]:
@@ -604,14 +597,9 @@ def preset_names() -> list[str]:
 
 
 def _parse_toml(text: str, source: str) -> dict[str, Any]:
-    if _toml is None:  # pragma: no cover - Python 3.10 without tomli
-        raise ConfigError(
-            "reading TOML configs needs Python >= 3.11 (tomllib) or the 'tomli' package "
-            "on Python 3.10: pip install tomli"
-        )
     try:
-        return _toml.loads(text)
-    except _toml.TOMLDecodeError as exc:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {source} is not valid TOML: {exc}") from None
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from study.config import ConfigError
-    from study.storage import StorageError
+    from sigmatune.study.config import ConfigError
+    from sigmatune.study.storage import StorageError
 
     return (ConfigError, StorageError, ValueError, FileNotFoundError, ImportError)
 

@@ -30,8 +30,7 @@ from typing import Any
 
 import optuna
 import torch
-
-from dashboards.figures import (
+from sigmatune.dashboards.figures import (
     BASELINES,
     LAM_POINTS,
     SCHEMA,
@@ -41,7 +40,7 @@ from dashboards.figures import (
     objective_label,
     weighting_curves,
 )
-from models.schedules import validate
+from sigmatune.models.schedules import validate
 
 __all__ = [
     "EXPORT_ATTR",
@@ -102,7 +101,7 @@ DIFFUSERS_NOTES = (
 def open_storage(storage_url: str) -> optuna.storages.BaseStorage:
     """Open an existing storage for reading; a missing SQLite/journal file is a
     ``StorageError`` and nothing is created."""
-    from study.storage import check_storage_exists, make_storage
+    from sigmatune.study.storage import check_storage_exists, make_storage
 
     check_storage_exists(storage_url)
     return make_storage(storage_url, heartbeat_interval=None)
@@ -487,7 +486,7 @@ def export(
 
 def export_report(storage_url: str, study_name: str | None, output: str | Path) -> Path:
     """``sigmatune report``: the self-contained HTML report with the best trial's export."""
-    from dashboards.report import write_report
+    from sigmatune.dashboards.report import write_report
 
     storage = open_storage(storage_url)
     name = resolve_study_name(storage, storage_url, study_name)

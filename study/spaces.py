@@ -44,8 +44,8 @@ import optuna
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from objectives.loss import DiffusionObjective
-    from study.config import Config
+    from sigmatune.objectives.loss import DiffusionObjective
+    from sigmatune.study.config import Config
 
 __all__ = [
     "BASELINES",
@@ -195,7 +195,7 @@ def suggest_objective(
     trial: optuna.trial.BaseTrial, config: Config, sigma_data: float
 ) -> DiffusionObjective:
     """Suggest a training objective (the outer space) and build it."""
-    from objectives.loss import objective_from_description
+    from sigmatune.objectives.loss import objective_from_description
 
     return objective_from_description(suggest_objective_description(trial, config, sigma_data))
 
@@ -296,7 +296,7 @@ def _check_uniform_range(values: dict[str, Any], description: Mapping[str, Any])
 
 
 def _check_adaptive_defaults(name: str, given: dict[str, Any]) -> None:
-    from objectives.adaptive import make_adaptive
+    from sigmatune.objectives.adaptive import make_adaptive
 
     defaults = make_adaptive(name, {}).params()
     differing = {k: v for k, v in given.items() if defaults.get(k) != v}
@@ -332,14 +332,14 @@ def sigma_range_space(config: Config) -> tuple[_Float, _Float]:
 
 
 def _steps(sampler: str, nfe: int) -> int:
-    from models.samplers import steps_for_nfe
+    from sigmatune.models.samplers import steps_for_nfe
 
     return steps_for_nfe(sampler, nfe)
 
 
 def suggest_schedule(trial: optuna.trial.BaseTrial, config: Config, nfe: int) -> InnerChoice:
     """Suggest a sampler and its step locations at budget ``nfe`` (the inner space)."""
-    from models.schedules import from_gaps
+    from sigmatune.models.schedules import from_gaps
 
     sampler = trial.suggest_categorical("sampler", list(config.inner.samplers))
     n = _steps(sampler, nfe)
@@ -372,7 +372,7 @@ def schedule_params(
     clipped into the space and the resulting schedule checked against ``rtol``. Raises
     ``ValueError`` where the schedule is not in the space.
     """
-    from models.schedules import from_gaps, to_gaps, validate
+    from sigmatune.models.schedules import from_gaps, to_gaps, validate
 
     s = validate(sigmas)
     _check_choice("sampler", sampler, config.inner.samplers)
@@ -440,7 +440,7 @@ def schedule_params(
 def starting_schedules(config: Config, nfe: int) -> dict[str, InnerChoice]:
     """Extra first points of an inner study, ``karras_rho{r}`` for ``r`` in STARTING_RHOS,
     over the run's σ range, with the baselines' sampler."""
-    from models.schedules import karras
+    from sigmatune.models.schedules import karras
 
     sampler = config.inner.samplers[0]
     n = _steps(sampler, nfe)
@@ -455,7 +455,7 @@ def baseline_schedules(config: Config, nfe: int) -> dict[str, InnerChoice]:
     """The inner baselines at budget ``nfe`` for the first sampler of ``config.inner.samplers``,
     over the run's σ range: ``karras_rho7`` (Karras et al. 2022, eq. 5, ρ = 7) and ``loglinear``
     (uniform in logSNR)."""
-    from models.schedules import karras, loglinear
+    from sigmatune.models.schedules import karras, loglinear
 
     sampler = config.inner.samplers[0]
     n = _steps(sampler, nfe)

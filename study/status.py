@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
-
-from study.bilevel import ROLE, describe_objective
-from study.storage import check_storage_exists, make_storage
-from study.trials import FAIL_REASON, PRUNE_REASON
+from sigmatune.study.bilevel import ROLE, describe_objective
+from sigmatune.study.storage import check_storage_exists, make_storage
+from sigmatune.study.trials import FAIL_REASON, PRUNE_REASON
 
 
 def outer_study_names(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -16,16 +16,15 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 from optuna.trial import FrozenTrial
-
-from models.denoiser import Denoiser
-from models.networks import make_network
-from models.samplers import generate
-from models.training import train
-from objectives.loss import objective_from_description
-from study import spaces
+from sigmatune.models.denoiser import Denoiser
+from sigmatune.models.networks import make_network
+from sigmatune.models.samplers import generate
+from sigmatune.models.training import train
+from sigmatune.objectives.loss import objective_from_description
+from sigmatune.study import spaces
 
 if TYPE_CHECKING:
-    from study.bilevel import RunContext
+    from sigmatune.study.bilevel import RunContext
 
 SCHEMA = 1
 FAIL_REASON = "sigmatune:fail_reason"
@@ -179,7 +178,7 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 def train_trial(trial: optuna.trial.Trial, ctx: RunContext) -> float:
     """Outer objective: suggest a training weighting, train, tune sampling, return best FID."""
-    from study import bilevel  # bilevel imports this module
+    from sigmatune.study import bilevel  # bilevel imports this module
 
     config = ctx.config
     original = original_trial_number(trial)

@@ -16,10 +16,9 @@ from typing import Any
 
 import optuna
 import torch
-
-from study import bilevel
-from study.config import Config
-from study.trials import load_model_file
+from sigmatune.study import bilevel
+from sigmatune.study.config import Config
+from sigmatune.study.trials import load_model_file
 
 
 def load_denoiser_spec(spec: str) -> Callable[..., Any]:
@@ -96,11 +95,11 @@ def measure_gaps(
     """Score a ``reference_steps``-step karras schedule of the tuned sampler, and, where the
     data set has an analytic distribution, compare karras, tuned and reference samples with
     true samples in sliced Wasserstein distance on fresh seeds."""
-    from models.samplers import generate
-    from models.schedules import karras
-    from objectives.distances import sliced_wasserstein
-    from study import spaces
-    from study.trials import score_schedule
+    from sigmatune.models.samplers import generate
+    from sigmatune.models.schedules import karras
+    from sigmatune.objectives.distances import sliced_wasserstein
+    from sigmatune.study import spaces
+    from sigmatune.study.trials import score_schedule
 
     config = ctx.config
     smin, smax = float(config.sigma_min), float(config.sigma_max)

@@ -45,10 +45,10 @@ def _describe(
     sigma_min: float,
     sigma_max: float,
 ) -> dict:
-    from objectives.adaptive import make_adaptive
-    from objectives.densities import make_density
-    from objectives.loss import DiffusionObjective
-    from objectives.weightings import make_weighting
+    from sigmatune.objectives.adaptive import make_adaptive
+    from sigmatune.objectives.densities import make_density
+    from sigmatune.objectives.loss import DiffusionObjective
+    from sigmatune.objectives.weightings import make_weighting
 
     rng = {"sigma_min": sigma_min, "sigma_max": sigma_max}
     obj = DiffusionObjective(
@@ -88,10 +88,9 @@ def build_synthetic_study(directory: Path, name: str = SYNTH_NAME) -> SyntheticS
 
 def _build_synthetic_study(directory: Path, name: str) -> SyntheticStudy:
     import torch
-
-    from models.samplers import steps_for_nfe
-    from models.schedules import from_gaps, karras, loglinear
-    from study.config import load_config
+    from sigmatune.models.samplers import steps_for_nfe
+    from sigmatune.models.schedules import from_gaps, karras, loglinear
+    from sigmatune.study.config import load_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = directory / "synth.db"
@@ -279,8 +278,8 @@ class ToyRun:
 def toy_run(tmp_path_factory: pytest.TempPathFactory) -> ToyRun:
     """``sigmatune run --preset toy`` made as small as it goes (2 outer x 4 inner trials, one
     NFE budget, 256 images), in a temp folder, with the after-trial and after-run hooks."""
-    from study.bilevel import run
-    from study.config import load_config
+    from sigmatune.study.bilevel import run
+    from sigmatune.study.config import load_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directory = tmp_path_factory.mktemp("toyrun")

@@ -7,9 +7,8 @@ import math
 
 import pytest
 import torch
-
-from dashboards import figures as F
-from models.schedules import karras, loglinear
+from sigmatune.dashboards import figures as F
+from sigmatune.models.schedules import karras, loglinear
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 

@@ -9,8 +9,7 @@ import optuna
 import pytest
 from optuna_dashboard import get_note
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
-
-from dashboards import publish as P
+from sigmatune.dashboards import publish as P
 
 OUTER_IDS = {
     "sigmatune-headline",
@@ -103,7 +102,7 @@ def test_republishing_replaces_figures_and_notes_instead_of_piling_up(published)
 def test_after_outer_trial_hook_publishes(synthetic_study):
     from types import SimpleNamespace
 
-    from study.bilevel import after_outer_trial
+    from sigmatune.study.bilevel import after_outer_trial
 
     messages = []
     ctx = SimpleNamespace(storage=synthetic_study.storage, log=messages.append)

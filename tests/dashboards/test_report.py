@@ -12,9 +12,8 @@ from urllib.parse import urlparse
 
 import pytest
 from plotly.offline import get_plotlyjs
-
-from dashboards.figures import load_study_data
-from dashboards.report import render_report, write_report
+from sigmatune.dashboards.figures import load_study_data
+from sigmatune.dashboards.report import render_report, write_report
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -48,7 +47,7 @@ def _local(url: str) -> bool:
 
 @pytest.fixture
 def report(synthetic_study, tmp_path) -> Path:
-    from study.export import export_document
+    from sigmatune.study.export import export_document
 
     data = load_study_data(synthetic_study.storage, synthetic_study.name)
     return write_report(data, tmp_path / "report.html", export=export_document(data))

@@ -8,10 +8,9 @@ import urllib.request
 
 import optuna
 import pytest
-
-from dashboards import server as S
-from dashboards.publish import publish_study
-from study.cli import main
+from sigmatune.dashboards import server as S
+from sigmatune.dashboards.publish import publish_study
+from sigmatune.study.cli import main
 
 
 def _get(url: str):
@@ -111,8 +110,8 @@ def test_cli_dashboard_binds_to_localhost_unless_told(synthetic_study, monkeypat
 @pytest.mark.slow
 def test_dashboard_on_a_toy_run(toy_run):
     """optuna-dashboard on the study a ``toy`` run made, figures and notes by its hooks."""
-    from study.export import EXPORT_ATTR, open_storage
-    from study.storage import artifact_store_for
+    from sigmatune.study.export import EXPORT_ATTR, open_storage
+    from sigmatune.study.storage import artifact_store_for
 
     storage = open_storage(toy_run.url)
     store, _ = artifact_store_for(toy_run.url, toy_run.config.artifact_dir)

@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-
-from models.analytic import GaussianMixture
+from sigmatune.models.analytic import GaussianMixture
 
 MIXTURES = {
     "ring": lambda: GaussianMixture.ring(n_modes=8, radius=1.0, std=0.1),

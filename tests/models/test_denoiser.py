@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-
-from models.denoiser import Denoiser
-from models.networks import MLP
-from objectives.parameterisations import PARAMETERISATIONS
+from sigmatune.models.denoiser import Denoiser
+from sigmatune.models.networks import MLP
+from sigmatune.objectives.parameterisations import PARAMETERISATIONS
 
 SIGMA_DATA = 0.5
 

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from models.networks import MLP, NETWORKS, UNet, make_network
+from sigmatune.models.networks import MLP, NETWORKS, UNet, make_network
 
 UNET_CASES = [
     # (channels C, size, channel_mult, attn_resolutions)

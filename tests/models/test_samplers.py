@@ -8,10 +8,9 @@ import math
 
 import pytest
 import torch
-
-from models.analytic import GaussianMixture
-from models.samplers import SAMPLERS, generate, get_sampler, heun, nfe, steps_for_nfe
-from models.schedules import karras, loglinear
+from sigmatune.models.analytic import GaussianMixture
+from sigmatune.models.samplers import SAMPLERS, generate, get_sampler, heun, nfe, steps_for_nfe
+from sigmatune.models.schedules import karras, loglinear
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 EXPECTED_NFE = {"euler": lambda n: n, "heun": lambda n: 2 * n - 1, "dpmpp_2m": lambda n: n}

@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from models.schedules import (
+from sigmatune.models.schedules import (
     SCHEDULES,
     from_gaps,
     interpolate,

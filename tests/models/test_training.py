@@ -4,15 +4,14 @@ import math
 
 import pytest
 import torch
-
-from models.data import load_dataset
-from models.denoiser import Denoiser
-from models.networks import MLP, UNet
-from models.training import NonFiniteLossError, latest_checkpoint, load_checkpoint, train
-from objectives.adaptive import ADAPTIVE, make_adaptive
-from objectives.densities import LogNormal
-from objectives.loss import DiffusionObjective
-from objectives.weightings import Unit
+from sigmatune.models.data import load_dataset
+from sigmatune.models.denoiser import Denoiser
+from sigmatune.models.networks import MLP, UNet
+from sigmatune.models.training import NonFiniteLossError, latest_checkpoint, load_checkpoint, train
+from sigmatune.objectives.adaptive import ADAPTIVE, make_adaptive
+from sigmatune.objectives.densities import LogNormal
+from sigmatune.objectives.loss import DiffusionObjective
+from sigmatune.objectives.weightings import Unit
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 

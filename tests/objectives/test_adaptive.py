@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 from scipy import special, stats
-
-from objectives.adaptive import ADAPTIVE, Importance, TimeWarp, Uncertainty, make_adaptive
-from objectives.densities import DENSITIES, make_density
-from objectives.loss import DiffusionObjective
-from objectives.weightings import make_weighting
+from sigmatune.objectives.adaptive import ADAPTIVE, Importance, TimeWarp, Uncertainty, make_adaptive
+from sigmatune.objectives.densities import DENSITIES, make_density
+from sigmatune.objectives.loss import DiffusionObjective
+from sigmatune.objectives.weightings import make_weighting
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 LAM_MIN, LAM_MAX = -2 * math.log(SIGMA_MAX), -2 * math.log(SIGMA_MIN)

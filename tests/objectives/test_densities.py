@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate, stats
-
-from objectives.densities import DENSITIES, make_density
+from sigmatune.objectives.densities import DENSITIES, make_density
 
 N_SAMPLES = 20_000
 P_MIN = 1e-3  # KS p-value threshold, with fixed seeds

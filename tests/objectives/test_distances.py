@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from objectives.distances import sliced_wasserstein
+from sigmatune.objectives.distances import sliced_wasserstein
 
 
 def test_shifted_cloud_gives_the_projected_shift():

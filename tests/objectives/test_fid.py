@@ -12,11 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.linalg
+import sigmatune.objectives.features as features
 import torch
-from sklearn.datasets import load_digits
-
-import objectives.features as features
-from objectives.fid import (
+from sigmatune.objectives.fid import (
     EXTRACTORS,
     NonFiniteSamplesError,
     Scorer,
@@ -25,6 +23,7 @@ from objectives.fid import (
     frechet_distance_from_stats,
     gaussian_stats,
 )
+from sklearn.datasets import load_digits
 
 ROOT = Path(__file__).resolve().parents[2]
 

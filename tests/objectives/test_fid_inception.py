@@ -9,12 +9,11 @@ import urllib.error
 
 import numpy as np
 import pytest
+import sigmatune.objectives.features as features
 import torch
+from sigmatune.objectives.fid import Scorer
 from sklearn.datasets import load_digits
 from torch import nn
-
-import objectives.features as features
-from objectives.fid import Scorer
 
 tf_inception = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
 

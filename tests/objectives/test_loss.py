@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-
-from objectives.densities import DENSITIES, make_density
-from objectives.loss import DiffusionObjective, objective_from_description
-from objectives.parameterisations import PARAMETERISATIONS
-from objectives.weightings import make_weighting
+from sigmatune.objectives.densities import DENSITIES, make_density
+from sigmatune.objectives.loss import DiffusionObjective, objective_from_description
+from sigmatune.objectives.parameterisations import PARAMETERISATIONS
+from sigmatune.objectives.weightings import make_weighting
 
 SIGMA_DATA = 0.5
 RUN = {"sigma_min": 0.002, "sigma_max": 80.0}
@@ -483,7 +482,7 @@ def test_the_adaptive_hooks_are_called():
 
 
 def test_description_round_trip_keeps_the_adaptive_mechanism():
-    adaptive = pytest.importorskip("objectives.adaptive")
+    adaptive = pytest.importorskip("sigmatune.objectives.adaptive")
     for name in sorted(adaptive.ADAPTIVE):
         obj = objective(
             "edm", ("lognormal", {}), ("unit", {}), adaptive=adaptive.make_adaptive(name, {})
@@ -551,6 +550,6 @@ def test_bad_descriptions_raise_value_errors():
         )
     with pytest.raises(ValueError, match=r"description\['weighting'\] must be a dict"):
         objective_from_description({**desc, "weighting": "unit"})
-    pytest.importorskip("objectives.adaptive")
+    pytest.importorskip("sigmatune.objectives.adaptive")
     with pytest.raises(ValueError, match=r"unknown adaptive 'magic'"):
         objective_from_description({**desc, "adaptive": {"name": "magic", "params": {}}})

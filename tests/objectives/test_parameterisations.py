@@ -6,8 +6,11 @@ import math
 
 import pytest
 import torch
-
-from objectives.parameterisations import PARAMETERISATIONS, Coefficients, get_parameterisation
+from sigmatune.objectives.parameterisations import (
+    PARAMETERISATIONS,
+    Coefficients,
+    get_parameterisation,
+)
 
 SIGMA_DATA = 0.5
 SIGMAS = [0.002, 0.1, 0.5, 1.0, 3.0, 80.0]

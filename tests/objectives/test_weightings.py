@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-from objectives.weightings import WEIGHTINGS, make_weighting
+from sigmatune.objectives.weightings import WEIGHTINGS, make_weighting
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 LAM_MIN, LAM_MAX = -2 * math.log(SIGMA_MAX), -2 * math.log(SIGMA_MIN)

@@ -7,8 +7,7 @@ import json
 import re
 
 import pytest
-
-from study.config import Config, ConfigError, load_config, preset_names
+from sigmatune.study.config import Config, ConfigError, load_config, preset_names
 
 
 def test_presets_are_the_four_named_in_the_design():
@@ -215,7 +214,7 @@ def test_a_partial_file_takes_defaults_for_the_rest(tmp_path):
     config = load_config(path)
     assert config.name == "small" and config.outer.outer_trials == 2
     assert config.train == type(config.train)()
-    from objectives.densities import DENSITIES
+    from sigmatune.objectives.densities import DENSITIES
 
     assert config.outer.densities == tuple(DENSITIES)  # by default the whole registry
 

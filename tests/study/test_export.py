@@ -14,13 +14,12 @@ import jsonschema
 import optuna
 import pytest
 import torch
-
-from dashboards.figures import load_study_data
-from models.analytic import GaussianMixture
-from models.samplers import euler, heun
-from models.schedules import validate
-from study import export as E
-from study.cli import main
+from sigmatune.dashboards.figures import load_study_data
+from sigmatune.models.analytic import GaussianMixture
+from sigmatune.models.samplers import euler, heun
+from sigmatune.models.schedules import validate
+from sigmatune.study import export as E
+from sigmatune.study.cli import main
 
 
 def _strict_loads(text: str):
@@ -298,7 +297,7 @@ def test_attach_export_puts_json_and_csv_on_the_best_trial_and_replaces_them(
 
 
 def test_after_run_hook_attaches_the_best_trials_export(synthetic_study, tmp_path):
-    from study.bilevel import after_run
+    from sigmatune.study.bilevel import after_run
 
     messages = []
     (tmp_path / "artifacts").mkdir()
@@ -380,8 +379,8 @@ def test_cli_report_writes_one_html_file(synthetic_study, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_toy_run_export_reproduces_the_trials_fid(toy_run, tmp_path):
-    from study.bilevel import make_context
-    from study.trials import generation_seeds, load_model_file, score_schedule
+    from sigmatune.study.bilevel import make_context
+    from sigmatune.study.trials import generation_seeds, load_model_file, score_schedule
 
     doc = E.export(toy_run.url, toy_run.name).document
     jsonschema.validate(_strict_loads(E.dumps(doc)), E.load_schema())

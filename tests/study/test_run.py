@@ -19,9 +19,8 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
-
-from study.bilevel import count_finished
-from study.config import load_config
+from sigmatune.study.bilevel import count_finished
+from sigmatune.study.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "tiny"
@@ -78,7 +77,7 @@ def _env() -> dict[str, str]:
 
 def sigmatune(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "study.cli", *args],
+        [sys.executable, "-m", "sigmatune.study.cli", *args],
         cwd=cwd,
         env=_env(),
         capture_output=True,
@@ -89,7 +88,7 @@ def sigmatune(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Complet
 
 def start(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "study.cli", *args],
+        [sys.executable, "-m", "sigmatune.study.cli", *args],
         cwd=cwd,
         env=_env(),
         stdout=log.open("w"),
@@ -174,7 +173,7 @@ def test_run_stores_outer_and_inner_studies_links_and_artifacts(tmp_path):
         optuna.artifacts.download_artifact(
             artifact_store=store, artifact_id=artifact, file_path=str(path)
         )
-        from study.trials import load_model_file
+        from sigmatune.study.trials import load_model_file
 
         D, payload = load_model_file(path)
         assert payload["nimg"] >= 16_384
@@ -418,7 +417,7 @@ def test_tune_sampling_closes_the_gap_on_the_exact_gaussian_mixture_denoiser(tmp
         "--preset",
         "toy",
         "--denoiser",
-        "models.data:gmm2d_mixture",
+        "sigmatune.models.data:gmm2d_mixture",
         "--nfe",
         "5",
         "--sampler",
@@ -452,8 +451,8 @@ def test_a_running_trial_that_never_beat_is_failed_and_retried(tmp_path, monkeyp
     """A process killed inside ``study.ask()`` (before Optuna's first heartbeat) leaves a
     RUNNING trial with no heartbeat; ``fail_orphans`` fails it once it is old enough, and the
     retry callback enqueues its retry, while a trial with a heartbeat is left alone."""
-    from study import bilevel
-    from study.storage import make_storage
+    from sigmatune.study import bilevel
+    from sigmatune.study.storage import make_storage
 
     storage = make_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="o")

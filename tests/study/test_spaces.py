@@ -10,16 +10,15 @@ import optuna
 import pytest
 import torch
 from optuna.trial import FixedTrial
-
-from models.samplers import SAMPLERS, steps_for_nfe
-from models.samplers import nfe as nfe_of
-from models.schedules import validate
-from objectives.adaptive import ADAPTIVE
-from objectives.densities import DENSITIES
-from objectives.parameterisations import PARAMETERISATIONS
-from objectives.weightings import WEIGHTINGS
-from study import spaces
-from study.config import load_config
+from sigmatune.models.samplers import SAMPLERS, steps_for_nfe
+from sigmatune.models.samplers import nfe as nfe_of
+from sigmatune.models.schedules import validate
+from sigmatune.objectives.adaptive import ADAPTIVE
+from sigmatune.objectives.densities import DENSITIES
+from sigmatune.objectives.parameterisations import PARAMETERISATIONS
+from sigmatune.objectives.weightings import WEIGHTINGS
+from sigmatune.study import spaces
+from sigmatune.study.config import load_config
 
 SIGMA_DATA = 0.5
 TOY = load_config("toy")

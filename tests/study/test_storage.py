@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import optuna
 import pytest
-
-from study.storage import (
+from sigmatune.study.storage import (
     StorageError,
     artifact_dir_for,
     artifact_store_for,
@@ -150,11 +148,9 @@ def test_processes_creating_one_new_sqlite_file_at_once_all_get_the_storage(tmp_
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[2]
     for round_ in range(3):  # the race is timing-dependent: a few fresh files
         code = (
-            f"import sys; sys.path.insert(0, {str(root)!r}); "
-            "from study.storage import make_storage; "
+            "from sigmatune.study.storage import make_storage; "
             f"make_storage('sqlite:///{tmp_path / f'race{round_}.db'}', heartbeat_interval=1)"
         )
         procs = [
