@@ -42,6 +42,7 @@ from _common import (  # noqa: E402  (puts the checkout on sys.path)
     median_seconds,
     write_json,
 )
+
 from sigmatune.models.data import load_dataset  # noqa: E402
 from sigmatune.models.denoiser import Denoiser  # noqa: E402
 from sigmatune.models.networks import make_network  # noqa: E402

@@ -66,6 +66,7 @@ from _common import (  # noqa: E402  (puts the checkout on sys.path)
     median_seconds,
     write_json,
 )
+
 from sigmatune.models import samplers  # noqa: E402
 from sigmatune.models.data import Dataset, load_dataset  # noqa: E402
 from sigmatune.models.denoiser import Denoiser  # noqa: E402

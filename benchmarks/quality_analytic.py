@@ -65,6 +65,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import describe_machine, format_table, machine_info, write_json  # noqa: E402
+
 from sigmatune.study.spaces import KARRAS_RHO  # noqa: E402
 from sigmatune.study.tune import gap_closed  # noqa: E402
 
@@ -282,6 +283,7 @@ def run_tuning(
 ) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
     """The inner studies of one (mixture, sampler): tuned schedule and study figures per NFE."""
     import optuna
+
     from sigmatune.study import bilevel, spaces
     from sigmatune.study.tune import tune_sampling
 
@@ -482,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """Tune, measure, print the table and write the JSON; returns the payload."""
     import optuna
+
     from sigmatune.models.samplers import nfe as nfe_of
     from sigmatune.models.samplers import steps_for_nfe
     from sigmatune.models.schedules import karras, loglinear

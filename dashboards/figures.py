@@ -30,6 +30,7 @@ import plotly.graph_objects as go
 import torch
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
+
 from sigmatune.models.schedules import validate
 from sigmatune.objectives.densities import make_density
 from sigmatune.objectives.loss import objective_from_description

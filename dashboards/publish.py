@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 import plotly.graph_objects as go
 from optuna_dashboard import save_note, save_plotly_graph_object
+
 from sigmatune.dashboards.figures import (
     BASELINE_LABELS,
     BASELINES,

@@ -15,6 +15,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+
 from sigmatune.dashboards.figures import (
     BASELINE_LABELS,
     BASELINES,

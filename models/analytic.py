@@ -10,8 +10,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-from sigmatune.models.schedules import per_example_sigma
 from torch import Tensor
+
+from sigmatune.models.schedules import per_example_sigma
 
 __all__ = ["GaussianMixture"]
 

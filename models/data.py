@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as nnf
-from sigmatune.models.analytic import GaussianMixture
 from torch import Tensor
+
+from sigmatune.models.analytic import GaussianMixture
 
 __all__ = ["DATASETS", "Dataset", "default_root", "gmm2d_mixture", "load_dataset"]
 

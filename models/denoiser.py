@@ -10,9 +10,10 @@ with the coefficients of one of ``objectives.parameterisations.PARAMETERISATIONS
 from __future__ import annotations
 
 import torch
+from torch import Tensor, nn
+
 from sigmatune.models.schedules import per_example_sigma
 from sigmatune.objectives.parameterisations import Coefficients, get_parameterisation
-from torch import Tensor, nn
 
 __all__ = ["Denoiser"]
 

@@ -16,8 +16,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
-from sigmatune.models.schedules import validate
 from torch import Tensor
+
+from sigmatune.models.schedules import validate
 
 __all__ = [
     "SAMPLERS",

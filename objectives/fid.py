@@ -36,8 +36,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from sigmatune.objectives.features import EXTRACTORS, get_extractor, tensor_sha256
 from torch import Tensor, nn
+
+from sigmatune.objectives.features import EXTRACTORS, get_extractor, tensor_sha256
 
 __all__ = [
     "EXTRACTORS",

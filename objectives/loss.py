@@ -25,10 +25,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
+
 from sigmatune.objectives.densities import Density, make_density
 from sigmatune.objectives.parameterisations import Coefficients, get_parameterisation
 from sigmatune.objectives.weightings import Weighting, make_weighting
-from torch import Tensor
 
 if TYPE_CHECKING:
     from sigmatune.objectives.adaptive import Adaptive

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
+
 from sigmatune.objectives.densities import (
     build,
     check_real,
@@ -27,7 +29,6 @@ from sigmatune.objectives.densities import (
     check_sigma_range,
     lam_range,
 )
-from torch import Tensor
 
 __all__ = [
     "Weighting",

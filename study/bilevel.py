@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
+
 from sigmatune.models.data import Dataset, load_dataset
 from sigmatune.objectives.fid import Scorer
 from sigmatune.study import spaces, trials

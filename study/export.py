@@ -30,6 +30,7 @@ from typing import Any
 
 import optuna
 import torch
+
 from sigmatune.dashboards.figures import (
     BASELINES,
     LAM_POINTS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
+
 from sigmatune.study.bilevel import ROLE, describe_objective
 from sigmatune.study.storage import check_storage_exists, make_storage
 from sigmatune.study.trials import FAIL_REASON, PRUNE_REASON

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 from optuna.trial import FrozenTrial
+
 from sigmatune.models.denoiser import Denoiser
 from sigmatune.models.networks import make_network
 from sigmatune.models.samplers import generate

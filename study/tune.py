@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 import torch
+
 from sigmatune.study import bilevel
 from sigmatune.study.config import Config
 from sigmatune.study.trials import load_model_file

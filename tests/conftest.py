@@ -88,6 +88,7 @@ def build_synthetic_study(directory: Path, name: str = SYNTH_NAME) -> SyntheticS
 
 def _build_synthetic_study(directory: Path, name: str) -> SyntheticStudy:
     import torch
+
     from sigmatune.models.samplers import steps_for_nfe
     from sigmatune.models.schedules import from_gaps, karras, loglinear
     from sigmatune.study.config import load_config

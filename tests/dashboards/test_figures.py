@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from sigmatune.dashboards import figures as F
 from sigmatune.models.schedules import karras, loglinear
 

@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna_dashboard import get_note
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
 from sigmatune.dashboards import publish as P
 
 OUTER_IDS = {

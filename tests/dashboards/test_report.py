@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 from plotly.offline import get_plotlyjs
+
 from sigmatune.dashboards.figures import load_study_data
 from sigmatune.dashboards.report import render_report, write_report
 

@@ -8,6 +8,7 @@ import urllib.request
 
 import optuna
 import pytest
+
 from sigmatune.dashboards import server as S
 from sigmatune.dashboards.publish import publish_study
 from sigmatune.study.cli import main

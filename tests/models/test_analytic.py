@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from sigmatune.models.analytic import GaussianMixture
 
 MIXTURES = {

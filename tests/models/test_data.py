@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from sigmatune.models.data import CIFAR_FOLDER, DATASETS, Dataset, load_dataset
 
 CIFAR_PER_BATCH = 3

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from sigmatune.models.networks import MLP, NETWORKS, UNet, make_network
 
 UNET_CASES = [

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+
 from sigmatune.models.analytic import GaussianMixture
 from sigmatune.models.samplers import SAMPLERS, generate, get_sampler, heun, nfe, steps_for_nfe
 from sigmatune.models.schedules import karras, loglinear

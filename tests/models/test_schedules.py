@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from sigmatune.models.schedules import (
     SCHEDULES,
     from_gaps,

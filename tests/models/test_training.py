@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from sigmatune.models.data import load_dataset
 from sigmatune.models.denoiser import Denoiser
 from sigmatune.models.networks import MLP, UNet

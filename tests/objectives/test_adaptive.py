@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import special, stats
+
 from sigmatune.objectives.adaptive import ADAPTIVE, Importance, TimeWarp, Uncertainty, make_adaptive
 from sigmatune.objectives.densities import DENSITIES, make_density
 from sigmatune.objectives.loss import DiffusionObjective

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate, stats
+
 from sigmatune.objectives.densities import DENSITIES, make_density
 
 N_SAMPLES = 20_000

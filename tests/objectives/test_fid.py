@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.linalg
-import sigmatune.objectives.features as features
 import torch
+from sklearn.datasets import load_digits
+
+import sigmatune.objectives.features as features
 from sigmatune.objectives.fid import (
     EXTRACTORS,
     NonFiniteSamplesError,
@@ -23,7 +25,6 @@ from sigmatune.objectives.fid import (
     frechet_distance_from_stats,
     gaussian_stats,
 )
-from sklearn.datasets import load_digits
 
 ROOT = Path(__file__).resolve().parents[2]
 

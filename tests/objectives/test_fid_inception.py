@@ -9,11 +9,12 @@ import urllib.error
 
 import numpy as np
 import pytest
-import sigmatune.objectives.features as features
 import torch
-from sigmatune.objectives.fid import Scorer
 from sklearn.datasets import load_digits
 from torch import nn
+
+import sigmatune.objectives.features as features
+from sigmatune.objectives.fid import Scorer
 
 tf_inception = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
 

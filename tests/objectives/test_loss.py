@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+
 from sigmatune.objectives.densities import DENSITIES, make_density
 from sigmatune.objectives.loss import DiffusionObjective, objective_from_description
 from sigmatune.objectives.parameterisations import PARAMETERISATIONS

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from sigmatune.objectives.parameterisations import (
     PARAMETERISATIONS,
     Coefficients,

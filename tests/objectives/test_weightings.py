@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from sigmatune.objectives.weightings import WEIGHTINGS, make_weighting
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0

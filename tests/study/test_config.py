@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+
 from sigmatune.study.config import Config, ConfigError, load_config, preset_names
 
 

@@ -14,6 +14,7 @@ import jsonschema
 import optuna
 import pytest
 import torch
+
 from sigmatune.dashboards.figures import load_study_data
 from sigmatune.models.analytic import GaussianMixture
 from sigmatune.models.samplers import euler, heun

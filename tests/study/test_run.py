@@ -19,6 +19,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+
 from sigmatune.study.bilevel import count_finished
 from sigmatune.study.config import load_config
 

@@ -10,6 +10,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import FixedTrial
+
 from sigmatune.models.samplers import SAMPLERS, steps_for_nfe
 from sigmatune.models.samplers import nfe as nfe_of
 from sigmatune.models.schedules import validate

@@ -6,6 +6,7 @@ import sqlite3
 
 import optuna
 import pytest
+
 from sigmatune.study.storage import (
     StorageError,
     artifact_dir_for,
