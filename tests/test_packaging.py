@@ -16,7 +16,19 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_the_wheel_installs_one_top_level_import_name(tmp_path):
     """A built wheel holds ``sigmatune/`` (with the four packages under it and the presets)
-    and nothing else at the top level but its metadata."""
+    and nothing else at the top level but its metadata. Built from a copy of the tracked
+    files, so the checkout gets no build/ folder."""
+    import shutil
+
+    src = tmp_path / "src"
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    out = tmp_path / "wheel"
     subprocess.run(
         [
             sys.executable,
@@ -27,14 +39,14 @@ def test_the_wheel_installs_one_top_level_import_name(tmp_path):
             "--no-build-isolation",
             "--quiet",
             "--wheel-dir",
-            str(tmp_path),
-            str(ROOT),
+            str(out),
+            str(src),
         ],
         check=True,
         cwd=tmp_path,
         capture_output=True,
     )
-    (wheel,) = tmp_path.glob("sigmatune-*.whl")
+    (wheel,) = out.glob("sigmatune-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/", 1)[0] for n in names}
     meta = {t for t in tops if t.endswith(".dist-info")}
