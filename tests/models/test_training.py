@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -8,7 +11,15 @@ import torch
 from sigmatune.models.data import load_dataset
 from sigmatune.models.denoiser import Denoiser
 from sigmatune.models.networks import MLP, UNet
-from sigmatune.models.training import NonFiniteLossError, latest_checkpoint, load_checkpoint, train
+from sigmatune.models.training import (
+    IGNORED_DIR,
+    IgnoredCheckpointWarning,
+    NonFiniteLossError,
+    TrainSettings,
+    latest_checkpoint,
+    load_checkpoint,
+    train,
+)
 from sigmatune.objectives.adaptive import ADAPTIVE, make_adaptive
 from sigmatune.objectives.densities import LogNormal
 from sigmatune.objectives.loss import DiffusionObjective
@@ -33,26 +44,37 @@ def small_mlp(init_seed: int) -> MLP:
     return MLP(2, hidden=32, depth=2, emb_dim=16)
 
 
-def run(data, *, adaptive=None, init_seed=0, **kwargs):
-    kwargs = {
-        "batch_size": 32,
-        "lr": 1e-3,
-        "ema_halflife_nimg": 200,
-        "lr_rampup_nimg": 100,
-        "seed": 7,
-        "progress": False,
-        **kwargs,
+def run(data, *, adaptive=None, init_seed=0, progress=False, **kwargs):
+    """train() of a small MLP on ``data``: TrainSettings from ``kwargs`` (with these tests'
+    defaults), the rest (checkpoint_dir, run_key, callback, log, ...) passed to train()."""
+    options = {
+        key: kwargs.pop(key)
+        for key in ("checkpoint_dir", "run_key", "callback", "log", "desc")
+        if key in kwargs
     }
-    return train(
-        small_mlp(init_seed), edm_objective(float(data.x.std()), adaptive), data.x, **kwargs
+    settings = TrainSettings(
+        **{
+            "batch_size": 32,
+            "lr": 1e-3,
+            "ema_halflife_nimg": 200,
+            "lr_rampup_nimg": 100,
+            "seed": 7,
+            **kwargs,
+        }
     )
+    net = small_mlp(init_seed)
+    objective = edm_objective(float(data.x.std()), adaptive)
+    return train(net, objective, data.x, settings, progress=progress, **options)
+
+
+def assert_same_state_dicts(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
+    assert_same_state_dicts(a.state_dict(), b.state_dict())
 
 
 class Interrupt(Exception):
@@ -120,17 +142,16 @@ def test_unet_with_dropout_resumes_to_the_same_weights(tmp_path):
     def go(checkpoint_dir, init_seed, train_nimg, callback=None):
         torch.manual_seed(init_seed)
         net = UNet(channels=8, dropout=0.3)
+        settings = TrainSettings(
+            train_nimg=train_nimg, batch_size=8, lr=1e-3, seed=0, checkpoint_nimg=16
+        )
         return train(
             net,
             edm_objective(digits.sigma_data),
             digits.x,
-            train_nimg=train_nimg,
-            batch_size=8,
-            lr=1e-3,
-            seed=0,
+            settings,
             progress=False,
             checkpoint_dir=checkpoint_dir,
-            checkpoint_nimg=16,
             callback=callback,
         )
 
@@ -143,12 +164,118 @@ def test_unet_with_dropout_resumes_to_the_same_weights(tmp_path):
     assert_same_state(resumed.ema, full.ema)
 
 
-def test_resume_refuses_another_seed_or_batch_size(gmm, tmp_path):
-    run(gmm, train_nimg=64, checkpoint_dir=tmp_path)
-    with pytest.raises(ValueError, match="seed=7, but got seed=8"):
-        run(gmm, train_nimg=128, checkpoint_dir=tmp_path, seed=8)
-    with pytest.raises(ValueError, match="batch_size=32, but got batch_size=16"):
-        run(gmm, train_nimg=128, checkpoint_dir=tmp_path, batch_size=16)
+def checkpoint_names(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_file())
+
+
+def test_checkpoint_of_another_lr_is_not_resumed_but_moved_aside(gmm, tmp_path):
+    old = run(gmm, train_nimg=64, lr=1e-3, checkpoint_dir=tmp_path)
+    old_state = load_checkpoint(old.checkpoint)
+    notes: list[str] = []
+    new = run(gmm, train_nimg=128, lr=2e-3, checkpoint_dir=tmp_path, log=notes.append)
+    # Trained all its images from scratch: the weights of a run that never saw the folder.
+    assert new.resumed_from_nimg == 0 and new.nimg - new.resumed_from_nimg == 128
+    assert len(new.losses) == 4
+    assert_same_state(new.ema, run(gmm, train_nimg=128, lr=2e-3).ema)
+    # One note naming what differs; the old checkpoint kept, unchanged, out of the way.
+    assert len(notes) == 1
+    assert "lr=0.001 there, lr=0.002 here" in notes[0] and "checkpoint-000000000064.pt" in notes[0]
+    assert checkpoint_names(tmp_path) == ["checkpoint-000000000128.pt"]
+    assert checkpoint_names(tmp_path / IGNORED_DIR) == ["checkpoint-000000000064.pt"]
+    aside = load_checkpoint(tmp_path / IGNORED_DIR / "checkpoint-000000000064.pt")
+    assert_same_state_dicts(aside["net"], old_state["net"])
+    # The same run_key and settings resume this run's own checkpoint.
+    more = run(gmm, train_nimg=192, lr=2e-3, checkpoint_dir=tmp_path, log=notes.append)
+    assert more.resumed_from_nimg == 128 and more.nimg == 192 and len(notes) == 1
+    assert_same_state(more.ema, run(gmm, train_nimg=192, lr=2e-3).ema)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"lr": 2e-3},
+        {"batch_size": 16},
+        {"seed": 8},
+        {"ema_halflife_nimg": 100},
+        {"ema_rampup_ratio": None},
+        {"lr_rampup_nimg": 0},
+        {"grad_clip": 1.0},
+        {"run_key": "study-b/trial-0000"},
+        {"run_key": None},
+    ],
+)
+def test_checkpoint_with_another_run_key_or_trajectory_setting_is_not_resumed(
+    gmm, tmp_path, change
+):
+    first = {"run_key": "study-a/trial-0000", "checkpoint_dir": tmp_path, "train_nimg": 64}
+    run(gmm, **first)
+    notes: list[str] = []
+    other = run(gmm, **{**first, "train_nimg": 128, **change, "log": notes.append})
+    assert other.resumed_from_nimg == 0 and other.nimg == 128
+    (key,) = change
+    assert len(notes) == 1 and f"{key}=" in notes[0]
+    assert checkpoint_names(tmp_path / IGNORED_DIR) == ["checkpoint-000000000064.pt"]
+
+
+@pytest.mark.parametrize("change", [{}, {"checkpoint_nimg": 32}, {"train_nimg": 96}])
+def test_same_run_key_and_trajectory_resume(gmm, tmp_path, change):
+    first = {"run_key": "study-a/trial-0000", "checkpoint_dir": tmp_path, "train_nimg": 64}
+    run(gmm, **first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = run(gmm, **{**first, "train_nimg": 128, **change})
+    assert again.resumed_from_nimg == 64 and again.nimg == change.get("train_nimg", 128)
+    assert not (tmp_path / IGNORED_DIR).exists()
+
+
+def test_ignored_checkpoint_warns_by_default_and_each_foreign_one_is_kept(gmm, tmp_path):
+    run(gmm, train_nimg=64, run_key="a", checkpoint_dir=tmp_path)
+    with pytest.warns(IgnoredCheckpointWarning, match="run_key='a' there, run_key='b' here"):
+        run(gmm, train_nimg=64, run_key="b", checkpoint_dir=tmp_path)
+    with pytest.warns(IgnoredCheckpointWarning, match="run_key='b' there, run_key='c' here"):
+        run(gmm, train_nimg=64, run_key="c", checkpoint_dir=tmp_path)
+    assert checkpoint_names(tmp_path) == ["checkpoint-000000000064.pt"]
+    assert load_checkpoint(latest_checkpoint(tmp_path))["run_key"] == "c"
+    aside = tmp_path / IGNORED_DIR
+    assert checkpoint_names(aside) == ["checkpoint-000000000064.1.pt", "checkpoint-000000000064.pt"]
+    assert {load_checkpoint(p)["run_key"] for p in aside.iterdir()} == {"a", "b"}
+
+
+def test_unreadable_or_old_format_checkpoints_are_moved_aside_unused(gmm, tmp_path):
+    (tmp_path / "checkpoint-000000000999.pt").write_bytes(b"not a checkpoint")
+    torch.save(
+        {"format": "sigmatune.training/1", "batch_size": 32, "seed": 7},
+        tmp_path / "checkpoint-000000000064.pt",
+    )
+    notes: list[str] = []
+    result = run(gmm, train_nimg=64, checkpoint_dir=tmp_path, log=notes.append)
+    assert result.resumed_from_nimg == 0 and result.nimg == 64
+    assert len(notes) == 2
+    assert "cannot read it" in notes[0] and "weights_only=False" not in notes[0]
+    assert "'sigmatune.training/1'" in notes[1]
+    assert checkpoint_names(tmp_path) == ["checkpoint-000000000064.pt"]
+    assert checkpoint_names(tmp_path / IGNORED_DIR) == [
+        "checkpoint-000000000064.pt",
+        "checkpoint-000000000999.pt",
+    ]
+
+
+def test_progress_in_a_log_is_a_few_plain_lines(gmm):
+    stderr = io.StringIO()  # not a terminal
+    with contextlib.redirect_stderr(stderr):
+        run(gmm, train_nimg=8 * 300, batch_size=8, progress=True, desc="toy train")
+    text = stderr.getvalue()
+    print(text)
+    lines = text.splitlines()
+    assert 2 <= len(lines) <= 4 and len(text) < 400
+    assert "\r" not in text and all(line.startswith("toy train: ") for line in lines)
+    assert lines[0].startswith("toy train: 0/2,400 img")
+    assert lines[-1].startswith("toy train: 2,400/2,400 img (100%)") and "loss=" in lines[-1]
+
+    quiet = io.StringIO()
+    with contextlib.redirect_stderr(quiet):
+        run(gmm, train_nimg=8 * 300, batch_size=8, progress=False)
+    assert quiet.getvalue() == ""
 
 
 @pytest.mark.parametrize("checkpoints", [True, False])
@@ -193,18 +320,10 @@ def test_mlp_on_gmm2d_denoises_within_20_percent_of_the_exact_denoiser():
     objective = edm_objective(data.sigma_data)
     torch.manual_seed(0)
     net = MLP(2, hidden=64, depth=3)
-    result = train(
-        net,
-        objective,
-        data.x,
-        train_nimg=100_000,
-        batch_size=256,
-        lr=2e-3,
-        ema_halflife_nimg=20_000,
-        lr_rampup_nimg=0,
-        seed=0,
-        progress=False,
+    settings = TrainSettings(
+        train_nimg=100_000, batch_size=256, lr=2e-3, ema_halflife_nimg=20_000, lr_rampup_nimg=0
     )
+    result = train(net, objective, data.x, settings, progress=False)
     D = Denoiser(result.ema, "edm", data.sigma_data)
     mixture = data.analytic
     g = torch.Generator().manual_seed(12345)  # held-out draws, shared by both denoisers
