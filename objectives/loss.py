@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from sigmatune.objectives.densities import Density, make_density
+from sigmatune.objectives.densities import Density, lam_range, make_density
 from sigmatune.objectives.parameterisations import Coefficients, get_parameterisation
 from sigmatune.objectives.weightings import Weighting, make_weighting
 
 if TYPE_CHECKING:
     from sigmatune.objectives.adaptive import Adaptive
 
-__all__ = ["DiffusionObjective", "objective_from_description"]
+__all__ = ["DiffusionObjective", "objective_from_description", "same_effective_weighting"]
 
 
 class DiffusionObjective:
@@ -252,3 +252,44 @@ def objective_from_description(desc: Mapping[str, Any]) -> DiffusionObjective:
     return DiffusionObjective(
         desc["parameterisation"], density, weighting, desc["sigma_data"], adaptive
     )
+
+
+_NEGLIGIBLE = 1e-8  # W below this fraction of the larger peak carries no weight worth comparing
+
+
+def same_effective_weighting(
+    desc_a: Mapping[str, Any],
+    desc_b: Mapping[str, Any],
+    *,
+    rtol: float = 1e-2,
+    points: int = 1001,
+) -> bool:
+    """Whether two described objectives have the same effective weighting ``W(λ)`` up to a
+    constant factor: the same objective up to gradient variance (Kingma & Gao 2023, §3: W
+    alone defines the objective; how it splits into p and w changes only the variance).
+
+    Both ``W`` are taken on ``points`` equally spaced λ's of the common part of the two runs'
+    λ ranges, each divided by its integral there (trapezoid rule), and must agree to ``rtol``
+    relative at every λ where either exceeds 1e-8 of the larger peak; zero in one and not in
+    the other is a difference. Adaptive mechanisms are in their initial state (a description
+    holds no learned state). Disjoint σ ranges are not the same objective.
+    """
+    if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real) or not 0 < rtol < 1:
+        raise ValueError(f"rtol must be a real number in (0, 1), but got rtol={rtol!r}")
+    if isinstance(points, bool) or not isinstance(points, numbers.Integral) or points < 2:
+        raise ValueError(f"points must be an integer >= 2, but got points={points!r}")
+    a, b = objective_from_description(desc_a), objective_from_description(desc_b)
+    lo_a, hi_a = lam_range(a.sigma_min, a.sigma_max)
+    lo_b, hi_b = lam_range(b.sigma_min, b.sigma_max)
+    lo, hi = max(lo_a, lo_b), min(hi_a, hi_b)
+    if not lo < hi:
+        return False
+    lam = torch.linspace(lo, hi, int(points), dtype=torch.float64)
+    W_a, W_b = a.effective_weighting(lam), b.effective_weighting(lam)
+    Z_a, Z_b = torch.trapezoid(W_a, lam), torch.trapezoid(W_b, lam)
+    if not (Z_a > 0 and Z_b > 0):
+        return bool(Z_a == 0 and Z_b == 0)
+    W_a, W_b = W_a / Z_a, W_b / Z_b
+    larger = torch.maximum(W_a, W_b)
+    compared = larger > _NEGLIGIBLE * float(larger.max())
+    return bool(torch.all((W_a - W_b).abs()[compared] <= rtol * larger[compared]))

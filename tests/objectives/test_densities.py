@@ -62,6 +62,25 @@ class Case:
                 lo,
                 hi,
             )
+        if self.name == "laplace":
+            law = stats.laplace(loc=self.params.get("mu", 0.0), scale=self.params.get("b", 0.5))
+            # the truncated law from scipy's, by the survival function above the centre
+            # (where 1 − cdf would round to 0 in a far tail)
+            if lo >= law.mean():
+                Z = law.sf(lo) - law.sf(hi)
+                return (
+                    (lambda lam: np.clip((law.sf(lo) - law.sf(np.clip(lam, lo, hi))) / Z, 0, 1)),
+                    (lambda lam: law.pdf(lam) / Z),
+                    lo,
+                    hi,
+                )
+            Z = law.cdf(hi) - law.cdf(lo)
+            return (
+                (lambda lam: np.clip((law.cdf(np.clip(lam, lo, hi)) - law.cdf(lo)) / Z, 0, 1)),
+                (lambda lam: law.pdf(lam) / Z),
+                lo,
+                hi,
+            )
         if self.name == "uniform":
             a, b = self.params.get("lam_min", lo), self.params.get("lam_max", hi)
             law = stats.uniform(loc=a, scale=b - a)
@@ -89,6 +108,9 @@ CASES = [
     Case("cosine", {}, *RUN),
     Case("cosine", {"shift": 1.5}, 0.02, 20.0),
     Case("cosine", {"shift": -3.0}, 0.5, 5.0),
+    Case("laplace", {}, *RUN),  # Hang et al. 2024: mu = 0, b = 0.5
+    Case("laplace", {"mu": 2.0, "b": 1.5}, 0.05, 3.0),  # the centre inside, range off-centre
+    Case("laplace", {"mu": -3.0, "b": 0.75}, 0.01, 1.0),  # range above the centre: tail mass
     Case("uniform", {}, *RUN),
     Case("uniform", {"lam_min": -3.0, "lam_max": 5.0}, *RUN),
     Case("piecewise", {"heights": [1.0, 2.0, 3.0]}, *RUN),
@@ -114,6 +136,8 @@ def test_density_integrates_to_one_over_its_support(case):
         return math.exp(float(d.log_prob(torch.tensor(lam, dtype=torch.float64))))
 
     points = None
+    if case.name == "laplace" and d.lam_min < case.params.get("mu", 0.0) < d.lam_max:
+        points = [case.params.get("mu", 0.0)]  # the kink at the centre
     if case.name == "piecewise":
         points = np.linspace(d.lam_min, d.lam_max, len(case.params["heights"]) + 1)[1:-1]
     with warnings.catch_warnings():
@@ -215,6 +239,20 @@ def test_cosine_zero_is_the_law_of_lam_under_the_cosine_schedule(sigma_min, sigm
     assert stats.ks_2samp(lam, lam_mc).pvalue > P_MIN
 
 
+@pytest.mark.parametrize("mu, b", [(0.0, 0.5), (1.5, 0.75)])
+def test_laplace_is_the_law_of_lam_under_hang_et_al_schedule(mu, b):
+    """Monte Carlo from the paper's schedule (Hang et al. 2024, §2): t ~ U(0, 1),
+    λ = mu − b·sgn(0.5 − t)·ln(1 − 2|t − 0.5|), on a range wide enough to hold every draw;
+    two-sample KS against Laplace(mu, b).sample, and the tails' halves at mu."""
+    t = np.random.default_rng(0).uniform(size=N_SAMPLES)
+    lam_mc = mu - b * np.sign(0.5 - t) * np.log(1 - 2 * np.abs(t - 0.5))
+    d = make_density("laplace", {"mu": mu, "b": b}, sigma_min=1e-8, sigma_max=1e8)
+    assert lam_mc.min() > d.lam_min and lam_mc.max() < d.lam_max
+    lam = lam_of(d.sample(N_SAMPLES, generator=torch.Generator().manual_seed(0)))
+    assert stats.ks_2samp(lam, lam_mc).pvalue > P_MIN
+    assert float(d.cdf(torch.tensor(mu, dtype=torch.float64))) == pytest.approx(0.5, abs=1e-12)
+
+
 def test_piecewise_bin_frequencies_match_heights():
     """Inverse-CDF sampling of the piecewise law: each bin gets n·h_k/Σh samples, within
     4 binomial standard errors, and within a bin the λ's are uniform (KS)."""
@@ -250,6 +288,12 @@ ERRORS = [
     ("lognormal", {"P_mean": float("nan")}, RUN, r"P_mean must be finite.*P_mean=nan"),
     ("lognormal", {"P_mean": 12.0, "P_std": 0.5}, RUN, r"mass .* must be at least"),
     ("cosine", {"shift": float("inf")}, RUN, r"shift must be finite.*shift=inf"),
+    ("laplace", {"b": 0.0}, RUN, r"b must be > 0, but got b=0\.0"),
+    ("laplace", {"b": -0.5}, RUN, r"b must be > 0, but got b=-0\.5"),
+    ("laplace", {"b": float("nan")}, RUN, r"b must be finite, but got b=nan"),
+    ("laplace", {"mu": "0"}, RUN, r"mu must be a finite real number.*mu='0'"),
+    ("laplace", {"mu": 40.0, "b": 0.5}, RUN, r"laplace\(mu=40\.0, b=0\.5\) puts mass .* at least"),
+    ("laplace", {"scale": 1.0}, RUN, r"unknown parameter 'scale' for density 'laplace'; valid: mu"),
     ("cosine", {"shift": "a"}, RUN, r"shift must be a finite real number.*shift='a'"),
     (
         "uniform",
@@ -280,7 +324,7 @@ ERRORS = [
         r"unknown parameter 'P_avg' for density 'lognormal'; "
         r"valid: P_mean, P_std",
     ),
-    ("foo", {}, RUN, r"unknown density 'foo'; valid: cosine, lognormal, piecewise, uniform"),
+    ("foo", {}, RUN, r"unknown density 'foo'; valid: cosine, laplace, lognormal, piecewise, unif"),
     ("lognormal", {}, (0.0, 80.0), r"sigma_min must be > 0, but got sigma_min=0\.0"),
     ("cosine", {}, (-1.0, 80.0), r"sigma_min must be > 0, but got sigma_min=-1\.0"),
     ("uniform", {}, (1.0, 1.0), r"sigma_max must be > sigma_min=1\.0, but got sigma_max=1\.0"),
