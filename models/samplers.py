@@ -5,7 +5,10 @@ Conventions (k-diffusion): ``x_sigma = x0 + sigma*eps``; the probability-flow OD
 ``s(t) = 1``, ``sigma(t) = t``). A sampler is a plain function ``sampler(D, x, sigmas, ...)``
 that integrates from ``sigmas[0]`` to ``sigmas[-1] = 0``; ``D`` receives sigma as a tensor of
 shape [B] in x's dtype. Step coefficients are computed from the float64 schedule as Python
-floats; the state ``x`` stays in its own dtype and on its own device.
+floats; the state ``x`` stays in its own dtype and on its own device. A schedule tensor that
+requires grad is the one exception: its values stay 0-d float64 tensors, so the output is
+differentiable with respect to the step locations (LD3, Tong et al. 2025) and is otherwise the
+same computation.
 """
 
 from __future__ import annotations
@@ -24,19 +27,45 @@ __all__ = [
     "SAMPLERS",
     "dpmpp_2m",
     "euler",
+    "euler_step",
     "generate",
     "get_sampler",
     "heun",
+    "heun_step",
     "nfe",
     "steps_for_nfe",
 ]
 
 DenoiserFn = Callable[[Tensor, Tensor], Tensor]
 Noise = Callable[[int], Tensor]
+Scalar = float | Tensor  # a Python float, or a 0-d float64 tensor of a schedule requiring grad
 
 
-def _sigma(x: Tensor, value: float) -> Tensor:
+def _steps(sigmas: Tensor | Sequence[float]) -> list[float] | list[Tensor]:
+    """The validated schedule as Python floats; as 0-d float64 tensors that carry the gradient
+    when ``sigmas`` is a tensor requiring grad."""
+    s = validate(sigmas)
+    if isinstance(sigmas, Tensor) and sigmas.requires_grad:
+        return list(sigmas.to(torch.float64).unbind())
+    return s.tolist()
+
+
+def _sigma(x: Tensor, value: Scalar) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.to(device=x.device, dtype=x.dtype).expand(x.shape[0])  # [B], x's dtype
     return x.new_full((x.shape[0],), value)  # [B], x's dtype
+
+
+def _log(value: Scalar) -> Scalar:
+    return value.log() if isinstance(value, Tensor) else math.log(value)
+
+
+def _expm1(value: Scalar) -> Scalar:
+    return value.expm1() if isinstance(value, Tensor) else math.expm1(value)
+
+
+def _sqrt(value: Scalar) -> Scalar:
+    return value.sqrt() if isinstance(value, Tensor) else math.sqrt(value)
 
 
 def _check_churn(S_churn: float, S_min: float, S_max: float, S_noise: float) -> None:
@@ -53,14 +82,14 @@ def _check_churn(S_churn: float, S_min: float, S_max: float, S_noise: float) -> 
 def _churn(
     x: Tensor,
     i: int,
-    sigma: float,
+    sigma: Scalar,
     n: int,
     S_churn: float,
     S_min: float,
     S_max: float,
     S_noise: float,
     noise: Noise | None,
-) -> tuple[Tensor, float]:
+) -> tuple[Tensor, Scalar]:
     """EDM Algorithm 2, lines 4-6: raise sigma to sigma_hat = sigma (1 + gamma) by adding
     noise of std sqrt(sigma_hat^2 - sigma^2), gamma = min(S_churn/n, sqrt(2) - 1) within
     [S_min, S_max] and 0 elsewhere."""
@@ -69,7 +98,39 @@ def _churn(
         return x, sigma
     sigma_hat = sigma * (1 + gamma)
     eps = torch.randn_like(x) if noise is None else noise(i)
-    return x + math.sqrt(sigma_hat**2 - sigma**2) * S_noise * eps, sigma_hat
+    return x + _sqrt(sigma_hat**2 - sigma**2) * S_noise * eps, sigma_hat
+
+
+def euler_step(
+    D: DenoiserFn, x: Tensor, sigma: Scalar, sigma_next: Scalar, denoised: Tensor | None = None
+) -> Tensor:
+    """One Euler step of the probability-flow ODE from ``sigma`` to ``sigma_next`` (Karras et
+    al. 2022, Algorithm 2, lines 7-8): x + (sigma_next - sigma) (x - D(x, sigma)) / sigma; into
+    sigma_next = 0 it is D(x, sigma), exactly. ``denoised`` reuses a known D(x, sigma). One NFE
+    (none with ``denoised``)."""
+    if denoised is None:
+        denoised = D(x, _sigma(x, sigma))
+    if sigma_next == 0:
+        return denoised  # x + (0 - sigma) d, exactly
+    d = (x - denoised) / sigma
+    return x + (sigma_next - sigma) * d
+
+
+def heun_step(
+    D: DenoiserFn, x: Tensor, sigma: Scalar, sigma_next: Scalar, denoised: Tensor | None = None
+) -> Tensor:
+    """One step of Heun's method from ``sigma`` to ``sigma_next`` (Karras et al. 2022,
+    Algorithm 2, lines 7-11): the Euler step, then the trapezoidal correction, which is skipped
+    into sigma_next = 0. ``denoised`` reuses a known D(x, sigma). Two NFE (one into 0; one
+    fewer with ``denoised``)."""
+    if denoised is None:
+        denoised = D(x, _sigma(x, sigma))
+    if sigma_next == 0:
+        return denoised
+    d = (x - denoised) / sigma
+    x_next = x + (sigma_next - sigma) * d
+    d_prime = (x_next - D(x_next, _sigma(x, sigma_next))) / sigma_next
+    return x + (sigma_next - sigma) * (0.5 * d + 0.5 * d_prime)
 
 
 def euler(
@@ -85,17 +146,12 @@ def euler(
 ) -> Tensor:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without
     the second-order correction; k-diffusion ``sample_euler``), with optional churn. n NFE."""
-    s = validate(sigmas).tolist()
+    s = _steps(sigmas)
     _check_churn(S_churn, S_min, S_max, S_noise)
     n = len(s) - 1
     for i in range(n):
         x, sigma_hat = _churn(x, i, s[i], n, S_churn, S_min, S_max, S_noise, noise)
-        denoised = D(x, _sigma(x, sigma_hat))
-        if s[i + 1] == 0:
-            x = denoised  # x + (0 - sigma_hat) d, exactly
-        else:
-            d = (x - denoised) / sigma_hat
-            x = x + (s[i + 1] - sigma_hat) * d
+        x = euler_step(D, x, sigma_hat, s[i + 1])
     return x
 
 
@@ -112,20 +168,12 @@ def heun(
 ) -> Tensor:
     """Heun's second-order method with churn (Karras et al. 2022, Algorithm 2). The step
     into sigma = 0 is a plain Euler step, so n steps cost 2n - 1 NFE."""
-    s = validate(sigmas).tolist()
+    s = _steps(sigmas)
     _check_churn(S_churn, S_min, S_max, S_noise)
     n = len(s) - 1
     for i in range(n):
         x, sigma_hat = _churn(x, i, s[i], n, S_churn, S_min, S_max, S_noise, noise)
-        sigma_next = s[i + 1]
-        denoised = D(x, _sigma(x, sigma_hat))
-        if sigma_next == 0:
-            x = denoised
-            continue
-        d = (x - denoised) / sigma_hat
-        x_next = x + (sigma_next - sigma_hat) * d
-        d_prime = (x_next - D(x_next, _sigma(x, sigma_next))) / sigma_next
-        x = x + (sigma_next - sigma_hat) * (0.5 * d + 0.5 * d_prime)
+        x = heun_step(D, x, sigma_hat, s[i + 1])
     return x
 
 
@@ -141,21 +189,21 @@ def dpmpp_2m(
     expm1(-h) D_hat, D_hat = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}, r = h_last/h. The first step and
     the step into sigma = 0 are first-order. n NFE. ``noise`` is accepted and unused."""
     del noise  # deterministic
-    s = validate(sigmas).tolist()
+    s = _steps(sigmas)
     old_denoised: Tensor | None = None
     for i in range(len(s) - 1):
         denoised = D(x, _sigma(x, s[i]))
         if s[i + 1] == 0:
             x = denoised
         else:
-            h = math.log(s[i]) - math.log(s[i + 1])
+            h = _log(s[i]) - _log(s[i + 1])
             if old_denoised is None:
                 denoised_d = denoised
             else:
-                h_last = math.log(s[i - 1]) - math.log(s[i])
+                h_last = _log(s[i - 1]) - _log(s[i])
                 r = h_last / h
                 denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            x = (s[i + 1] / s[i]) * x - math.expm1(-h) * denoised_d
+            x = (s[i + 1] / s[i]) * x - _expm1(-h) * denoised_d
         old_denoised = denoised
     return x
 

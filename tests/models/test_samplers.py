@@ -10,7 +10,17 @@ import pytest
 import torch
 
 from sigmatune.models.analytic import GaussianMixture
-from sigmatune.models.samplers import SAMPLERS, generate, get_sampler, heun, nfe, steps_for_nfe
+from sigmatune.models.samplers import (
+    SAMPLERS,
+    euler,
+    euler_step,
+    generate,
+    get_sampler,
+    heun,
+    heun_step,
+    nfe,
+    steps_for_nfe,
+)
 from sigmatune.models.schedules import karras, loglinear
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -199,6 +209,60 @@ def test_churn_noise_changes_the_result(ring: GaussianMixture) -> None:
     plain = heun(ring, x, sigmas)
     noisy = heun(ring, x, sigmas, S_churn=20.0, noise=lambda i: torch.ones_like(x))
     assert not torch.allclose(plain, noisy)
+
+
+# ------------------------------------------------------------- steps, and sigmas with grad
+
+
+def test_samplers_are_loops_over_their_steps(ring: GaussianMixture) -> None:
+    x = SIGMA_MAX * torch.randn(8, 2, generator=torch.Generator().manual_seed(6))
+    sigmas = karras(4, SIGMA_MIN, SIGMA_MAX).tolist()
+    for sampler, step in ((euler, euler_step), (heun, heun_step)):
+        y = x
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            y = step(ring, y, sigma, sigma_next)
+        assert torch.equal(sampler(ring, x, sigmas), y)
+        # into 0, a step is the denoiser's output, exactly; a known D(x) saves one call
+        assert torch.equal(step(ring, x, 3.0, 0.0), ring(x, torch.full((8,), 3.0)))
+        D = CountingDenoiser(ring)
+        known = ring(x, torch.full((8,), 3.0))
+        assert torch.equal(step(D, x, 3.0, 1.0, denoised=known), step(ring, x, 3.0, 1.0))
+        assert D.calls == (0 if step is euler_step else 1)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_a_schedule_requiring_grad_gives_the_same_samples(ring: GaussianMixture, name: str) -> None:
+    x = SIGMA_MAX * torch.randn(16, 2, generator=torch.Generator().manual_seed(7))
+    sigmas = karras(5, SIGMA_MIN, SIGMA_MAX)
+    plain = SAMPLERS[name](ring, x, sigmas)
+    traced = SAMPLERS[name](ring, x, sigmas.clone().requires_grad_(True))
+    assert traced.requires_grad and traced.dtype == torch.float32
+    torch.testing.assert_close(traced, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_gradient_wrt_the_schedule_matches_finite_differences(
+    ring: GaussianMixture, name: str
+) -> None:
+    # the output's gradient w.r.t. every positive sigma (through the step coefficients and
+    # D's sigma input) against central differences, float64
+    x = 3.0 * torch.randn(8, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    sigmas = torch.tensor([3.0, 1.2, 0.5, 0.1, 0.0], dtype=torch.float64)
+    weights = torch.randn(8, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+
+    def f(s: torch.Tensor) -> torch.Tensor:
+        return (SAMPLERS[name](ring, x, s) * weights).sum()
+
+    s = sigmas.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(s), s)
+    h = 1e-6
+    numeric = torch.zeros(4, dtype=torch.float64)
+    for i in range(4):
+        e = torch.zeros_like(sigmas)
+        e[i] = h
+        numeric[i] = (f(sigmas + e) - f(sigmas - e)) / (2 * h)
+    assert numeric.abs().max() > 1e-2  # the schedule matters
+    torch.testing.assert_close(grad[:4], numeric, rtol=1e-5, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------- generate
