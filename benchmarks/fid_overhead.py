@@ -47,7 +47,7 @@ from sigmatune.models.denoiser import Denoiser  # noqa: E402
 from sigmatune.models.networks import make_network  # noqa: E402
 from sigmatune.models.samplers import generate, nfe, steps_for_nfe  # noqa: E402
 from sigmatune.models.schedules import karras  # noqa: E402
-from sigmatune.objectives.fid import Scorer  # noqa: E402
+from sigmatune.objectives.fid import Scorer, ScorerSettings  # noqa: E402
 from sigmatune.study.config import load_config  # noqa: E402
 from sigmatune.study.spaces import KARRAS_RHO  # noqa: E402
 from sigmatune.study.trials import REPORT_FRACTIONS  # noqa: E402
@@ -70,11 +70,10 @@ def run(
         scorer = Scorer(
             data.x,
             data.labels,
-            extractor="classifier",
-            fid_num_images=num_images,
-            cache_dir=cache_dir or tmp,
+            ScorerSettings("classifier", num_images, seed=config.seed),
             dataset_name=config.dataset,
-            seed=config.seed,
+            value_range=data.value_range,
+            cache_dir=cache_dir or tmp,
             device=dev,
         )
         setup_seconds = time.perf_counter() - t0

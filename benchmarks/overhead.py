@@ -74,7 +74,7 @@ from sigmatune.models.networks import make_network  # noqa: E402
 from sigmatune.models.samplers import generate, get_sampler, nfe, steps_for_nfe  # noqa: E402
 from sigmatune.models.schedules import karras  # noqa: E402
 from sigmatune.models.training import train  # noqa: E402
-from sigmatune.objectives.fid import Scorer  # noqa: E402
+from sigmatune.objectives.fid import Scorer, ScorerSettings  # noqa: E402
 from sigmatune.objectives.loss import DiffusionObjective, objective_from_description  # noqa: E402
 from sigmatune.study import bilevel, spaces, trials  # noqa: E402
 from sigmatune.study.config import Config, load_config  # noqa: E402
@@ -457,11 +457,14 @@ def make_scorer(setup: Setup, cache_dir: Path) -> tuple[Scorer, float]:
         scorer = Scorer(
             setup.data.x,
             setup.data.labels,
-            extractor=setup.config.inner.fid_extractor,
-            fid_num_images=setup.config.inner.fid_num_images,
-            cache_dir=cache_dir,
+            ScorerSettings(
+                setup.config.inner.fid_extractor,
+                setup.config.inner.fid_num_images,
+                seed=setup.config.seed,
+            ),
             dataset_name=setup.config.dataset,
-            seed=setup.config.seed,
+            value_range=setup.data.value_range,
+            cache_dir=cache_dir,
             device="cpu",
         )
         _SCORERS[key] = scorer, time.perf_counter() - t0

@@ -237,7 +237,7 @@ def study_config(args: argparse.Namespace, storage_url: str, mix: Mixture, sampl
 def make_gmm64_context(config: Any, mixture: Any, log: Callable[[str], None]) -> Any:
     """A RunContext like ``bilevel.make_context``'s, around samples of the 64-D mixture."""
     from sigmatune.models.data import Dataset
-    from sigmatune.objectives.fid import Scorer
+    from sigmatune.objectives.fid import Scorer, ScorerSettings
     from sigmatune.study.bilevel import RunContext, resolve_device
     from sigmatune.study.storage import artifact_store_for, make_storage
 
@@ -249,6 +249,7 @@ def make_gmm64_context(config: Any, mixture: Any, log: Callable[[str], None]) ->
         x=x,
         shape=(mixture.dim,),
         sigma_data=float(x.double().std()),
+        value_range=None,
         analytic=mixture,
     )
     device = resolve_device(config.device)
@@ -258,11 +259,9 @@ def make_gmm64_context(config: Any, mixture: Any, log: Callable[[str], None]) ->
     scorer = Scorer(
         data.x,
         None,
-        extractor=config.inner.fid_extractor,
-        fid_num_images=config.inner.fid_num_images,
-        cache_dir=None,
+        ScorerSettings(config.inner.fid_extractor, config.inner.fid_num_images, seed=config.seed),
         dataset_name="gmm64",
-        seed=config.seed,
+        value_range=None,
         device=device,
     )
     return RunContext(

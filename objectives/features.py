@@ -1,18 +1,23 @@
 """Feature extractors for the Fréchet distance of :mod:`objectives.fid`.
 
-Each extractor maps samples in [-1, 1] (images [B, C, H, W] or points [B, d]) to features
-[B, num_features], float64. What an extractor learns from the reference set (the classifier's
-weights, the random Fourier frequencies) is fixed by a seed and returned by
-:meth:`FeatureExtractor.cache_state`, so it is stored with the reference statistics.
+Each extractor maps samples (images [B, C, H, W] or points [B, d], as the scorer prepares them:
+clamped to the data set's value range, and uint8 for extractors that read saved images) to
+features [B, num_features], float64. What an extractor learns from the reference set (the
+classifier's weights, the random Fourier frequencies and scales) is fixed by a seed and returned
+by :meth:`FeatureExtractor.cache_state`, so it is stored with the reference statistics.
 
 - ``inception``: the 2048-d pool3 features of Inception-v3 with the 2015-12-05 weights
   (Szegedy et al. 2016; the FID network of Heusel et al. 2017), through torchmetrics'
   ``NoTrainInceptionV3`` (torch-fidelity's port, TF1-compatible bilinear resize to 299x299).
+  The weights file is loaded only when its sha256 is the published one
+  (:func:`verify_inception_weights`): torch-fidelity unpickles it with ``weights_only=False``.
 - ``classifier``: the penultimate features of a small CNN trained once on the reference
   labels (for digits and MNIST, where Inception features are meaningless).
 - ``raw``: the flattened samples.
-- ``rff``: random Fourier features of the flattened samples (Rahimi & Recht 2007) with the
-  median-heuristic bandwidth: a Fréchet distance on them sees more than means and covariances.
+- ``rff``: multi-scale random Fourier features of the flattened samples (Rahimi & Recht 2007)
+  with bandwidths from the data's own scales, plus the standardised coordinates: a Fréchet
+  distance on them sees mode widths, missing modes and far-off samples (see
+  :class:`RandomFourierFeatures`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ __all__ = [
     "EXTRACTORS",
     "INCEPTION_CONFIG_KEY",
     "INCEPTION_FILENAMES",
+    "INCEPTION_SHA256",
     "INCEPTION_URL",
     "ClassifierFeatures",
     "FeatureExtractor",
@@ -39,12 +45,14 @@ __all__ = [
     "RandomFourierFeatures",
     "RawFeatures",
     "SmallCNN",
+    "UntrustedWeightsError",
     "download_inception_weights",
     "get_extractor",
     "quantize_uint8",
     "resolve_inception_weights",
     "tensor_sha256",
     "train_classifier",
+    "verify_inception_weights",
 ]
 
 # torch-fidelity 0.4's release of the 2015-12-05 Inception-v3 weights (converted from the
@@ -59,6 +67,11 @@ INCEPTION_FILENAMES = (
     "pt_inception-2015-12-05-6726825d.pth",
 )
 INCEPTION_CONFIG_KEY = "fid_inception_weights"
+# The sha256 of that file (95,628,359 bytes). Its first 8 hex digits are the ones in both file
+# names, torch.hub's convention (``check_hash``); the full digest is the one published for
+# torch-fidelity's release file (pytorch-fid's has the same size and digest prefix). Nothing
+# else is ever unpickled as Inception weights.
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
 
 def _file_sha256(path: Path) -> str:
@@ -79,16 +92,19 @@ def tensor_sha256(x: Tensor) -> str:
 
 
 class FeatureExtractor(nn.Module, ABC):
-    """Samples in [-1, 1], [B, *shape] -> features [B, num_features], float64.
+    """Samples [B, *shape] -> features [B, num_features], float64.
 
     ``fit`` builds the extractor for a reference set; ``cache_state`` / ``from_cache_state``
     store and rebuild it; ``key_items`` names what, besides the reference data, the seed and
-    the image count, its features depend on (it enters the cache key).
+    the image count, its features depend on (it enters the cache key). The scorer hands every
+    extractor its samples as saved (``objectives.fid.as_saved``): clamped to the data set's
+    value range, and quantised to uint8 when ``reads_uint8``.
     """
 
     name: ClassVar[str]
     num_features: int
     batch_size: ClassVar[int] = 1000  # samples per forward when scoring on CPU
+    reads_uint8: ClassVar[bool] = False  # reads images as saved files hold them (uint8)
 
     @classmethod
     def check(cls, reference: Tensor, labels: Tensor | None) -> None:
@@ -162,29 +178,70 @@ class RawFeatures(FeatureExtractor):
         return x.reshape(x.shape[0], -1).double()  # [B, prod(shape)], float64
 
 
+def _median_neighbour_distance(x: Tensor, k: int) -> float:
+    """Median over the points of ``x`` [n, d] of the distance to their ``k``-th nearest
+    distinct neighbour (duplicates skipped)."""
+    d = torch.cdist(x, x)  # [n, n]
+    d[d <= 0] = math.inf  # the point itself and its duplicates
+    k = min(k, x.shape[0] - 1)
+    return float(d.kthvalue(k, dim=1).values.median())
+
+
 class RandomFourierFeatures(FeatureExtractor):
-    """phi(x) = sqrt(2/D) cos(x W + b), W ~ N(0, 1/ell^2), b ~ U[0, 2 pi) (Rahimi & Recht 2007,
-    Algorithm 1), so that phi(x).phi(y) ~ exp(-|x - y|^2 / (2 ell^2)); ``ell`` is the median
-    pairwise distance of (a seeded subset of) the reference set (the median heuristic,
-    Gretton et al. 2012). The mean term of the Fréchet distance on these features is then an
-    estimate of the squared Gaussian-kernel MMD; the covariance term adds second moments."""
+    """Multi-scale random Fourier features and the standardised coordinates:
+
+        phi(x) = [sqrt(2/D) cos(x W_1 + b_1), ..., sqrt(2/D) cos(x W_B + b_B),
+                  RAW_WEIGHT (x - m) / s],
+
+    W_j ~ N(0, 1/ell_j^2) [d, D], b_j ~ U[0, 2 pi) (Rahimi & Recht 2007, Algorithm 1), so that
+    the mean term of a Fréchet distance on phi is an estimate of the squared MMD with the sum
+    of Gaussian kernels exp(-|x - y|^2 / (2 ell_j^2)) (Gretton et al. 2012), and the
+    covariance term adds their second moments.
+
+    Why several bandwidths: one kernel resolves structure at its own scale only. The median
+    heuristic alone (ell ~ 0.85 on the toy ring, whose modes have std 0.1) cannot tell a
+    mode of half its width, or a missing mode, from sampling noise at 1,000 samples. So the
+    ``B`` bandwidths run geometrically from the median pairwise distance (the global layout:
+    which modes are there, with what mass) down to the median distance to the 3rd nearest
+    neighbour (the local scale: how wide each mode is), both measured on (a seeded subset
+    of) the reference.
+
+    Why the coordinates: every cosine feature is bounded, so far-off samples all score alike
+    (the toy score saturated at ~1.86 from data x10 on). The coordinates, centred and scaled
+    by the reference's mean ``m`` and overall std ``s``, make the distance keep growing with
+    the distance of the samples; their weight ``RAW_WEIGHT`` keeps their sampling noise well
+    under that of the cosine features, so the floor's spread is barely changed.
+    """
 
     name = "rff"
-    NUM_FEATURES: ClassVar[int] = 256
-    MEDIAN_SUBSET: ClassVar[int] = 1000
+    NUM_BANDWIDTHS: ClassVar[int] = 4
+    FEATURES_PER_BANDWIDTH: ClassVar[int] = 64
+    NEIGHBOUR_K: ClassVar[int] = 3
+    SCALE_SUBSET: ClassVar[int] = 1000
+    RAW_WEIGHT: ClassVar[float] = 0.3
 
-    def __init__(self, W: Tensor, b: Tensor, bandwidth: float) -> None:
+    def __init__(
+        self, W: Tensor, b: Tensor, centre: Tensor, scale: float, bandwidths: list[float]
+    ) -> None:
         super().__init__()
-        self.register_buffer("W", W.double())  # [d, D]
-        self.register_buffer("b", b.double())  # [D]
-        self.bandwidth = float(bandwidth)
-        self.num_features = int(W.shape[1])
+        self.register_buffer("W", W.double())  # [d, B * D]
+        self.register_buffer("b", b.double())  # [B * D]
+        self.register_buffer("centre", centre.double())  # [d]
+        self.scale = float(scale)
+        self.bandwidths = [float(v) for v in bandwidths]
+        self.num_features = int(W.shape[1] + W.shape[0])
 
     @classmethod
     def key_items(
         cls, labels: Tensor | None, *, seed: int, weights: str | Path | None
     ) -> dict[str, Any]:
-        return {"num_features": cls.NUM_FEATURES, "median_subset": cls.MEDIAN_SUBSET}
+        return {
+            "num_bandwidths": cls.NUM_BANDWIDTHS,
+            "features_per_bandwidth": cls.FEATURES_PER_BANDWIDTH,
+            "neighbour_k": cls.NEIGHBOUR_K,
+            "scale_subset": cls.SCALE_SUBSET,
+            "raw_weight": cls.RAW_WEIGHT,
+        }
 
     @classmethod
     def fit(
@@ -198,29 +255,54 @@ class RandomFourierFeatures(FeatureExtractor):
     ) -> RandomFourierFeatures:
         flat = reference.detach().reshape(reference.shape[0], -1).double().cpu()  # [N, d]
         g = torch.Generator().manual_seed(int(seed))
-        idx = torch.randperm(flat.shape[0], generator=g)[: cls.MEDIAN_SUBSET]
-        bandwidth = float(torch.pdist(flat[idx]).median())
-        if not bandwidth > 0:
+        subset = flat[torch.randperm(flat.shape[0], generator=g)[: cls.SCALE_SUBSET]]
+        ell_max = float(torch.pdist(subset).median())
+        if not ell_max > 0:
             raise ValueError(
                 "rff needs reference samples that are not all equal, but the median pairwise "
-                f"distance is {bandwidth}"
+                f"distance is {ell_max}"
             )
-        W = torch.randn(flat.shape[1], cls.NUM_FEATURES, generator=g, dtype=torch.float64)
-        b = 2 * math.pi * torch.rand(cls.NUM_FEATURES, generator=g, dtype=torch.float64)
-        return cls(W / bandwidth, b, bandwidth).to(device)
+        ell_min = min(_median_neighbour_distance(subset, cls.NEIGHBOUR_K), ell_max)
+        if not math.isfinite(ell_min):  # fewer distinct points than neighbours
+            ell_min = ell_max
+        bandwidths = torch.logspace(
+            math.log10(ell_max), math.log10(ell_min), cls.NUM_BANDWIDTHS, dtype=torch.float64
+        )
+        D = cls.FEATURES_PER_BANDWIDTH
+        W = torch.cat(
+            [
+                torch.randn(flat.shape[1], D, generator=g, dtype=torch.float64) / ell
+                for ell in bandwidths
+            ],
+            dim=1,
+        )
+        b = 2 * math.pi * torch.rand(W.shape[1], generator=g, dtype=torch.float64)
+        scale = float(flat.std())
+        return cls(W, b, flat.mean(0), scale, bandwidths.tolist()).to(device)
 
     def cache_state(self) -> dict[str, Any]:
-        return {"W": self.W.cpu(), "b": self.b.cpu(), "bandwidth": self.bandwidth}
+        return {
+            "W": self.W.cpu(),
+            "b": self.b.cpu(),
+            "centre": self.centre.cpu(),
+            "scale": self.scale,
+            "bandwidths": self.bandwidths,
+        }
 
     @classmethod
     def from_cache_state(
         cls, state: dict[str, Any], *, device: torch.device, weights: str | Path | None = None
     ) -> RandomFourierFeatures:
-        return cls(state["W"], state["b"], float(state["bandwidth"])).to(device)
+        return cls(state["W"], state["b"], state["centre"], state["scale"], state["bandwidths"]).to(
+            device
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(x.shape[0], -1).to(self.W)  # [B, d], float64
-        return math.sqrt(2.0 / self.num_features) * torch.cos(flat @ self.W + self.b)  # [B, D]
+        D = self.FEATURES_PER_BANDWIDTH
+        waves = math.sqrt(2.0 / D) * torch.cos(flat @ self.W + self.b)  # [B, num_bw * D]
+        coords = self.RAW_WEIGHT * (flat - self.centre) / self.scale  # [B, d]
+        return torch.cat([waves, coords], dim=1)
 
 
 # -- classifier features -----------------------------------------------------------------------
@@ -410,6 +492,10 @@ class InceptionWeightsError(FileNotFoundError):
     """The Inception-v3 FID weights are neither configured, nor cached, nor downloadable."""
 
 
+class UntrustedWeightsError(ValueError):
+    """A weights file that is not the standard Inception-v3 FID file: refused unread."""
+
+
 def _weights_help() -> str:
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     torch_home = os.environ.get("TORCH_HOME")
@@ -425,9 +511,32 @@ def _weights_help() -> str:
 
 
 def download_inception_weights(dest: Path) -> None:
-    """Download torch-fidelity's Inception-v3 FID weights to ``dest`` (torch.hub, atomic)."""
+    """Download torch-fidelity's Inception-v3 FID weights to ``dest`` (torch.hub, atomic; a
+    file whose sha256 is not :data:`INCEPTION_SHA256` is not kept)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(INCEPTION_URL, str(dest), progress=False)
+    torch.hub.download_url_to_file(
+        INCEPTION_URL, str(dest), hash_prefix=INCEPTION_SHA256, progress=False
+    )
+
+
+def verify_inception_weights(path: str | Path) -> Path:
+    """``path`` when the file's sha256 is :data:`INCEPTION_SHA256`; otherwise
+    :class:`UntrustedWeightsError`, naming the file, both digests and where to get the real
+    one. Called before every load: a ``.pth`` file is a pickle, and torch-fidelity unpickles
+    it in full (``weights_only=False``), so any other file could run code. The file is only
+    read as bytes here, never unpickled."""
+    path = Path(path)
+    digest = _file_sha256(path)
+    if digest != INCEPTION_SHA256:
+        raise UntrustedWeightsError(
+            f"refusing to load the Inception weights file {path}: its sha256 is {digest}, but "
+            f"the standard 2015-12-05 FID weights ({INCEPTION_FILENAMES[0]}, also published as "
+            f"pytorch-fid's {INCEPTION_FILENAMES[1]}) have sha256 {INCEPTION_SHA256}. A weights "
+            "file is a pickle that can run code when it is loaded, so no other file is loaded. "
+            f"Delete or replace {path} with the file from {INCEPTION_URL} (or remove it from "
+            "$TORCH_HOME/hub/checkpoints, and sigmatune downloads and checks it)."
+        )
+    return path
 
 
 def resolve_inception_weights(weights: str | Path | None = None) -> Path:
@@ -457,21 +566,26 @@ def resolve_inception_weights(weights: str | Path | None = None) -> Path:
     return dest
 
 
-def quantize_uint8(x: Tensor) -> Tensor:
-    """[-1, 1] -> uint8 as images are saved for FID: clamp(x * 127.5 + 128, 0, 255) truncated
-    (NVlabs/edm ``generate.py``), i.e. (x + 1) * 127.5 rounded half up."""
-    return (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+def quantize_uint8(x: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+    """Samples in ``value_range`` -> uint8 as images are saved for FID: for [-1, 1],
+    clamp(x * 127.5 + 128, 0, 255) truncated (NVlabs/edm ``generate.py``), i.e.
+    (x + 1) * 127.5 rounded half up; another range is first mapped linearly onto [-1, 1]."""
+    lo, hi = value_range
+    scale = 255.0 / (hi - lo)
+    return (x * scale + (0.5 - lo * scale)).clamp(0, 255).to(torch.uint8)
 
 
 class InceptionFeatures(FeatureExtractor):
     """Inception-v3 pool3 features (2048) with the 2015-12-05 weights: torchmetrics'
     ``NoTrainInceptionV3`` — the network ``FrechetInceptionDistance(feature=2048)`` builds —
     with the TF1-compatible bilinear resize of the original FID code (``antialias=False``).
-    Images are quantised to uint8 (:func:`quantize_uint8`); gray images are repeated to 3
-    channels."""
+    It reads uint8 images (the scorer quantises them, :func:`quantize_uint8`); gray images are
+    repeated to 3 channels. The weights file is verified (:func:`verify_inception_weights`)
+    right before it is loaded."""
 
     name = "inception"
     batch_size = 64
+    reads_uint8 = True
 
     def __init__(self, weights: str | Path) -> None:
         super().__init__()
@@ -487,7 +601,7 @@ class InceptionFeatures(FeatureExtractor):
         self.net = NoTrainInceptionV3(
             name="inception-v3-compat",
             features_list=["2048"],
-            feature_extractor_weights_path=str(weights),
+            feature_extractor_weights_path=str(verify_inception_weights(weights)),
             antialias=False,
         )
         self.num_features = 2048
@@ -504,7 +618,8 @@ class InceptionFeatures(FeatureExtractor):
     def key_items(
         cls, labels: Tensor | None, *, seed: int, weights: str | Path | None
     ) -> dict[str, Any]:
-        return {"weights_sha256": _file_sha256(resolve_inception_weights(weights))}
+        verify_inception_weights(resolve_inception_weights(weights))  # refused before any work
+        return {"weights_sha256": INCEPTION_SHA256}
 
     @classmethod
     def fit(
@@ -524,8 +639,12 @@ class InceptionFeatures(FeatureExtractor):
     ) -> InceptionFeatures:
         return cls(resolve_inception_weights(weights)).to(device)
 
-    def forward(self, x: Tensor) -> Tensor:
-        images = quantize_uint8(x)  # [B, C, H, W], uint8
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dtype != torch.uint8:
+            raise ValueError(
+                "extractor 'inception' reads uint8 images [B, C, H, W] (as saved; the scorer "
+                f"quantises them), but got dtype={images.dtype}"
+            )
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return self.net(images).double()  # [B, 2048], float64

@@ -13,24 +13,38 @@ features: every number this module returns goes through it.
 accumulates them in torchmetrics' ``FrechetInceptionDistance`` (built with
 ``reset_real_features=False`` and fed with ``update()``, streaming) and caches the reference
 sums, with what the extractor learnt, on disk — keyed by the data set's name, the extractor,
-``fid_num_images``, the seed and the sha256 of the reference data — so a study computes them
-once. Generated batches are then streamed through the same extractor into the metric's fake
-side; ``score`` reports the distance after fixed prefixes of the stream (the same seeds in
-every trial), so Optuna's pruners compare trials at equal image counts. KID (Bińkowski et al.
-2018, torchmetrics' ``KernelInceptionDistance`` on the same features, seeded subsets) is an
-optional second number; :func:`fid_infinity` (Chong & Forsyth 2020) an optional third.
+``fid_num_images``, the seed, the value range and the sha256 of the reference data — so a study
+computes them once. Generated batches are then streamed through the same extractor into the
+metric's fake side; ``score`` reports the distance after fixed prefixes of the stream (the same
+seeds in every trial), so Optuna's pruners compare trials at equal image counts. KID (Bińkowski
+et al. 2018, torchmetrics' ``KernelInceptionDistance`` on the same features, seeded subsets) is
+an optional second number; :func:`fid_infinity` (Chong & Forsyth 2020) an optional third.
+
+Two measurement rules live here (DESIGN, "Measurement rules"):
+
+- **The scorer sees what a user would save.** Every sample, reference or generated, reaches the
+  extractor through :meth:`Scorer.prepare` (:func:`as_saved`): image samples are clamped to the
+  data set's declared ``value_range`` and, for extractors that read saved images (``inception``),
+  quantised to uint8 as EDM's ``fid.py`` reads PNGs. Points (``value_range=None``) are not
+  clamped.
+- **Every score stands next to its floor.** :meth:`Scorer.floors` measures, once and cached with
+  the reference statistics, the real-vs-real floor (held-out data, or fresh samples of the true
+  distribution, against the reference) and the noise-vs-real ceiling, as :class:`Floors`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,20 +52,33 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sigmatune.objectives.features import EXTRACTORS, get_extractor, tensor_sha256
+from sigmatune.objectives.features import (
+    EXTRACTORS,
+    FeatureExtractor,
+    get_extractor,
+    quantize_uint8,
+    tensor_sha256,
+)
 
 __all__ = [
+    "AT_FLOOR_SPREADS",
+    "CACHE_SCHEMA",
     "EXTRACTORS",
+    "Floors",
     "NonFiniteSamplesError",
     "Score",
     "Scorer",
+    "ScorerCacheError",
+    "ScorerSettings",
+    "as_saved",
+    "check_value_range",
     "fid_infinity",
     "frechet_distance",
     "frechet_distance_from_stats",
     "gaussian_stats",
 ]
 
-CACHE_SCHEMA = 1
+CACHE_SCHEMA = 2  # 2: value range in the key, multi-scale rff, floors stored beside the stats
 _REL_TOL = 1e-9  # negative distances within this fraction of tr(S_1) + tr(S_2) are rounding
 
 
@@ -209,7 +236,106 @@ def fid_infinity(
     return float(intercept)
 
 
-# -- the scorer --------------------------------------------------------------------------------
+# -- what the scorer sees ----------------------------------------------------------------------
+
+
+def check_value_range(
+    value_range: tuple[float, float] | None, x: Tensor, *, key: str = "value_range"
+) -> tuple[float, float] | None:
+    """The declared range of saved samples, checked against data ``x`` [N, *shape]: a
+    ``(low, high)`` pair of finite numbers with low < high that holds every value of ``x``, or
+    None for low-dimensional points. Image data [N, C, H, W] must declare a range (a saved image
+    has one). Returns the range as floats; ValueError naming ``key`` otherwise."""
+    if value_range is None:
+        if x.ndim == 4:
+            raise ValueError(
+                f"{key} must be (low, high) for image data [N, C, H, W] (e.g. (-1.0, 1.0), the "
+                f"pixel range that saved images are clamped to), but got {key}=None with "
+                f"shape={tuple(x.shape)}; None is allowed for low-dimensional points [N, d] only"
+            )
+        return None
+    ok = (
+        isinstance(value_range, (tuple, list))
+        and len(value_range) == 2
+        and all(
+            isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+            for v in value_range
+        )
+    )
+    lo, hi = (float(v) for v in value_range) if ok else (math.nan, math.nan)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(
+            f"{key} must be a pair (low, high) of finite numbers with low < high, or None for "
+            f"low-dimensional points, but got {key}={value_range!r}"
+        )
+    tol = 1e-6 * (hi - lo)
+    if x.numel() and (float(x.min()) < lo - tol or float(x.max()) > hi + tol):
+        raise ValueError(
+            f"{key}=({lo}, {hi}) must hold the data, but its values span "
+            f"[{float(x.min())}, {float(x.max())}]"
+        )
+    return lo, hi
+
+
+def as_saved(x: Tensor, value_range: tuple[float, float] | None, *, uint8: bool) -> Tensor:
+    """Samples as a user would save them (DESIGN, "the scorer sees what a user would save"):
+    clamped to ``value_range`` (None: points, returned unchanged) and, with ``uint8``,
+    quantised to uint8 as image files are (:func:`~objectives.features.quantize_uint8`)."""
+    if value_range is None:
+        return x
+    x = x.clamp(*value_range)
+    return quantize_uint8(x, value_range) if uint8 else x
+
+
+# -- settings, scores and floors ---------------------------------------------------------------
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, but got {name}={value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """How a :class:`Scorer` measures (the ``inner.fid_*`` / ``inner.kid`` config keys).
+
+    Args:
+        extractor: a key of :data:`EXTRACTORS` — ``classifier`` (digits, MNIST), ``inception``
+            (natural RGB images; the standard protocol), ``raw`` or ``rff`` (toy data).
+        fid_num_images: generated images per score. The reference statistics use as many
+            reference samples (a seeded subset when there are more, all when fewer), so the
+            standard protocol is ``fid_num_images=50000`` on CIFAR-10's training set.
+        seed: fixes the reference subset, the classifier's training, the random Fourier
+            features, KID's subsets and the floors' sets.
+        kid: also compute KID (keeps the reference features in the cache and in memory).
+        inception_weights: the ``inception`` weights file (config key
+            ``fid_inception_weights``); default ``$TORCH_HOME/hub/checkpoints``.
+        batch_size: samples per forward of the extractor (default: the extractor's).
+        kid_subsets, kid_subset_size: KID's subsets (capped at the number of samples).
+    """
+
+    extractor: str
+    fid_num_images: int
+    seed: int = 0
+    kid: bool = False
+    inception_weights: str | None = None
+    batch_size: int | None = None
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+
+    def __post_init__(self) -> None:
+        get_extractor(self.extractor)  # an unknown name lists the valid ones
+        _check_positive_int("fid_num_images", self.fid_num_images, 2)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ValueError(f"seed must be an integer, but got seed={self.seed!r}")
+        if self.batch_size is not None:
+            _check_positive_int("batch_size", self.batch_size)
+        _check_positive_int("kid_subsets", self.kid_subsets)
+        _check_positive_int("kid_subset_size", self.kid_subset_size, 2)
+        if self.inception_weights is not None:  # a path-like is kept as its string
+            object.__setattr__(self, "inception_weights", str(self.inception_weights) or None)
+        object.__setattr__(self, "kid", bool(self.kid))
 
 
 class Score(NamedTuple):
@@ -219,6 +345,97 @@ class Score(NamedTuple):
     fid: float
     kid_mean: float | None = None
     kid_std: float | None = None
+
+
+# A score is "at the floor" when it lies within this many floor spreads (sample standard
+# deviations over the floor's seed sets) above the floor's mean: real data scores there too.
+AT_FLOOR_SPREADS = 2.0
+
+
+@dataclass(frozen=True)
+class Floors:
+    """What a score means on this data: the real-vs-real floor and the noise-vs-real ceiling,
+    each the mean and sample standard deviation (``*_spread``, ddof 1) of ``sets`` scores on
+    differently seeded sets (DESIGN, "every score stands next to its floor").
+
+    Attributes:
+        floor, floor_spread, floor_values: real samples against the reference — a held-out
+            split of the data that never overlaps the reference subset (``floor_source``
+            ``"held_out"``) or fresh samples of the true distribution (``"truth"``).
+        floor_num_images: images per floor set (fewer than ``fid_num_images`` when the
+            held-out split is smaller: FID grows as the image count falls, so such a floor is
+            higher than the one at ``fid_num_images``).
+        ceiling, ceiling_spread, ceiling_values: N(0, sigma_data^2 I) noise of the data's shape
+            (clamped to the value range for images), ``fid_num_images`` per set.
+        sets: seed sets per figure (>= 2).
+        floor_source: ``"held_out"`` or ``"truth"``.
+    """
+
+    floor: float
+    floor_spread: float
+    floor_values: tuple[float, ...]
+    floor_num_images: int
+    ceiling: float
+    ceiling_spread: float
+    ceiling_values: tuple[float, ...]
+    sets: int
+    floor_source: str = "held_out"
+
+    @classmethod
+    def from_values(
+        cls,
+        floor_values: Sequence[float],
+        ceiling_values: Sequence[float],
+        *,
+        floor_num_images: int,
+        floor_source: str,
+    ) -> Floors:
+        """Mean and spread of the per-set scores."""
+        f, c = np.asarray(floor_values, float), np.asarray(ceiling_values, float)
+        return cls(
+            floor=float(f.mean()),
+            floor_spread=float(f.std(ddof=1)),
+            floor_values=tuple(map(float, f)),
+            floor_num_images=int(floor_num_images),
+            ceiling=float(c.mean()),
+            ceiling_spread=float(c.std(ddof=1)),
+            ceiling_values=tuple(map(float, c)),
+            sets=len(f),
+            floor_source=floor_source,
+        )
+
+    def at_floor(self, fid: float) -> bool:
+        """Whether ``fid`` is inside the floor's spread, ``fid <= floor + AT_FLOOR_SPREADS *
+        floor_spread``: as good as real data can be told apart here, so no ratio between two
+        such scores means anything."""
+        return bool(fid <= self.floor + AT_FLOOR_SPREADS * self.floor_spread)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (tuples as lists), e.g. for an Optuna user attr."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Floors:
+        """The inverse of :meth:`to_dict`; ValueError naming missing or unknown keys."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing, unknown = set(names) - set(d), set(d) - set(names)
+        if missing or unknown:
+            raise ValueError(
+                f"a Floors dict must have the keys {names}, but it lacks {sorted(missing)} and "
+                f"has unknown {sorted(unknown)}"
+            )
+        values = {k: tuple(map(float, v)) if k.endswith("_values") else v for k, v in d.items()}
+        return cls(**values)
+
+
+# -- the scorer --------------------------------------------------------------------------------
+
+
+class ScorerCacheError(ValueError):
+    """A reference-statistics cache file holds another key: another version or other data."""
 
 
 class _Precomputed(nn.Module):
@@ -241,160 +458,191 @@ def _count_non_finite(x: Tensor) -> int:
     return int((~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).sum())
 
 
-def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, but got {name}={value!r}")
-    return int(value)
+def _check_reference(reference: Any, labels: Any) -> tuple[Tensor, Tensor | None]:
+    if not isinstance(reference, Tensor) or reference.ndim < 2:
+        raise ValueError(
+            "reference must be a tensor [N, C, H, W] or [N, d], but got "
+            f"{type(reference).__name__} of shape {tuple(getattr(reference, 'shape', ()))}"
+        )
+    if reference.shape[0] < 2:
+        raise ValueError(f"reference must have at least 2 samples, but got {reference.shape[0]}")
+    bad = _count_non_finite(reference)
+    if bad:
+        raise ValueError(f"{bad} of {reference.shape[0]} reference samples are non-finite")
+    return reference, None if labels is None else torch.as_tensor(labels)
+
+
+# When the held-out split is smaller than fid_num_images, each floor set is a seeded random
+# subset of this fraction of it, so that the sets differ. Two such sets share about this
+# fraction of their images, so the floor's spread is then an underestimate.
+HELD_OUT_FRACTION = 0.8
+
+Truth = Callable[..., Tensor]  # truth(n, generator=g) -> [n, *shape], e.g. GaussianMixture.sample
 
 
 class Scorer:
     """FID (and optionally KID) of generated samples against a reference set.
 
     Args:
-        reference: reference samples in [-1, 1]: images [N, C, H, W] or points [N, d].
-        labels: class labels [N] (needed by the ``classifier`` extractor only).
-        extractor: a key of :data:`EXTRACTORS` — ``classifier`` (digits, MNIST), ``inception``
-            (natural RGB images; the standard protocol), ``raw`` or ``rff`` (toy data).
-        fid_num_images: generated images per score. The reference statistics use as many
-            reference samples (a seeded subset when there are more, all when fewer), so the
-            standard protocol is ``fid_num_images=50000`` on CIFAR-10's training set.
-        cache_dir: where reference statistics are cached (None: not cached).
+        reference: reference samples: images [N, C, H, W] or points [N, d].
+        labels: class labels [N] (needed by the ``classifier`` extractor only), or None.
+        settings: how to measure (:class:`ScorerSettings`).
         dataset_name: the data set's name, part of the cache key.
-        inception_weights: the ``inception`` weights file (config key
-            ``fid_inception_weights``); default ``$TORCH_HOME/hub/checkpoints``.
-        seed: fixes the reference subset, the classifier's training, the random Fourier
-            features and KID's subsets.
-        kid: also compute KID (keeps the reference features in the cache and in memory).
+        value_range: the data set's declared range of saved samples (``Dataset.value_range``):
+            ``(low, high)`` for images, which every sample is clamped to before its features
+            are taken; None for low-dimensional points (not clamped). See
+            :func:`check_value_range`.
+        truth: a sampler of the true distribution, ``truth(n, generator=g)`` (e.g.
+            ``Dataset.analytic.sample``); when given, the real-vs-real floor uses fresh true
+            samples instead of the held-out split. It must be the data set's own distribution
+            (floors are cached under the data set's key).
+        cache_dir: where reference statistics and floors are cached (None: not cached).
         device: where features are computed (default CPU).
-        batch_size: samples per forward of the extractor (default: the extractor's).
-        kid_subsets, kid_subset_size: KID's subsets (capped at the number of samples).
     """
 
     def __init__(
         self,
         reference: Tensor,
-        labels: Tensor | None = None,
+        labels: Tensor | None,
+        settings: ScorerSettings,
         *,
-        extractor: str = "classifier",
-        fid_num_images: int,
-        cache_dir: str | os.PathLike | None,
         dataset_name: str,
-        inception_weights: str | os.PathLike | None = None,
-        seed: int = 0,
-        kid: bool = False,
+        value_range: tuple[float, float] | None,
+        truth: Truth | None = None,
+        cache_dir: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
-        batch_size: int | None = None,
-        kid_subsets: int = 100,
-        kid_subset_size: int = 1000,
     ) -> None:
-        cls = get_extractor(extractor)
-        self.fid_num_images = _check_positive_int("fid_num_images", fid_num_images, 2)
-        if not isinstance(reference, Tensor) or reference.ndim < 2:
+        if not isinstance(settings, ScorerSettings):
             raise ValueError(
-                "reference must be a tensor [N, C, H, W] or [N, d], but got "
-                f"{type(reference).__name__} of shape {tuple(getattr(reference, 'shape', ()))}"
+                f"settings must be a ScorerSettings, but got {type(settings).__name__}"
             )
-        if reference.shape[0] < 2:
-            raise ValueError(
-                f"reference must have at least 2 samples, but got {reference.shape[0]}"
-            )
-        bad = _count_non_finite(reference)
-        if bad:
-            raise ValueError(f"{bad} of {reference.shape[0]} reference samples are non-finite")
-        if labels is not None:
-            labels = torch.as_tensor(labels)
-        cls.check(reference, labels)
-        self.extractor_name = extractor
+        self.settings = settings
+        self._cls = get_extractor(settings.extractor)
+        reference, labels = _check_reference(reference, labels)
+        self._cls.check(reference, labels)
+        self.value_range = check_value_range(value_range, reference)
         self.dataset_name = str(dataset_name)
-        self.seed = int(seed)
-        self.kid = bool(kid)
         self.device = torch.device("cpu" if device is None else device)
         self.shape = tuple(reference.shape[1:])
-        self.batch_size = _check_positive_int(
-            "batch_size", cls.batch_size if batch_size is None else batch_size
-        )
-        self.kid_subsets = _check_positive_int("kid_subsets", kid_subsets)
-        self.kid_subset_size = _check_positive_int("kid_subset_size", kid_subset_size, 2)
-        self._weights = None if inception_weights is None else str(inception_weights)
+        self.batch_size = settings.batch_size or self._cls.batch_size
+        self._reference, self._truth = reference, truth
 
-        key = {
-            "schema": CACHE_SCHEMA,
-            "dataset": self.dataset_name,
-            "extractor": extractor,
-            "fid_num_images": self.fid_num_images,
-            "seed": self.seed,
-            "reference_sha256": tensor_sha256(reference),
-            **cls.key_items(labels, seed=self.seed, weights=self._weights),
-        }
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        self.cache_path = (
-            None
-            if cache_dir is None
-            else Path(cache_dir)
-            / f"{_safe(self.dataset_name)}-{extractor}-n{self.fid_num_images}-{digest}.pt"
-        )
-        cached = self._load_cache(key)
-        if cached is None:
-            self.extractor = cls.fit(
-                reference, labels, seed=self.seed, device=self.device, weights=self._weights
-            )
-        else:
-            self.extractor = cls.from_cache_state(
-                cached["extractor"], device=self.device, weights=self._weights
-            )
-        if cached is None or (self.kid and "reference_features" not in cached):
-            # (a cache made without KID keeps its extractor but lacks the features)
-            cached = {**self._reference_state(reference), "extractor": self.extractor.cache_state()}
-            self._save_cache(key, cached)
-        self.extractor.eval()
+        self._key = self._cache_key(reference, labels)
+        self.cache_path = self._cache_path(cache_dir)
+        cached = self._load_cache()
+        self.extractor = self._make_extractor(cached, reference, labels)
+        if cached is None or (settings.kid and "reference_features" not in cached):
+            # (a cache made without KID keeps its extractor and floors but lacks the features)
+            cached = {
+                **(cached or {}),
+                **self._reference_state(reference),
+                "extractor": self.extractor.cache_state(),
+            }
+            self._save_cache(cached)
+        self._state = cached
         self._build_metrics(cached)
 
-    # -- reference side --------------------------------------------------------------------
+    # -- the cache -------------------------------------------------------------------------
 
-    def _load_cache(self, key: dict) -> dict | None:
+    def _cache_key(self, reference: Tensor, labels: Tensor | None) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "schema": CACHE_SCHEMA,
+            "dataset": self.dataset_name,
+            "extractor": s.extractor,
+            "fid_num_images": s.fid_num_images,
+            "seed": s.seed,
+            "value_range": None if self.value_range is None else list(self.value_range),
+            "reference_sha256": tensor_sha256(reference),
+            **self._cls.key_items(labels, seed=s.seed, weights=s.inception_weights),
+        }
+
+    def _cache_path(self, cache_dir: str | os.PathLike | None) -> Path | None:
+        """The file for this key. The schema is left out of the name, so that a cache of
+        another version sits at the same path and is reported, not silently kept beside."""
+        if cache_dir is None:
+            return None
+        named = {k: v for k, v in self._key.items() if k != "schema"}
+        digest = hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:16]
+        name = (
+            f"{_safe(self.dataset_name)}-{self.settings.extractor}-n{self.settings.fid_num_images}"
+        )
+        return Path(cache_dir) / f"{name}-{digest}.pt"
+
+    def _load_cache(self) -> dict | None:
         if self.cache_path is None or not self.cache_path.is_file():
             return None
         try:
             state = torch.load(self.cache_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated or foreign file: recompute and overwrite it
+        except Exception as exc:  # a truncated file: recompute and overwrite it
             warnings.warn(f"ignoring unreadable FID cache {self.cache_path}: {exc}", stacklevel=3)
             return None
-        return state if state.get("key") == key else None
+        stored = state.get("key") if isinstance(state, dict) else None
+        if stored != self._key:
+            schema = stored.get("schema") if isinstance(stored, dict) else None
+            raise ScorerCacheError(
+                f"the FID cache file {self.cache_path} was written for other settings or by "
+                f"another version of sigmatune (its cache schema is {schema!r}, this version's "
+                f"is {CACHE_SCHEMA}), so its reference statistics may not match this scorer. "
+                "Delete the file to recompute them."
+            )
+        return state
 
-    def _save_cache(self, key: dict, state: dict) -> None:
+    def _save_cache(self, state: dict[str, Any]) -> None:
+        """Write atomically: a temporary file in the same folder, then ``os.replace``."""
         if self.cache_path is None:
             return
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, suffix=".tmp")
         os.close(fd)
         try:
-            torch.save({**state, "key": key}, tmp)
+            torch.save({**state, "key": self._key}, tmp)
             os.replace(tmp, self.cache_path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    # -- reference side --------------------------------------------------------------------
+
+    def _make_extractor(
+        self, cached: dict | None, reference: Tensor, labels: Tensor | None
+    ) -> FeatureExtractor:
+        s = self.settings
+        if cached is None:
+            extractor = self._cls.fit(
+                reference, labels, seed=s.seed, device=self.device, weights=s.inception_weights
+            )
+        else:
+            extractor = self._cls.from_cache_state(
+                cached["extractor"], device=self.device, weights=s.inception_weights
+            )
+        return extractor.eval()
+
+    def _split(self) -> tuple[Tensor, Tensor]:
+        """Indices of the reference subset (``fid_num_images`` of the samples, seeded; all of
+        them when fewer) and of the rest, the held-out split; both sorted."""
+        n, k = self._reference.shape[0], self.settings.fid_num_images
+        g = torch.Generator().manual_seed(self.settings.seed)
+        perm = torch.randperm(n, generator=g) if n > k else torch.arange(n)
+        return perm[:k].sort().values, perm[k:].sort().values
+
     def _reference_state(self, reference: Tensor) -> dict[str, Any]:
         """Stream the reference subset through the extractor: torchmetrics' real-side sums
         (and the features themselves for KID)."""
-        n = reference.shape[0]
-        if n > self.fid_num_images:
-            g = torch.Generator().manual_seed(self.seed)
-            index = torch.randperm(n, generator=g)[: self.fid_num_images].sort().values
-            reference = reference[index]
+        reference = reference[self._split()[0]]
         fid = self._new_fid()
         kept = []
         for start in range(0, reference.shape[0], self.batch_size):
             f = self.features(reference[start : start + self.batch_size])
             fid.update(f.to(self.device), real=True)
-            if self.kid:
+            if self.settings.kid:
                 kept.append(f.float())
         state: dict[str, Any] = {
             "real_features_sum": fid.real_features_sum.cpu(),
             "real_features_cov_sum": fid.real_features_cov_sum.cpu(),
             "real_features_num_samples": fid.real_features_num_samples.cpu(),
         }
-        if self.kid:
+        if self.settings.kid:
             state["reference_features"] = torch.cat(kept)
         return state
 
@@ -412,15 +660,15 @@ class Scorer:
         self.num_reference = int(cached["real_features_num_samples"])
         self._reference_root: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._kid = None
-        if self.kid:
+        if self.settings.kid:
             from torchmetrics.image.kid import KernelInceptionDistance
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "will save all features"
                 self._kid = KernelInceptionDistance(
                     feature=_Precomputed(self.extractor.num_features),
-                    subsets=self.kid_subsets,
-                    subset_size=self.kid_subset_size,
+                    subsets=self.settings.kid_subsets,
+                    subset_size=self.settings.kid_subset_size,
                     reset_real_features=False,
                 ).to(self.device)
             self._kid.real_features = [cached["reference_features"].double().to(self.device)]
@@ -442,13 +690,91 @@ class Scorer:
         cov = (cov_sum.detach().cpu().double().numpy() - n * np.outer(mu, mu)) / (n - 1)
         return mu, cov
 
+    # -- floors ----------------------------------------------------------------------------
+
+    def floors(self, sets: int = 3) -> Floors:
+        """The real-vs-real floor and noise-vs-real ceiling over ``sets`` (>= 2) seed sets
+        (:class:`Floors`), measured once and cached with the reference statistics.
+
+        Real sets: with ``truth``, ``fid_num_images`` fresh true samples each; otherwise from
+        the held-out split (the samples outside the reference subset): disjoint sets of
+        ``fid_num_images`` when it holds ``sets`` of them, seeded random subsets of
+        ``fid_num_images`` when it holds one, else seeded random subsets of
+        :data:`HELD_OUT_FRACTION` of it (``floor_num_images`` says how many). Noise sets:
+        ``fid_num_images`` samples of N(0, sigma_data^2 I), sigma_data the reference's
+        overall standard deviation. Every set has its own deterministic seed."""
+        sets = _check_positive_int("sets", sets, 2)
+        source = "held_out" if self._truth is None else "truth"
+        name = f"{source}/{sets}"
+        stored = dict(self._state.get("floors", {}))
+        if name not in stored:
+            real = [(self.score_tensor(x), x.shape[0]) for x in self._real_sets(sets)]
+            floors = Floors.from_values(
+                [fid for fid, _ in real],
+                [self.score_tensor(self._noise_set(k)) for k in range(sets)],
+                floor_num_images=real[0][1],
+                floor_source=source,
+            )
+            stored[name] = floors.to_dict()
+            self._state = {**self._state, "floors": stored}
+            self._save_cache(self._state)
+        return Floors.from_dict(stored[name])
+
+    def _generator(self, kind: str, k: int) -> torch.Generator:
+        """A generator for set ``k`` of a kind of floor set, fixed by the scorer's seed."""
+        text = f"sigmatune-floors/{self.settings.seed}/{kind}/{k}".encode()
+        return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(text).digest()[:8]))
+
+    def _real_sets(self, sets: int) -> Iterator[Tensor]:
+        """The floor's real sets, one at a time (see :meth:`floors`)."""
+        n = self.settings.fid_num_images
+        if self._truth is not None:
+            for k in range(sets):
+                yield self._truth(n, generator=self._generator("truth", k))
+            return
+        held_out = self._split()[1]
+        m = held_out.shape[0]
+        size = n if m >= n else int(HELD_OUT_FRACTION * m)
+        if size < 2:
+            raise ValueError(
+                f"the real-vs-real floor needs a held-out split, but the reference subset takes "
+                f"{self.num_reference} of the {self._reference.shape[0]} samples "
+                f"(fid_num_images={n}), leaving {m}; use fewer fid_num_images than the data set "
+                "holds, or pass truth= (a sampler of the true distribution)"
+            )
+        if sets * size <= m:  # disjoint sets
+            perm = held_out[torch.randperm(m, generator=self._generator("held_out", 0))]
+            picks = [perm[k * size : (k + 1) * size] for k in range(sets)]
+        else:
+            picks = [
+                held_out[torch.randperm(m, generator=self._generator("held_out", k))[:size]]
+                for k in range(sets)
+            ]
+        for idx in picks:
+            yield self._reference[idx.sort().values]
+
+    def _noise_set(self, k: int) -> Tensor:
+        sigma_data = float(self._reference.double().std())
+        g = self._generator("noise", k)
+        return sigma_data * torch.randn(self.settings.fid_num_images, *self.shape, generator=g)
+
     # -- generated side --------------------------------------------------------------------
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Samples as the extractor reads them: :func:`as_saved` with this data set's value
+        range (uint8 for extractors that read saved images). Every feature goes through here."""
+        return as_saved(x, self.value_range, uint8=self._cls.reads_uint8)
 
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
-        """Features [N, F] (float64, on CPU) of samples ``x`` [N, *shape] in [-1, 1]."""
+        """Features [N, F] (float64, on CPU) of samples ``x`` [N, *shape], taken of
+        :meth:`prepare` ``(x)``. Non-finite samples are a :class:`NonFiniteSamplesError`
+        (clamping would hide them)."""
+        bad = _count_non_finite(x) if x.shape[0] else 0
+        if bad:
+            raise NonFiniteSamplesError(f"{bad} of {x.shape[0]} samples are non-finite")
         out = [
-            self.extractor(x[start : start + self.batch_size].to(self.device)).cpu()
+            self.extractor(self.prepare(x[start : start + self.batch_size].to(self.device))).cpu()
             for start in range(0, x.shape[0], self.batch_size)
         ]
         return torch.cat(out) if out else torch.zeros(0, self.extractor.num_features)
@@ -502,9 +828,9 @@ class Scorer:
         fid = _frechet_with_root(*self._reference_root, mu, s)
         if self._kid is None:
             return Score(n_images, fid)
-        self._kid.subset_size = min(self.kid_subset_size, self.num_reference, n_images)
+        self._kid.subset_size = min(self.settings.kid_subset_size, self.num_reference, n_images)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.settings.seed)
             kid_mean, kid_std = self._kid.compute()
         return Score(n_images, fid, float(kid_mean), float(kid_std))
 
@@ -521,7 +847,7 @@ class Scorer:
         no further; a shorter stream is a ValueError, a non-finite sample a
         :class:`NonFiniteSamplesError` (a ValueError)."""
         n_total = _check_positive_int(
-            "num_images", self.fid_num_images if num_images is None else num_images, 2
+            "num_images", self.settings.fid_num_images if num_images is None else num_images, 2
         )
         counts = self._counts(checkpoints, n_total)
         self._fid.reset()  # the real side stays (reset_real_features=False)
@@ -583,12 +909,12 @@ class Scorer:
             s_ref,
             self.features(x),
             num_points=num_points,
-            seed=self.seed if seed is None else seed,
+            seed=self.settings.seed if seed is None else seed,
         )
 
     def __repr__(self) -> str:
         return (
-            f"Scorer(dataset_name={self.dataset_name!r}, extractor={self.extractor_name!r}, "
-            f"fid_num_images={self.fid_num_images}, num_reference={self.num_reference}, "
-            f"kid={self.kid}, device={str(self.device)!r})"
+            f"Scorer(dataset_name={self.dataset_name!r}, extractor={self.settings.extractor!r}, "
+            f"fid_num_images={self.settings.fid_num_images}, num_reference={self.num_reference}, "
+            f"value_range={self.value_range}, kid={self.settings.kid}, device={str(self.device)!r})"
         )

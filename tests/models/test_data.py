@@ -85,8 +85,44 @@ EXPECTED_SHAPES = {
 }
 
 
+IMAGE_RANGE = (-1.0, 1.0)
+EXPECTED_RANGES = {  # what a saved sample is clamped to; points are not clamped
+    "gmm2d": None,
+    "moons": None,
+    "digits": IMAGE_RANGE,
+    "mnist5k": IMAGE_RANGE,
+    "cifar10": IMAGE_RANGE,
+    "folder": IMAGE_RANGE,
+}
+
+
 def test_expected_shapes_cover_the_registry():
-    assert set(EXPECTED_SHAPES) == set(DATASETS)
+    assert set(EXPECTED_SHAPES) == set(DATASETS) == set(EXPECTED_RANGES)
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_every_data_set_declares_its_value_range(name, tmp_path):
+    data = _load(name, tmp_path)
+    assert data.value_range == EXPECTED_RANGES[name]
+    if data.value_range is not None:
+        lo, hi = data.value_range
+        assert lo <= data.x.min() and data.x.max() <= hi
+
+
+def test_a_data_set_cannot_forget_its_value_range():
+    x = torch.zeros(3, 1, 2, 2)
+    with pytest.raises(TypeError, match="value_range"):
+        Dataset(name="imgs", x=x, shape=(1, 2, 2), sigma_data=0.0)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match=r"value_range must be \(low, high\) for image data"):
+        Dataset(name="imgs", x=x, shape=(1, 2, 2), sigma_data=0.0, value_range=None)
+    with pytest.raises(ValueError, match="value_range must be a pair"):
+        Dataset(name="imgs", x=x, shape=(1, 2, 2), sigma_data=0.0, value_range=(1.0, 0.0))
+    with pytest.raises(ValueError, match=r"must hold the data, but its values span \[-3"):
+        Dataset(name="p", x=x - 3, shape=(1, 2, 2), sigma_data=0.0, value_range=(-1.0, 1.0))
+    points = Dataset(name="p", x=torch.zeros(3, 2), shape=(2,), sigma_data=0.0, value_range=None)
+    assert points.value_range is None
+    ints = Dataset(name="imgs", x=x, shape=(1, 2, 2), sigma_data=0.0, value_range=(-1, 1))
+    assert ints.value_range == IMAGE_RANGE and isinstance(ints.value_range[0], float)
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))

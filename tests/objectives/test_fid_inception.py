@@ -1,7 +1,11 @@
 """The ``inception`` extractor without the real weights: a weights file of the right
 architecture with random values, loaded through the configured path and through
-``$TORCH_HOME/hub/checkpoints``, checked against torch-fidelity's own network; and the error
-when there is no file and no download. Nothing here touches the network."""
+``$TORCH_HOME/hub/checkpoints``, checked against torch-fidelity's own network (images clamped
+and quantised to uint8 first, as saved); and the error when there is no file and no download.
+Nothing here touches the network.
+
+Only a file with the published sha256 is ever loaded (see test_inception_weights.py); here the
+random test file's own digest stands in for it."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import sigmatune.objectives.features as features
-from sigmatune.objectives.fid import Scorer
+from sigmatune.objectives.fid import Scorer, ScorerSettings
 
 tf_inception = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
 
@@ -59,6 +63,30 @@ def weights_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def trusted(weights_file):
+    """The test weights' digest in place of the published one, for this module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(features, "INCEPTION_SHA256", features._file_sha256(weights_file))
+        yield
+
+
+IMAGES = {"dataset_name": "digits", "value_range": (-1.0, 1.0)}  # as models.data declares
+
+
+def tf_features(weights_file, x: torch.Tensor) -> np.ndarray:
+    """Pool3 features by torch-fidelity's network itself, of the images quantised here as the
+    standard protocol does: clamp to [-1, 1], round((x + 1) * 127.5), gray -> RGB."""
+    net = tf_inception.FeatureExtractorInceptionV3(
+        "reference", ["2048"], feature_extractor_weights_path=str(weights_file)
+    )
+    x = np.clip(x.double().numpy(), -1.0, 1.0)
+    u8 = np.clip(np.floor((x + 1.0) * 127.5 + 0.5), 0, 255).astype(np.uint8)
+    with torch.no_grad():
+        (f,) = net(torch.from_numpy(np.repeat(u8, 3, axis=1)))
+    return f.double().numpy()
+
+
 @pytest.fixture(scope="module")
 def images():
     """4 reference and 4 generated gray 8x8 digits in [-1, 1] (their values k/8 - 1 make the
@@ -69,16 +97,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def expected_features(weights_file, images):
-    """Pool3 features by torch-fidelity's network itself, of the images quantised here as the
-    standard protocol does: round((x + 1) * 127.5), clamp to [0, 255], gray -> RGB."""
-    net = tf_inception.FeatureExtractorInceptionV3(
-        "reference", ["2048"], feature_extractor_weights_path=str(weights_file)
-    )
-    x = torch.cat(images)
-    u8 = np.clip(np.floor((x.double().numpy() + 1.0) * 127.5 + 0.5), 0, 255).astype(np.uint8)
-    with torch.no_grad():
-        (f,) = net(torch.from_numpy(np.repeat(u8, 3, axis=1)))
-    f = f.double().numpy()
+    f = tf_features(weights_file, torch.cat(images))
     return f[:4], f[4:]
 
 
@@ -96,14 +115,8 @@ def fd_low_rank(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def path_scorer(weights_file, images, tmp_path_factory):
     ref, _ = images
-    return Scorer(
-        ref,
-        extractor="inception",
-        fid_num_images=4,
-        cache_dir=tmp_path_factory.mktemp("cache"),
-        dataset_name="digits",
-        inception_weights=str(weights_file),
-    )
+    settings = ScorerSettings("inception", 4, inception_weights=str(weights_file))
+    return Scorer(ref, None, settings, cache_dir=tmp_path_factory.mktemp("cache"), **IMAGES)
 
 
 def test_inception_weights_from_the_configured_path(path_scorer, images, expected_features):
@@ -111,6 +124,19 @@ def test_inception_weights_from_the_configured_path(path_scorer, images, expecte
     assert np.abs(f_ref).mean() > 1e-3  # the random network is not degenerate
     np.testing.assert_allclose(path_scorer.features(images[1]).numpy(), f_gen, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(path_scorer.reference_stats[0], f_ref.mean(0), rtol=1e-5, atol=1e-7)
+
+
+def test_inception_sees_images_clamped_and_quantised_as_saved(path_scorer, images, weights_file):
+    bright = 1.7 * images[1] + 0.3  # beyond the pixel range: saved, it is clamped first
+    assert bright.max() > 1 and bright.min() < -1
+    np.testing.assert_allclose(
+        path_scorer.features(bright).numpy(),
+        tf_features(weights_file, bright),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    with pytest.raises(ValueError, match="reads uint8 images"):
+        path_scorer.extractor(images[1])  # the scorer's prepare() is the one way in
 
 
 @pytest.mark.slow  # two 2048-d eigendecompositions and the network on CPU: ~4 s
@@ -133,11 +159,7 @@ def test_inception_weights_from_torch_home(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     assert features.resolve_inception_weights(None) == checkpoints / filename
     scorer = Scorer(
-        ref,
-        extractor="inception",
-        fid_num_images=4,
-        cache_dir=tmp_path / "cache",
-        dataset_name="digits",
+        ref, None, ScorerSettings("inception", 4), cache_dir=tmp_path / "cache", **IMAGES
     )
     np.testing.assert_allclose(
         scorer.features(gen).numpy(), expected_features[1], rtol=1e-5, atol=1e-7
@@ -157,9 +179,7 @@ def test_missing_weights_and_failed_download_name_file_key_torch_home_and_url(
 
     monkeypatch.setattr(features, "download_inception_weights", offline)
     with pytest.raises(FileNotFoundError) as info:
-        Scorer(
-            ref, extractor="inception", fid_num_images=4, cache_dir=tmp_path, dataset_name="digits"
-        )
+        Scorer(ref, None, ScorerSettings("inception", 4), cache_dir=tmp_path, **IMAGES)
     message = str(info.value)
     assert isinstance(info.value, features.InceptionWeightsError)
     assert tried == [
@@ -184,26 +204,14 @@ def test_missing_weights_and_failed_download_name_file_key_torch_home_and_url(
     # a configured path that does not exist is an error at once, without a download
     tried.clear()
     with pytest.raises(FileNotFoundError, match="fid_inception_weights='/nowhere/w.pth' is not a"):
-        Scorer(
-            ref,
-            extractor="inception",
-            fid_num_images=4,
-            cache_dir=tmp_path,
-            dataset_name="digits",
-            inception_weights="/nowhere/w.pth",
-        )
+        settings = ScorerSettings("inception", 4, inception_weights="/nowhere/w.pth")
+        Scorer(ref, None, settings, cache_dir=tmp_path, **IMAGES)
     assert tried == []
 
 
 def test_inception_needs_one_or_three_channel_images():
     with pytest.raises(ValueError, match="C = 1 or 3.*rff"):
-        Scorer(
-            torch.zeros(4, 2),
-            extractor="inception",
-            fid_num_images=4,
-            cache_dir=None,
-            dataset_name="toy",
-        )
+        Scorer(torch.zeros(4, 2), None, ScorerSettings("inception", 4), **IMAGES)
 
 
 def test_quantize_uint8_is_the_standard_rounding():
@@ -211,3 +219,6 @@ def test_quantize_uint8_is_the_standard_rounding():
     expected = np.clip(np.floor((x.double().numpy() + 1) * 127.5 + 0.5), 0, 255)
     assert features.quantize_uint8(x).tolist() == expected.astype(int).tolist()
     assert features.quantize_uint8(x).dtype == torch.uint8
+    # another range is mapped onto [-1, 1] first: [0, 1] -> round(x * 255)
+    y = torch.tensor([0.0, 0.5 / 255, 0.2, 1.0])
+    assert features.quantize_uint8(y, (0.0, 1.0)).tolist() == [0, 1, 51, 255]
