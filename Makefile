@@ -10,11 +10,17 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 .PHONY: install run test test-fast lint
 
 $(VENV)/.installed: pyproject.toml
-	@# The report test opens the HTML report in headless Chromium (Debian's package).
-	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
+	@# Debian packages some tests use: Chromium (the report test opens the HTML report in it),
+	@# PostgreSQL (the storage tests start their own server from its binaries) and iproute2
+	@# (the cluster test joins network namespaces to this host).
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	  else echo "note: install Chromium (apt-get install chromium) for the report test"; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "note: install$$missing (apt-get install$$missing) for the tests that use them"; fi; fi
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev]"

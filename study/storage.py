@@ -9,31 +9,49 @@ Accepted forms:
 - ``journal:PATH``, or a bare ``PATH`` ending ``.log`` or ``.jsonl``: an Optuna journal file
   (``JournalStorage(JournalFileBackend)``; for file systems where SQLite locking is unreliable,
   such as NFS). Journal storages have no heartbeats, so crashed trials stay RUNNING.
-- ``postgresql://...``, ``mysql://...`` (any SQLAlchemy driver suffix, e.g.
-  ``mysql+pymysql://``): a database server for many machines, with ``pool_pre_ping``.
+- ``postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB`` (``postgresql://`` is the same: psycopg 3,
+  the ``postgres`` extra), ``mysql+pymysql://...``: a database server for many machines. Each
+  process opens at most ``WORKER_MAX_CONNECTIONS`` connections (checked with
+  ``pool_pre_ping``), so a server with ``max_connections`` takes about that many divided by
+  it workers; heartbeats use the server's clock.
+- ``grpc://HOST:PORT``: Optuna's gRPC storage proxy (``sigmatune storage-proxy``, see
+  ``study.proxy``), for very many workers: they hold no database connections, the proxy holds
+  a few. Optuna's proxy client has no heartbeats; :class:`HeartbeatGrpcStorageProxy` adds them
+  as a trial system attribute written with each worker's own clock (see
+  :func:`storage_capabilities` for what that asks of the machines).
 
-Errors are :class:`StorageError`, one paragraph naming the URL, what failed and the accepted
-forms; a URL that fails is never left behind as a new, empty database file.
+Errors are :class:`StorageError`, one paragraph naming the URL (its password replaced by
+``***``), what failed and the accepted forms; a URL that fails is never left behind as a new,
+empty database file, and nothing is written to a server that refused the connection.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
     "DEFAULT_STORAGE_URL",
+    "HeartbeatGrpcStorageProxy",
+    "StorageCapabilities",
     "StorageError",
     "StorageLocation",
+    "WORKER_MAX_CONNECTIONS",
     "artifact_dir_for",
     "artifact_store_for",
     "check_storage_exists",
     "make_storage",
     "parse_storage_url",
+    "redact_url",
+    "storage_capabilities",
 ]
 
 DEFAULT_STORAGE_URL = "sqlite:///sigmatune.db"
@@ -46,11 +64,24 @@ SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 JOURNAL_SUFFIXES = (".log", ".jsonl")
 SERVER_BACKENDS = ("postgresql", "mysql", "mariadb")
 DEFAULT_ARTIFACT_DIR = "sigmatune-artifacts"
+# Connections one worker process opens to a database server, at most: its main thread and
+# Optuna's heartbeat thread each hold one while they talk to the server (2 measured, see
+# tests/study/test_postgres.py), and the pool keeps no more open than were needed at once.
+WORKER_MAX_CONNECTIONS = 4
+DEFAULT_GRPC_PORT = 13000  # Optuna's default for run_grpc_proxy_server
+GRPC_HEARTBEAT_ATTR = "sigmatune:heartbeat"  # trial system attr: [trial id, worker UNIX time]
+ORPHAN_GRACE_FACTOR = 5  # a RUNNING trial that never beat is stale after this many grace periods
+DRIVER_HINT = (
+    'pip install "psycopg[binary]" (psycopg 3, the PostgreSQL driver SQLAlchemy uses for '
+    'postgresql://; or the extra: pip install "sigmatune[postgres]") or pymysql (MySQL)'
+)
+GRPC_HINT = 'pip install grpcio protobuf (or the extra: pip install "sigmatune[grpc]")'
 
 ACCEPTED = (
     "accepted storage URLs: sqlite:///PATH.db (default sqlite:///sigmatune.db) or a PATH ending "
     ".db/.sqlite/.sqlite3; journal:PATH or a PATH ending .log/.jsonl (an Optuna journal file); "
-    "postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE; mysql+pymysql://USER:PASSWORD@HOST/DATABASE"
+    "postgresql+psycopg://USER:PASSWORD@HOST[:PORT]/DATABASE; "
+    "mysql+pymysql://USER:PASSWORD@HOST/DATABASE; grpc://HOST:PORT (sigmatune storage-proxy)"
 )
 
 
@@ -60,18 +91,50 @@ class StorageError(RuntimeError):
 
 @dataclass(frozen=True)
 class StorageLocation:
-    """What a storage URL points at: ``kind`` is sqlite, memory, journal or server."""
+    """What a storage URL points at: ``kind`` is sqlite, memory, journal, server or grpc."""
 
-    url: str  # the URL given (the default filled in)
+    url: str  # the URL given (the default filled in; with its password: never print it)
     kind: str
     rdb_url: str | None = None  # the SQLAlchemy URL for sqlite / memory / server
     path: Path | None = None  # the file for sqlite / journal
     backend: str | None = None  # SQLAlchemy backend name for server
+    host: str | None = None  # the proxy's host for grpc
+    port: int | None = None  # the proxy's port for grpc
 
 
-def _error(url: str, what: str) -> StorageError:
+def redact_url(url: str) -> str:
+    """The storage URL with its password replaced by ``***`` (for messages and reports)."""
+    url = str(url)
+    if "://" not in url or "@" not in url.split("://", 1)[1]:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
+
+
+def _password(url: str) -> str | None:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).password
+    except Exception:
+        return None
+
+
+def _error(url: str, what: str, *, accepted: bool = True) -> StorageError:
+    """One paragraph naming the (redacted) URL and the fault; ``accepted``: list the URL
+    forms too (for a URL that is wrong, not for a server that could not be reached)."""
     what = " ".join(str(what).split())  # one paragraph
-    return StorageError(f"cannot use storage {url!r}: {what}. {ACCEPTED}.")
+    secret = _password(url)
+    if secret:  # a driver's message could quote it
+        what = what.replace(str(secret), "***")
+    tail = f" {ACCEPTED}." if accepted else ""
+    return StorageError(f"cannot use storage {redact_url(url)!r}: {what}.{tail}")
 
 
 def parse_storage_url(url: str | None = None) -> StorageLocation:
@@ -84,6 +147,8 @@ def parse_storage_url(url: str | None = None) -> StorageLocation:
         if not path:
             raise _error(given, "journal: needs a file path (journal:PATH)")
         return StorageLocation(given, "journal", path=Path(path))
+    if given.startswith("grpc://"):
+        return _parse_grpc(given)
     if "://" not in given:
         path = Path(given)
         if path.suffix in JOURNAL_SUFFIXES:
@@ -113,6 +178,24 @@ def parse_storage_url(url: str | None = None) -> StorageLocation:
     raise _error(given, f"the scheme {parsed.drivername!r} is not supported")
 
 
+def _parse_grpc(url: str) -> StorageLocation:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port or DEFAULT_GRPC_PORT
+    except ValueError:
+        raise _error(url, "the port must be a number from 1 to 65535") from None
+    if not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise _error(url, "a gRPC proxy URL is grpc://HOST:PORT, nothing more")
+    return StorageLocation(url, "grpc", host=parts.hostname, port=port)
+
+
+def grpc_target(host: str) -> str:
+    """``host`` as gRPC writes it before ``:PORT`` (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _reason(exc: BaseException) -> str:
     """The first line of the cause, without SQLAlchemy's statement and background link."""
     import sqlalchemy.exc
@@ -140,13 +223,15 @@ def make_storage(
     heartbeat_interval: int | None = DEFAULT_HEARTBEAT_INTERVAL,
     grace_period: int | None = DEFAULT_GRACE_PERIOD,
     max_retry: int = DEFAULT_MAX_RETRY,
+    max_connections: int = WORKER_MAX_CONNECTIONS,
 ) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the Optuna storage at ``url`` (default
     ``sqlite:///sigmatune.db``).
 
-    For SQLite and database servers, ``heartbeat_interval`` (None: no heartbeats) and
-    ``grace_period`` in seconds make a trial whose process died stale, and
-    ``RetryHeartbeatStaleTrialCallback(max_retry)`` re-queues it. Raises :class:`StorageError`.
+    For SQLite, database servers and the gRPC proxy, ``heartbeat_interval`` (None: no
+    heartbeats) and ``grace_period`` in seconds make a trial whose process died stale, and
+    ``RetryHeartbeatStaleTrialCallback(max_retry)`` re-queues it. ``max_connections``: the most
+    connections this process opens to a database server. Raises :class:`StorageError`.
     """
     loc = parse_storage_url(url)
     if loc.kind == "journal":
@@ -160,33 +245,36 @@ def make_storage(
             _remove_if_created(loc.path, existed)
             raise _error(loc.url, _reason(exc)) from exc
 
+    heartbeat: dict[str, Any] = {}
+    if heartbeat_interval is not None:
+        with warnings.catch_warnings():  # experimental in Optuna, and stable since 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        heartbeat = {
+            "heartbeat_interval": int(heartbeat_interval),
+            "grace_period": None if grace_period is None else int(grace_period),
+            "heartbeat_stale_trial_callback": retry,
+        }
+    if loc.kind == "grpc":
+        return _open_grpc(loc, heartbeat)
+
     engine_kwargs: dict[str, Any] = {}
     if loc.kind == "sqlite":
         _check_parent(loc)
     if loc.kind in ("sqlite", "memory"):
         engine_kwargs["connect_args"] = {"timeout": SQLITE_LOCK_TIMEOUT_S}
     else:
-        engine_kwargs["pool_pre_ping"] = True
-        engine_kwargs["connect_args"] = {"connect_timeout": SERVER_CONNECT_TIMEOUT_S}
+        engine_kwargs.update(_server_engine_kwargs(loc, max_connections))
     existed = loc.path.exists() if loc.path is not None else True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            heartbeat: dict[str, Any] = {}
-            if heartbeat_interval is not None:
-                heartbeat = {
-                    "heartbeat_interval": int(heartbeat_interval),
-                    "grace_period": None if grace_period is None else int(grace_period),
-                    "heartbeat_stale_trial_callback": (
-                        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-                    ),
-                }
             return _create_rdb(loc.rdb_url, engine_kwargs, heartbeat)
     except ImportError as exc:
         raise _error(
             loc.url,
-            f"the database driver is not installed ({_reason(exc.__cause__ or exc)}); install "
-            "one, e.g. pip install psycopg2-binary (PostgreSQL) or pymysql (MySQL)",
+            f"the database driver is not installed ({_reason(exc.__cause__ or exc)}); "
+            f"install it: {DRIVER_HINT}",
         ) from exc
     except Exception as exc:
         if loc.path is not None:
@@ -194,7 +282,170 @@ def make_storage(
         what = _reason(exc)
         if "no longer compatible" in what or "storage upgrade" in str(exc):
             what += " (upgrade it with `optuna storage upgrade --storage URL`)"
+        elif loc.kind == "server" and _is_connection_error(exc):
+            what += (
+                "; nothing was written. Check that the database server runs and is reachable "
+                "from this machine, and the user, password and database name in the URL"
+            )
+            raise _error(loc.url, what, accepted=False) from exc
         raise _error(loc.url, what) from exc
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """The server refused the connection or could not be reached (the URL itself parsed)."""
+    import sqlalchemy.exc
+
+    return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+
+
+def _server_engine_kwargs(loc: StorageLocation, max_connections: int) -> dict[str, Any]:
+    """A small pool (at most ``max_connections``, opened only as needed, checked before use)
+    and a connect timeout, so that many workers fit in the server's ``max_connections`` and a
+    server that does not answer is an error within seconds."""
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be at least 1, but got {max_connections=}")
+    connect_args: dict[str, Any] = {"connect_timeout": SERVER_CONNECT_TIMEOUT_S}
+    if loc.backend == "postgresql":
+        connect_args["application_name"] = "sigmatune"  # what pg_stat_activity shows
+    return {
+        "pool_size": max_connections,
+        "max_overflow": 0,
+        "pool_pre_ping": True,
+        "connect_args": connect_args,
+    }
+
+
+def _open_grpc(loc: StorageLocation, heartbeat: dict[str, Any]) -> optuna.storages.BaseStorage:
+    """A client of the gRPC storage proxy at ``loc``, once the proxy answers."""
+    assert loc.host is not None and loc.port is not None
+    try:
+        import grpc  # noqa: F401
+        from optuna.storages._grpc.auto_generated import api_pb2  # noqa: F401  (protobuf)
+    except ImportError as exc:
+        raise _error(loc.url, f"gRPC is not installed ({exc}); install it: {GRPC_HINT}") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat:
+            proxy: optuna.storages.GrpcStorageProxy = HeartbeatGrpcStorageProxy(
+                host=grpc_target(loc.host), port=loc.port, **heartbeat
+            )
+        else:
+            proxy = optuna.storages.GrpcStorageProxy(host=grpc_target(loc.host), port=loc.port)
+    try:
+        proxy.wait_server_ready(timeout=SERVER_CONNECT_TIMEOUT_S)
+    except ConnectionError:
+        proxy.close()
+        raise _error(
+            loc.url,
+            f"no gRPC storage proxy answers at {loc.host}:{loc.port} within "
+            f"{SERVER_CONNECT_TIMEOUT_S} s; nothing was written. Start one there with "
+            f"`sigmatune storage-proxy --storage DATABASE_URL --host {loc.host} "
+            f"--port {loc.port}`, or check that this machine can reach it",
+            accepted=False,
+        ) from None
+    return proxy
+
+
+class HeartbeatGrpcStorageProxy(optuna.storages.GrpcStorageProxy, BaseHeartbeat):
+    """Optuna's gRPC proxy client with the trial heartbeats that it lacks.
+
+    Optuna's ``GrpcStorageProxy`` is no ``BaseHeartbeat``, so ``study.optimize`` records no
+    heartbeats through it and ``fail_stale_trials`` does nothing: the trial of a killed worker
+    would stay RUNNING. Here a heartbeat is the trial system attr ``GRPC_HEARTBEAT_ATTR`` =
+    ``[trial id, the worker's UNIX time]`` (the id, because Optuna's retry copies the failed
+    trial's system attrs), and a RUNNING trial is stale when its last heartbeat is older than
+    the grace period by the checking worker's clock. A RUNNING trial that never beat (its
+    worker died inside ``study.ask()``) is stale once this process has seen it so for
+    ``ORPHAN_GRACE_FACTOR`` grace periods (by its own monotonic clock).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "localhost",
+        port: int = DEFAULT_GRPC_PORT,
+        heartbeat_interval: int,
+        grace_period: int | None = None,
+        heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> None:
+        if heartbeat_interval <= 0:
+            raise ValueError(f"heartbeat_interval must be positive, but got {heartbeat_interval=}")
+        super().__init__(host=host, port=port)
+        self.heartbeat_interval = int(heartbeat_interval)
+        self.grace_period = grace_period
+        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+        self._never_beat_since: dict[int, float] = {}
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, GRPC_HEARTBEAT_ATTR, [trial_id, time.time()])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # failed as stale by another worker meanwhile: its retry runs elsewhere
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
+        now, seen = time.time(), time.monotonic()
+        stale = []
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        for t in running:
+            beat = t.system_attrs.get(GRPC_HEARTBEAT_ATTR)
+            if isinstance(beat, list) and len(beat) == 2 and beat[0] == t._trial_id:
+                self._never_beat_since.pop(t._trial_id, None)
+                if now - float(beat[1]) > grace:
+                    stale.append(t._trial_id)
+                continue
+            first = self._never_beat_since.setdefault(t._trial_id, seen)
+            if seen - first > ORPHAN_GRACE_FACTOR * grace:
+                stale.append(t._trial_id)
+        alive = {t._trial_id for t in running}
+        for trial_id in [i for i in self._never_beat_since if i not in alive]:
+            del self._never_beat_since[trial_id]
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self.heartbeat_stale_trial_callback
+
+
+@dataclass(frozen=True)
+class StorageCapabilities:
+    """What a storage does for the study: ``heartbeats`` is "server" (the database server's
+    clock), "workers" (each worker's clock: the gRPC proxy) or "none"; ``note`` is what a
+    run should print at its start ("" when there is nothing to say)."""
+
+    kind: str
+    heartbeats: str
+    many_machines: bool
+    note: str
+
+
+GRPC_NOTE = (
+    "through the gRPC storage proxy, Optuna itself records no trial heartbeats; sigmatune's "
+    "workers record them as a trial system attribute stamped with their own clock, so a trial "
+    "of a killed worker is failed and retried only if the worker machines' clocks agree to well "
+    "within --grace-period (keep them synchronised, e.g. NTP); the proxy is one process without "
+    "authentication or TLS: run it on a trusted network. For up to a few dozen workers, "
+    "connect them to PostgreSQL directly (heartbeats by the server's clock)"
+)
+JOURNAL_NOTE = (
+    "journal file storages have no trial heartbeats: a trial of a killed process stays RUNNING "
+    "and the other processes wait for it; use SQLite (one machine) or PostgreSQL (many) to "
+    "have such trials failed and retried"
+)
+
+
+def storage_capabilities(url: str | None = None) -> StorageCapabilities:
+    """What the storage at ``url`` supports (from the URL alone; nothing is opened)."""
+    loc = parse_storage_url(url)
+    if loc.kind == "grpc":
+        return StorageCapabilities(loc.kind, "workers", True, GRPC_NOTE)
+    if loc.kind == "journal":  # a journal file on a shared file system serves many machines
+        return StorageCapabilities(loc.kind, "none", True, JOURNAL_NOTE)
+    return StorageCapabilities(loc.kind, "server", loc.kind == "server", "")
 
 
 SCHEMA_RACE_RETRIES = 5

@@ -7,13 +7,18 @@ import sqlite3
 import optuna
 import pytest
 
+from sigmatune.study import storage as storage_module
 from sigmatune.study.storage import (
+    GRPC_NOTE,
+    JOURNAL_NOTE,
     StorageError,
     artifact_dir_for,
     artifact_store_for,
     check_storage_exists,
     make_storage,
     parse_storage_url,
+    redact_url,
+    storage_capabilities,
 )
 
 
@@ -87,7 +92,6 @@ def test_jsonl_suffix_is_a_journal(tmp_path):
         ("results", "neither a URL with a scheme"),
         ("redis://localhost:6379", "scheme 'redis' is not supported"),
         ("sqlite:///{tmp}/no/such/dir/x.db", "does not exist"),
-        ("postgresql://u:p@127.0.0.1:1/db", ""),  # no driver, or connection refused
         ("{tmp}/notadb.db", "file is not a database"),
         ("journal:", "needs a file path"),
     ],
@@ -160,3 +164,97 @@ def test_processes_creating_one_new_sqlite_file_at_once_all_get_the_storage(tmp_
         ]
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0] * 6, errors
+
+
+# ----------------------------------------------------- servers and the gRPC proxy, by URL alone
+# (on a real PostgreSQL server and proxy: tests/study/test_postgres.py)
+
+
+@pytest.mark.parametrize(
+    "url, redacted",
+    [
+        (
+            "postgresql+psycopg://u:s3cret@db.example:5432/x",
+            "postgresql+psycopg://u:***@db.example:5432/x",
+        ),
+        ("mysql+pymysql://root:pw@h/db", "mysql+pymysql://root:***@h/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),  # no password: as it is
+        ("sqlite:///a@b.db", "sqlite:///a@b.db"),
+        ("grpc://h:13000", "grpc://h:13000"),
+    ],
+)
+def test_redact_url_hides_only_the_password(url, redacted):
+    assert redact_url(url) == redacted
+
+
+def test_a_url_without_a_reachable_server_names_it_redacted_in_one_paragraph():
+    url = "postgresql+psycopg://u:s3cret@127.0.0.1:1/db"  # nothing listens on port 1
+    with pytest.raises(StorageError) as info:
+        make_storage(url)
+    message = str(info.value)
+    assert "'postgresql+psycopg://u:***@127.0.0.1:1/db'" in message
+    assert "s3cret" not in message and "\n" not in message
+    assert "Connection refused" in message and "nothing was written" in message
+
+
+def test_a_missing_driver_names_psycopg_3_never_psycopg2():
+    with pytest.raises(StorageError) as info:
+        make_storage("postgresql+psycopg2://u:pw@127.0.0.1:1/db")  # psycopg2 is no dependency
+    message = str(info.value)
+    assert 'pip install "psycopg[binary]"' in message and "sigmatune[postgres]" in message
+    assert "psycopg2-binary" not in message and ":pw@" not in message
+
+
+@pytest.mark.parametrize(
+    "url, host, port",
+    [
+        ("grpc://127.0.0.1:13001", "127.0.0.1", 13001),
+        ("grpc://proxy.cluster", "proxy.cluster", 13000),  # Optuna's default port
+        ("grpc://[::1]:5000", "::1", 5000),
+    ],
+)
+def test_grpc_urls_name_the_proxy(url, host, port):
+    loc = parse_storage_url(url)
+    assert (loc.kind, loc.host, loc.port) == ("grpc", host, port)
+
+
+@pytest.mark.parametrize(
+    "url, fault",
+    [("grpc://h:99999", "port must be a number"), ("grpc://h:1/db", "grpc://HOST:PORT, nothing")],
+)
+def test_malformed_grpc_urls_are_one_paragraph(url, fault):
+    with pytest.raises(StorageError, match=fault):
+        parse_storage_url(url)
+
+
+def test_a_proxy_that_is_down_is_one_paragraph_within_the_timeout(monkeypatch):
+    import socket
+    import time
+
+    monkeypatch.setattr(storage_module, "SERVER_CONNECT_TIMEOUT_S", 1)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        make_storage(f"grpc://127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 10
+    message = str(info.value)
+    assert f"no gRPC storage proxy answers at 127.0.0.1:{port}" in message
+    assert f"sigmatune storage-proxy --storage DATABASE_URL --host 127.0.0.1 --port {port}" in (
+        message
+    )
+    assert "\n" not in message
+
+
+def test_storage_capabilities_say_what_heartbeats_each_storage_has(tmp_path):
+    sqlite = storage_capabilities(f"sqlite:///{tmp_path / 'a.db'}")
+    assert (sqlite.heartbeats, sqlite.many_machines, sqlite.note) == ("server", False, "")
+    server = storage_capabilities("postgresql+psycopg://u:p@h/db")
+    assert (server.heartbeats, server.many_machines, server.note) == ("server", True, "")
+    proxy = storage_capabilities("grpc://h:13000")
+    assert (proxy.heartbeats, proxy.many_machines, proxy.note) == ("workers", True, GRPC_NOTE)
+    assert "clocks" in GRPC_NOTE and "PostgreSQL directly" in GRPC_NOTE
+    journal = storage_capabilities(f"journal:{tmp_path / 'j.log'}")
+    assert (journal.heartbeats, journal.note) == ("none", JOURNAL_NOTE)
+    assert list(tmp_path.iterdir()) == []  # nothing opened or created
