@@ -1,9 +1,9 @@
-"""Plotly figures of a sigmatune study, read from its Optuna storage.
+"""Plotly figures of a sigmatune study, drawn from its stored records.
 
 Everything is drawn over logSNR ``lam = -2 ln sigma`` (DESIGN.md). The headline figure puts
 the two weightings that a noise schedule used to entangle on one lam axis: the *training*
 weighting of each outer trial, as the effective weight per unit lam (Kingma & Gao 2023, eq. 9
-convention; ``objectives.loss.DiffusionObjective.effective_weighting``)
+convention; ``objectives.curves.weighting_curves``)
 
     W(lam) = p_lam(lam) * w(sigma) * sigma^2 / c_out(sigma)^2,
 
@@ -12,9 +12,10 @@ tuned step locations, as a step density: ``n`` positive sigmas at ``lam_0 < ... 
 put mass ``1/(n-1)`` on each interval, i.e. ``1 / ((n-1) (lam_{i+1} - lam_i))`` per unit lam
 (uniform for ``loglinear``).
 
-The data layer (:func:`load_study_data`) reads the outer study ``NAME`` and its inner studies
-``NAME/trial-NNNN/nfe-K`` through Optuna alone (schema ``"sigmatune:schema" = 1``); the figure
-functions take that plain data. Figures carry plain lists (no numpy arrays), so their JSON is
+The figures take a :class:`~sigmatune.study.records.StudyRecord` (read by
+``sigmatune.study.records.read_study``, the one reader of what a study stores). Every FID
+drawn is a held-out figure (mean over the held-out seed sets, with its spread), never the
+search's optimistic minimum. Figures carry plain lists (no numpy arrays), so their JSON is
 readable by any plotly.js, optuna-dashboard's included.
 """
 
@@ -22,324 +23,68 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import optuna
 import plotly.graph_objects as go
 import torch
-from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
 from sigmatune.models.schedules import validate
-from sigmatune.objectives.densities import make_density
-from sigmatune.objectives.loss import objective_from_description
-from sigmatune.objectives.weightings import make_weighting
+from sigmatune.objectives.curves import LAM_POINTS, lam_grid, weighting_curves
+from sigmatune.study.records import (
+    InnerTrialRecord,
+    Schedule,
+    StudyRecord,
+    TrialRecord,
+    fid_text,
+)
 
-SCHEMA = 1
-BASELINES = ("karras_rho7", "loglinear")
-BASELINE_LABELS = {"karras_rho7": "karras ρ=7", "loglinear": "loglinear"}
-LAM_POINTS = 161
+SCHEDULE_LABELS = {
+    "tuned": "tuned",
+    "karras_rho7": "karras ρ=7",
+    "karras_rho7_same_range": "karras ρ=7, tuned σ range",
+    "loglinear_same_range": "loglinear, tuned σ range",
+    "gits": "GITS",
+    "ld3": "LD3",
+    "loglinear": "loglinear",
+}
 
 BEST_COLOR = "#d62728"
 EDM_COLOR = "#1f1f1f"
 OTHER_COLOR = "rgba(110, 110, 110, 0.45)"
 NFE_COLORS = ("#1f77b4", "#9467bd", "#2ca02c", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-SCHEDULE_COLORS = {"tuned": BEST_COLOR, "karras_rho7": "#1f77b4", "loglinear": "#2ca02c"}
+SCHEDULE_COLORS = {
+    "tuned": BEST_COLOR,
+    "karras_rho7": "#1f77b4",
+    "karras_rho7_same_range": "#17becf",
+    "loglinear_same_range": "#2ca02c",
+    "gits": "#ff7f0e",
+    "ld3": "#9467bd",
+    "loglinear": "#2ca02c",
+}
 
 
-# --------------------------------------------------------------------------------------------
-# Data read from the storage
+def trial_title(t: TrialRecord) -> str:
+    name = f" [{t.name}]" if t.name else ""
+    return f"trial {t.number}: {t.label}{name}"
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """One set of step locations from an inner study: the sigmas, sampler and FID."""
-
-    name: str  # "tuned" for the best trial, else the baseline's name
-    nfe: int
-    sampler: str
-    sampler_kwargs: dict[str, Any]
-    sigmas: list[float]  # descending, ending in 0
-    fid: float | None
-    study_name: str | None = None
-    trial_number: int | None = None
-    params: dict[str, Any] = field(default_factory=dict)
+def held_out_mean(t: TrialRecord, nfe: int, name: str) -> float | None:
+    record = t.inner.get(nfe)
+    if record is None or record.held_out is None:
+        return None
+    return record.held_out.mean(name)
 
 
-@dataclass
-class OuterTrial:
-    """An outer trial: its training weighting and, per NFE budget, its inner results."""
-
-    number: int
-    state: str
-    value: float | None
-    objective: dict[str, Any] | None  # DiffusionObjective.describe()
-    baseline: str | None  # "edm" on the enqueued EDM-defaults trial
-    original_trial: int
-    inner_studies: dict[int, str]
-    best_fid: dict[int, float]
-    baseline_fid: dict[int, dict[str, float]]
-    model_artifact: str | None
-    fail_reason: str
-    trial_id: int
-    schedules: dict[int, dict[str, Schedule]] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"trial {self.number}: {objective_label(self.objective)}"
-
-
-@dataclass
-class StudyData:
-    """An outer study with its trials and (optionally) their inner studies' schedules."""
-
-    name: str
-    study_id: int
-    config: dict[str, Any]
-    trials: list[OuterTrial]
-    study_ids: dict[str, int]  # study name -> storage id (for links in notes)
-
-    @property
-    def complete(self) -> list[OuterTrial]:
-        return [t for t in self.trials if t.state == "COMPLETE" and t.value is not None]
-
-    @property
-    def best(self) -> OuterTrial | None:
-        done = self.complete
-        return min(done, key=lambda t: (t.value, t.number)) if done else None
-
-    @property
-    def edm(self) -> OuterTrial | None:
-        return next((t for t in self.trials if t.baseline == "edm"), None)
-
-    @property
-    def nfe_budgets(self) -> list[int]:
-        budgets = (self.config.get("inner") or {}).get("nfe_budgets")
-        if budgets:
-            return [int(k) for k in budgets]
-        found: list[int] = []
-        for t in self.trials:
-            found.extend(k for k in t.inner_studies if k not in found)
-        return found
-
-    @property
-    def primary_nfe(self) -> int | None:
-        budgets = self.nfe_budgets
-        return budgets[0] if budgets else None
-
-    def trial(self, number: int) -> OuterTrial:
-        for t in self.trials:
-            if t.number == number:
-                return t
-        raise ValueError(
-            f"study {self.name!r} has no trial number={number}; "
-            f"valid: {', '.join(str(t.number) for t in self.trials) or 'none'}"
-        )
-
-    def sigma_range(self) -> tuple[float, float]:
-        """The run's ``(sigma_min, sigma_max)``: from the trials' objectives, or the schedules."""
-        lo, hi = math.inf, 0.0
-        for t in self.trials:
-            if t.objective:
-                lo = min(lo, float(t.objective["sigma_min"]))
-                hi = max(hi, float(t.objective["sigma_max"]))
-        if not hi:
-            for t in self.trials:
-                for by_name in t.schedules.values():
-                    for s in by_name.values():
-                        lo, hi = min(lo, s.sigmas[-2]), max(hi, s.sigmas[0])
-        if not hi:
-            raise ValueError(f"study {self.name!r} has no trial with a training weighting yet")
-        return lo, hi
-
-
-def _int_keys(d: dict[str, Any] | None) -> dict[int, Any]:
-    return {int(k): v for k, v in (d or {}).items()}
-
-
-def load_study_data(
-    storage: optuna.storages.BaseStorage | str, study_name: str, *, inner: bool = True
-) -> StudyData:
-    """Read an outer study, and with ``inner`` the best and baseline schedules of its inner
-    studies. Raises ``ValueError`` when ``study_name`` is not a sigmatune outer study."""
-    if isinstance(storage, str):
-        storage = optuna.storages.get_storage(storage)
-    try:
-        study_id = storage.get_study_id_from_name(study_name)
-    except KeyError:
-        outer = [
-            s.study_name
-            for s in storage.get_all_studies()
-            if s.user_attrs.get("sigmatune:role") == "outer"
-        ]
-        raise ValueError(
-            f"no study named {study_name!r} in this storage; sigmatune studies there: "
-            f"{', '.join(outer) or 'none'}"
-        ) from None
-    attrs = storage.get_study_user_attrs(study_id)
-    if attrs.get("sigmatune:role") != "outer":
-        raise ValueError(
-            f"study {study_name!r} is not a sigmatune outer study "
-            f"(its 'sigmatune:role' is {attrs.get('sigmatune:role')!r}, expected 'outer')"
-        )
-    schema = attrs.get("sigmatune:schema")
-    if schema != SCHEMA:
-        raise ValueError(
-            f"study {study_name!r} has sigmatune:schema={schema!r}; this version reads {SCHEMA}"
-        )
-    trials = []
-    for ft in storage.get_all_trials(study_id, deepcopy=False):
-        ua = ft.user_attrs
-        trials.append(
-            OuterTrial(
-                number=ft.number,
-                state=ft.state.name,
-                value=None if ft.value is None else float(ft.value),
-                objective=ua.get("sigmatune:objective"),
-                baseline=ua.get("baseline"),
-                original_trial=int(ua.get("sigmatune:original_trial", ft.number)),
-                inner_studies=_int_keys(ua.get("inner:studies")),
-                best_fid={k: float(v) for k, v in _int_keys(ua.get("inner:best_fid")).items()},
-                baseline_fid={
-                    k: {n: float(f) for n, f in v.items()}
-                    for k, v in _int_keys(ua.get("inner:baseline_fid")).items()
-                },
-                model_artifact=ua.get("sigmatune:model_artifact"),
-                fail_reason=str(ua.get("sigmatune:fail_reason", "")),
-                trial_id=ft._trial_id,
-            )
-        )
-    data = StudyData(
-        name=study_name,
-        study_id=study_id,
-        config=dict(attrs.get("sigmatune:config") or {}),
-        trials=trials,
-        study_ids={study_name: study_id},
-    )
-    if inner:
-        for t in trials:
-            for nfe, inner_name in t.inner_studies.items():
-                try:
-                    inner_id = storage.get_study_id_from_name(inner_name)
-                except KeyError:
-                    continue
-                data.study_ids[inner_name] = inner_id
-                t.schedules[nfe] = inner_schedules(storage, inner_id, inner_name, nfe)
-    return data
-
-
-def inner_schedules(
-    storage: optuna.storages.BaseStorage, study_id: int, study_name: str, nfe: int
-) -> dict[str, Schedule]:
-    """The best complete trial of an inner study (``"tuned"``) and its baseline trials."""
-    out: dict[str, Schedule] = {}
-    done = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,))
-    for ft in sorted(done, key=lambda t: (t.value, t.number)):
-        name = ft.user_attrs.get("baseline")
-        keys = [name] if name else []
-        if "tuned" not in out:
-            keys.append("tuned")
-        for key in keys:
-            if key not in out and ft.user_attrs.get("sigmas"):
-                out[key] = schedule_from_trial(ft, key, nfe, study_name)
-    return out
-
-
-def schedule_from_trial(
-    ft: optuna.trial.FrozenTrial, name: str, nfe: int, study_name: str | None = None
-) -> Schedule:
-    return Schedule(
-        name=name,
-        nfe=nfe,
-        sampler=str(ft.user_attrs.get("sampler", "")),
-        sampler_kwargs=dict(ft.user_attrs.get("sampler_kwargs") or {}),
-        sigmas=[float(s) for s in ft.user_attrs["sigmas"]],
-        fid=None if ft.value is None else float(ft.value),
-        study_name=study_name,
-        trial_number=ft.number,
-        params=dict(ft.params),
-    )
+def held_out_spread(t: TrialRecord, nfe: int, name: str) -> float | None:
+    record = t.inner.get(nfe)
+    if record is None or record.held_out is None:
+        return None
+    return record.held_out.spread(name)
 
 
 # --------------------------------------------------------------------------------------------
 # Curves
-
-
-def objective_label(desc: dict[str, Any] | None) -> str:
-    """A short name of a training weighting, e.g. ``edm · unit · lognormal(-1.2, 1.2)``."""
-    if not desc:
-        return "?"
-
-    def fam(d: dict[str, Any]) -> str:
-        vals = []
-        for v in (d.get("params") or {}).values():
-            if isinstance(v, (list, tuple)):
-                vals.append("[" + ", ".join(f"{x:.3g}" for x in v) + "]")
-            elif isinstance(v, (int, float)):
-                vals.append(f"{v:.3g}")
-            elif v is not None:
-                vals.append(str(v))
-        return f"{d['name']}({', '.join(vals)})" if vals else str(d["name"])
-
-    parts = [str(desc["parameterisation"]), fam(desc["weighting"]), fam(desc["density"])]
-    if desc.get("adaptive"):
-        parts.append("+" + fam(desc["adaptive"]))
-    return " · ".join(parts)
-
-
-def lam_grid(sigma_min: float, sigma_max: float, points: int = LAM_POINTS) -> torch.Tensor:
-    """``points`` logSNR values from ``lam_min = -2 ln sigma_max`` to ``lam_max = -2 ln
-    sigma_min`` (float64)."""
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(
-            f"need 0 < sigma_min < sigma_max, but got sigma_min={sigma_min}, sigma_max={sigma_max}"
-        )
-    return torch.linspace(
-        -2 * math.log(sigma_max), -2 * math.log(sigma_min), points, dtype=torch.float64
-    )
-
-
-def weighting_curves(desc: dict[str, Any], lam: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Tabulate a training weighting (a ``DiffusionObjective.describe()`` dict) over ``lam``.
-
-    Returns float64 tensors shaped like ``lam``: ``sigma = exp(-lam/2)``; ``p_lam``, the
-    noise-level density per unit lam (``p_lam = p_sigma * sigma / 2``); ``w``, the loss weight in
-    the parameterisation's own space; ``W``, the effective eps-space weight per unit lam
-    (Kingma & Gao 2023) of ``DiffusionObjective.effective_weighting``; ``W_normalised``, ``W``
-    divided by its trapezoidal area over ``lam``. An adaptive mechanism enters ``W`` in its
-    initial state (its learned state is not part of the description).
-    """
-    lam = torch.as_tensor(lam, dtype=torch.float64)
-    sigma_min, sigma_max = float(desc["sigma_min"]), float(desc["sigma_max"])
-    density = make_density(
-        desc["density"]["name"],
-        dict(desc["density"].get("params") or {}),
-        sigma_min=sigma_min,
-        sigma_max=sigma_max,
-    )
-    weighting = make_weighting(
-        desc["weighting"]["name"],
-        dict(desc["weighting"].get("params") or {}),
-        sigma_min=sigma_min,
-        sigma_max=sigma_max,
-    )
-    objective = objective_from_description(desc)
-    sigma = torch.exp(-lam / 2)
-    with torch.no_grad():
-        p_lam = density.log_prob(lam).exp().to(torch.float64)
-        w = weighting(sigma).to(torch.float64)
-        W = objective.effective_weighting(lam).to(torch.float64)
-    area = torch.trapezoid(W, lam)
-    W_normalised = W / area if torch.isfinite(area) and area > 0 else torch.full_like(W, math.nan)
-    return {
-        "lam": lam,
-        "sigma": sigma,
-        "p_lam": p_lam,
-        "w": w,
-        "W": W,
-        "W_normalised": W_normalised,
-    }
 
 
 def step_lams(sigmas: Sequence[float]) -> list[float]:
@@ -394,25 +139,25 @@ def _layout(fig: go.Figure, title: str, height: int = 480) -> go.Figure:
     return fig
 
 
-def _style(trial: OuterTrial, best: OuterTrial | None) -> tuple[dict[str, Any], str | None, bool]:
+def _style(trial: TrialRecord, best: TrialRecord | None) -> tuple[dict[str, Any], str | None, bool]:
     """Line style, legend group and legend flag for an outer trial's curve."""
     if best is not None and trial.number == best.number:
         return {"color": BEST_COLOR, "width": 3.5}, None, True
-    if trial.baseline == "edm":
+    if trial.is_edm:
         return {"color": EDM_COLOR, "width": 2, "dash": "dash"}, None, True
     return {"color": OTHER_COLOR, "width": 1.2}, "others", False
 
 
-def _trial_name(trial: OuterTrial, best: OuterTrial | None) -> str:
+def _trial_name(trial: TrialRecord, best: TrialRecord | None) -> str:
     if best is not None and trial.number == best.number:
-        edm = "EDM defaults · " if trial.baseline == "edm" else ""
-        return f"best · {edm}{trial.label}"
-    if trial.baseline == "edm":
-        return f"EDM defaults · {trial.label}"
-    return trial.label
+        edm = "EDM defaults · " if trial.is_edm else ""
+        return f"best · {edm}{trial_title(trial)}"
+    if trial.is_edm:
+        return f"EDM defaults · {trial_title(trial)}"
+    return trial_title(trial)
 
 
-def _weighted_trials(data: StudyData) -> list[OuterTrial]:
+def _weighted_trials(data: StudyRecord) -> list[TrialRecord]:
     """Trials with a training weighting, others first so that best and EDM are drawn on top."""
     trials = [t for t in data.trials if t.objective]
     best, edm = data.best, data.edm
@@ -424,9 +169,9 @@ def _weighted_trials(data: StudyData) -> list[OuterTrial]:
 # Figures
 
 
-def _lambda_panels(data: StudyData, points: int, top: str, bottom: str) -> tuple[go.Figure, Any]:
+def _lambda_panels(data: StudyRecord, points: int, top: str, bottom: str) -> tuple[go.Figure, Any]:
     """Two panels stacked on one λ axis over the run's σ range, and that λ grid."""
-    sigma_min, sigma_max = data.sigma_range()
+    sigma_min, sigma_max = data.sigma_range
     lam = lam_grid(sigma_min, sigma_max, points)
     fig = make_subplots(
         figure=_new_figure(),
@@ -439,7 +184,7 @@ def _lambda_panels(data: StudyData, points: int, top: str, bottom: str) -> tuple
     return fig, lam
 
 
-def figure_headline(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
+def figure_headline(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure:
     """Training weighting ``W(lam)`` of every outer trial (normalised; best highlighted, EDM's
     defaults dashed) above the step density of the best trial's tuned schedules per NFE."""
     fig, lam = _lambda_panels(
@@ -466,7 +211,7 @@ def figure_headline(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
                 name=name,
                 legendgroup=group,
                 showlegend=show,
-                hovertemplate=f"{t.label}<br>λ=%{{x:.3g}}<br>W=%{{y:.3g}}<extra></extra>",
+                hovertemplate=f"{trial_title(t)}<br>λ=%{{x:.3g}}<br>W=%{{y:.3g}}<extra></extra>",
             ),
             row=1,
             col=1,
@@ -484,13 +229,14 @@ def figure_headline(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
         col=1,
     )
     if best is not None:
-        for i, nfe in enumerate(sorted(best.schedules)):
-            sched = best.schedules[nfe].get("tuned")
-            if sched is None:
-                continue
+        for i, nfe in enumerate(sorted(best.inner)):
+            sched = best.inner[nfe].tuned
             color = NFE_COLORS[i % len(NFE_COLORS)]
             xs, ys = step_density(sched.sigmas)
-            label = f"NFE {nfe}: {sched.sampler}, FID {sched.fid:.4g}"
+            label = (
+                f"NFE {nfe}: {sched.sampler}, held-out FID "
+                f"{fid_text(held_out_mean(best, nfe, 'tuned'))}"
+            )
             if xs:
                 fig.add_trace(
                     go.Scatter(
@@ -533,7 +279,7 @@ def figure_headline(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
     return _layout(fig, title, height=720)
 
 
-def figure_densities(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
+def figure_densities(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure:
     """Per outer trial: the noise-level density ``p_lam`` and the loss weight ``w(sigma)``."""
     fig, lam = _lambda_panels(
         data,
@@ -559,7 +305,9 @@ def figure_densities(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
                     name=name,
                     legendgroup=group or f"t{t.number}",
                     showlegend=show and row == 1,
-                    hovertemplate=f"{t.label}<br>λ=%{{x:.3g}}<br>{key}=%{{y:.3g}}<extra></extra>",
+                    hovertemplate=(
+                        f"{trial_title(t)}<br>λ=%{{x:.3g}}<br>{key}=%{{y:.3g}}<extra></extra>"
+                    ),
                 ),
                 row=row,
                 col=1,
@@ -570,19 +318,8 @@ def figure_densities(data: StudyData, *, points: int = LAM_POINTS) -> go.Figure:
     return _layout(fig, f"{data.name}: p(λ) and w(σ) per outer trial", height=640)
 
 
-def _schedule_rows(schedules: dict[int, dict[str, Schedule]]) -> list[tuple[str, Schedule]]:
-    rows = []
-    for nfe in sorted(schedules):
-        by_name = schedules[nfe]
-        for name in ("tuned", *BASELINES):
-            if name in by_name:
-                rows.append((f"NFE {nfe} · {BASELINE_LABELS.get(name, name)}", by_name[name]))
-    return rows
-
-
-def _steps_trace(label: str, sched: Schedule, color: str) -> go.Scatter:
+def _steps_trace(label: str, sched: Schedule, color: str, fid: float | None) -> go.Scatter:
     lams = step_lams(sched.sigmas)
-    fid = "?" if sched.fid is None else f"{sched.fid:.4g}"
     return go.Scatter(
         x=_r(lams),
         y=[label] * len(lams),
@@ -593,20 +330,25 @@ def _steps_trace(label: str, sched: Schedule, color: str) -> go.Scatter:
         showlegend=False,
         customdata=_r(sched.sigmas[:-1]),
         hovertemplate=(
-            f"{label}<br>{sched.sampler}, FID {fid}<br>"
+            f"{label}<br>{sched.sampler}, FID {fid_text(fid)}<br>"
             "λ=%{x:.4g}, σ=%{customdata:.4g}<extra></extra>"
         ),
     )
 
 
-def figure_steps(data: StudyData, trial: OuterTrial | None = None) -> go.Figure:
+def figure_steps(data: StudyRecord, trial: TrialRecord | None = None) -> go.Figure:
     """Step locations (positive sigmas, over lam) of a trial's tuned schedule per NFE against
-    ``karras`` rho = 7 and ``loglinear`` on the same model. Default: the best trial."""
+    the baselines on the same model (labelled with held-out FIDs). Default: the best trial."""
     trial = trial or data.best
     fig = _new_figure()
     if trial is not None:
-        for label, sched in reversed(_schedule_rows(trial.schedules)):
-            fig.add_trace(_steps_trace(label, sched, SCHEDULE_COLORS.get(sched.name, "#555")))
+        rows = []
+        for nfe in sorted(trial.inner):
+            for name, sched in trial.inner[nfe].schedules.items():
+                label = f"NFE {nfe} · {SCHEDULE_LABELS.get(name, name)}"
+                rows.append((label, sched, name, held_out_mean(trial, nfe, name)))
+        for label, sched, name, fid in reversed(rows):
+            fig.add_trace(_steps_trace(label, sched, SCHEDULE_COLORS.get(name, "#555"), fid))
     name = "no complete trial" if trial is None else f"trial {trial.number}"
     fig.update_xaxes(title_text="λ = −2 ln σ  (the final σ = 0 is not drawn)")
     fig.update_yaxes(type="category", automargin=True)
@@ -617,52 +359,62 @@ def figure_steps(data: StudyData, trial: OuterTrial | None = None) -> go.Figure:
     )
 
 
-def figure_fid_vs_nfe(data: StudyData, trial: OuterTrial | None = None) -> go.Figure:
-    """FID against NFE: the tuned schedules of a trial (default: the best) against the
-    baselines on the same model, seeds and images."""
+def figure_fid_vs_nfe(data: StudyRecord, trial: TrialRecord | None = None) -> go.Figure:
+    """Held-out FID against NFE (mean and spread over the held-out sets): the tuned
+    schedules of a trial (default: the best) against the baselines on the same model."""
     trial = trial or data.best
     fig = _new_figure()
+    nfes = sorted(trial.inner) if trial is not None else []
     if trial is not None:
-        nfes = sorted(trial.best_fid)
-        fig.add_trace(
-            go.Scatter(
-                x=nfes,
-                y=_r([trial.best_fid[k] for k in nfes]),
-                mode="lines+markers",
-                name="tuned",
-                line={"color": BEST_COLOR, "width": 3},
-                marker={"size": 10},
-            )
+        names = ["tuned"] + sorted(
+            {n for k in nfes for n in trial.inner[k].schedules if n != "tuned"}
         )
-        for name in BASELINES:
-            ks = [k for k in nfes if name in trial.baseline_fid.get(k, {})]
-            if ks:
-                fig.add_trace(
-                    go.Scatter(
-                        x=ks,
-                        y=_r([trial.baseline_fid[k][name] for k in ks]),
-                        mode="lines+markers",
-                        name=BASELINE_LABELS[name],
-                        line={"color": SCHEDULE_COLORS[name], "dash": "dash"},
-                    )
+        for name in names:
+            ks = [k for k in nfes if held_out_mean(trial, k, name) is not None]
+            if not ks:
+                continue
+            tuned = name == "tuned"
+            fig.add_trace(
+                go.Scatter(
+                    x=ks,
+                    y=_r([held_out_mean(trial, k, name) for k in ks]),
+                    error_y={
+                        "type": "data",
+                        "array": _r([held_out_spread(trial, k, name) or 0.0 for k in ks]),
+                        "visible": True,
+                    },
+                    mode="lines+markers",
+                    name=SCHEDULE_LABELS.get(name, name),
+                    line={
+                        "color": SCHEDULE_COLORS.get(name, "#555"),
+                        "width": 3 if tuned else 1.5,
+                        "dash": None if tuned else "dash",
+                    },
+                    marker={"size": 10 if tuned else 7},
                 )
-    nfes = sorted(trial.best_fid) if trial is not None else []
+            )
+        if data.floors:
+            fig.add_hline(
+                y=float(data.floors["floor"]),
+                line={"color": "#999999", "dash": "dot"},
+                annotation_text="floor (real vs real)",
+            )
     fig.update_xaxes(title_text="NFE (denoiser evaluations)", tickmode="array", tickvals=nfes)
-    fig.update_yaxes(title_text="FID", type="log")
+    fig.update_yaxes(title_text="FID (held-out seeds)", type="log")
     name = "no complete trial" if trial is None else f"trial {trial.number}"
-    return _layout(fig, f"{data.name}: FID against NFE ({name})", height=440)
+    return _layout(fig, f"{data.name}: held-out FID against NFE ({name})", height=440)
 
 
-def figure_overview(data: StudyData) -> go.Figure:
-    """The bilevel overview: each outer trial's best inner FID (tuned step locations) against
-    the FID of ``karras`` rho = 7 on the same model, at the primary NFE. Below the diagonal, tuning
+def figure_overview(data: StudyRecord) -> go.Figure:
+    """The bilevel overview: each outer trial's held-out FID with its tuned step locations
+    against ``karras`` rho=7 on the same model, at the primary NFE. Below the diagonal, tuning
     the steps helped."""
     nfe = data.primary_nfe
     fig = _new_figure()
     points = []
     for t in data.complete:
-        base = t.baseline_fid.get(nfe, {}).get("karras_rho7") if nfe is not None else None
-        tuned = t.best_fid.get(nfe) if nfe is not None else None
+        base = held_out_mean(t, nfe, "karras_rho7")
+        tuned = held_out_mean(t, nfe, "tuned")
         if base is not None and tuned is not None:
             points.append((t, base, tuned))
     best, edm = data.best, data.edm
@@ -695,7 +447,7 @@ def figure_overview(data: StudyData) -> go.Figure:
                 textposition="top center",
                 marker=marker,
                 name=name,
-                customdata=[p[0].label for p in pts],
+                customdata=[trial_title(p[0]) for p in pts],
                 hovertemplate=(
                     "%{customdata}<br>karras ρ=7: %{x:.4g}<br>tuned: %{y:.4g}<extra></extra>"
                 ),
@@ -713,39 +465,140 @@ def figure_overview(data: StudyData) -> go.Figure:
                 name="y = x",
             )
         )
-    fig.update_xaxes(title_text=f"FID with karras ρ=7 steps (NFE {nfe})", type="log")
-    fig.update_yaxes(title_text=f"FID with tuned steps (NFE {nfe})", type="log")
+    fig.update_xaxes(title_text=f"held-out FID with karras ρ=7 steps (NFE {nfe})", type="log")
+    fig.update_yaxes(title_text=f"held-out FID with tuned steps (NFE {nfe})", type="log")
     return _layout(
         fig, f"{data.name}: tuned step locations against karras ρ=7, per outer trial", height=520
     )
 
 
 def figure_inner_trials(
-    trials: Sequence[optuna.trial.FrozenTrial], *, title: str, max_rows: int = 30
+    trials: Sequence[InnerTrialRecord], *, title: str, max_rows: int = 30
 ) -> go.Figure:
-    """An inner study's complete trials as rows of step locations, sorted by FID (best on top,
-    baselines labelled), at most ``max_rows`` of them plus the baselines."""
+    """An inner study's complete trials as rows of step locations, sorted by FID on the
+    search seeds (best on top, starting points labelled), at most ``max_rows`` of them plus
+    the starting points."""
     done = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("sigmas")),
-        key=lambda t: (t.value, t.number),
+        (t for t in trials if t.state == "COMPLETE" and t.schedule and t.fid is not None),
+        key=lambda t: (t.fid, t.number),
     )
-    shown = done[:max_rows] + [t for t in done[max_rows:] if t.user_attrs.get("baseline")]
+    shown = done[:max_rows] + [t for t in done[max_rows:] if t.start]
     fig = _new_figure()
-    for rank, ft in reversed(list(enumerate(shown))):
-        base = ft.user_attrs.get("baseline")
-        name = "tuned" if rank == 0 and not base else (base or "trial")
-        label = f"#{ft.number} FID {ft.value:.4g}" + (
-            f" · {BASELINE_LABELS.get(base, base)}" if base else ""
+    for rank, t in reversed(list(enumerate(shown))):
+        name = "tuned" if rank == 0 else (t.start or "trial")
+        label = f"#{t.number} FID {t.fid:.4g}" + (
+            f" · {SCHEDULE_LABELS.get(t.start, t.start)}" if t.start else ""
         )
-        sched = schedule_from_trial(ft, name, 0)
         color = SCHEDULE_COLORS.get(name, "rgba(110, 110, 110, 0.7)")
-        fig.add_trace(_steps_trace(label, sched, color))
+        fig.add_trace(_steps_trace(label, t.schedule, color, t.fid))
     fig.update_xaxes(title_text="λ = −2 ln σ  (the final σ = 0 is not drawn)")
     fig.update_yaxes(type="category", automargin=True)
     return _layout(fig, title, height=max(320, 60 + 28 * len(fig.data)))
 
 
-def study_figures(data: StudyData) -> dict[str, go.Figure]:
+PARETO_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf")
+
+
+def pareto_front(data: StudyRecord) -> list[TrialRecord]:
+    """The complete trials no other complete trial beats in every objective (all minimised)."""
+    done = [t for t in data.complete if t.values and len(t.values) == len(data.directions)]
+
+    def dominated(a: TrialRecord) -> bool:
+        return any(
+            all(y <= x for x, y in zip(a.values, b.values))
+            and any(y < x for x, y in zip(a.values, b.values))
+            for b in done
+        )
+
+    return sorted((t for t in done if not dominated(t)), key=lambda t: t.values)
+
+
+def figure_pareto(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure:
+    """A multi-objective study: every complete trial's held-out FIDs at its first two
+    objective NFEs (the Pareto front joined and coloured), beside the W(λ) of each point of
+    the front in the same colour — which training weighting buys which trade-off."""
+    names = [f"NFE {k}" for k in (data.config.outer.objectives or data.nfe_budgets[:1])]
+    fig = make_subplots(
+        figure=_new_figure(),
+        rows=1,
+        cols=2,
+        column_widths=[0.45, 0.55],
+        horizontal_spacing=0.12,
+        subplot_titles=(
+            f"held-out FID: {names[0]} against {names[1] if len(names) > 1 else names[0]}",
+            "W(λ) of the Pareto-optimal trials (normalised)",
+        ),
+    )
+    front = pareto_front(data)
+    others = [t for t in data.complete if t not in front and t.values and len(t.values) > 1]
+    if others:
+        fig.add_trace(
+            go.Scatter(
+                x=_r([t.values[0] for t in others]),
+                y=_r([t.values[1] for t in others]),
+                mode="markers",
+                marker={"color": "#999999", "size": 8},
+                name="dominated trials",
+                customdata=[trial_title(t) for t in others],
+                hovertemplate="%{customdata}<br>%{x:.4g}, %{y:.4g}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    lo, hi = data.sigma_range
+    lam = lam_grid(lo, hi, points)
+    for i, t in enumerate(front):
+        color = PARETO_COLORS[i % len(PARETO_COLORS)]
+        if len(t.values) > 1:
+            fig.add_trace(
+                go.Scatter(
+                    x=_r([t.values[0]]),
+                    y=_r([t.values[1]]),
+                    mode="markers+text",
+                    text=[str(t.number)],
+                    textposition="top center",
+                    marker={"color": color, "size": 13, "symbol": "star"},
+                    name=trial_title(t),
+                    legendgroup=f"p{t.number}",
+                ),
+                row=1,
+                col=1,
+            )
+        if t.objective:
+            curves = weighting_curves(t.objective, lam)
+            fig.add_trace(
+                go.Scatter(
+                    x=_r(lam),
+                    y=_r(curves["W_normalised"]),
+                    mode="lines",
+                    line={"color": color, "width": 2},
+                    name=f"W(λ) · trial {t.number}",
+                    legendgroup=f"p{t.number}",
+                    showlegend=False,
+                ),
+                row=1,
+                col=2,
+            )
+    if len(front) > 1:
+        fig.add_trace(
+            go.Scatter(
+                x=_r([t.values[0] for t in front]),
+                y=_r([t.values[1] for t in front]),
+                mode="lines",
+                line={"color": "#bbbbbb", "dash": "dot"},
+                name="Pareto front",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.update_xaxes(title_text=f"FID, {names[0]}", type="log", row=1, col=1)
+    fig.update_yaxes(title_text=f"FID, {names[-1]}", type="log", row=1, col=1)
+    fig.update_xaxes(title_text="λ = −2 ln σ", row=1, col=2)
+    fig.update_yaxes(title_text="W(λ)", rangemode="tozero", row=1, col=2)
+    return _layout(fig, f"{data.name}: the Pareto front over NFE budgets", height=520)
+
+
+def study_figures(data: StudyRecord) -> dict[str, go.Figure]:
     """The outer study's figures by stable id (optuna-dashboard ``graph_object_id``); those
     that need a training weighting or a complete trial are left out until there is one."""
     figures: dict[str, go.Figure] = {}
@@ -757,4 +610,6 @@ def study_figures(data: StudyData) -> dict[str, go.Figure]:
     if data.best is not None:
         figures["sigmatune-steps"] = figure_steps(data)
         figures["sigmatune-fid-nfe"] = figure_fid_vs_nfe(data)
+    if len(data.directions) > 1 and data.complete:
+        figures["sigmatune-pareto"] = figure_pareto(data)
     return figures

@@ -1,6 +1,6 @@
 """Put a study's figures and notes into its Optuna studies, for optuna-dashboard.
 
-After each outer trial (``study.bilevel.after_outer_trial``):
+After each outer trial (``study.run.after_outer_trial``):
 
 - on the outer study: the headline figure, the bilevel overview, the ``p``/``w`` panels, the
   best trial's step locations and FID against NFE (``dashboards.figures.study_figures``), each
@@ -24,14 +24,18 @@ import plotly.graph_objects as go
 from optuna_dashboard import save_note, save_plotly_graph_object
 
 from sigmatune.dashboards.figures import (
-    BASELINE_LABELS,
-    BASELINES,
-    OuterTrial,
-    StudyData,
+    SCHEDULE_LABELS,
     figure_inner_trials,
-    load_study_data,
-    objective_label,
     study_figures,
+    trial_title,
+)
+from sigmatune.study.records import (
+    StudyRecord,
+    TrialRecord,
+    fid_text,
+    held_out_line,
+    read_inner_trials,
+    read_study,
 )
 
 INNER_FIGURE_ID = "sigmatune-inner-steps"
@@ -43,10 +47,6 @@ def study_link(study_id: int) -> str:
 
 def trial_link(study_id: int, number: int) -> str:
     return f"/dashboard/studies/{study_id}/trials?numbers={number}"
-
-
-def _fid(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4g}"
 
 
 def _md(text: str) -> str:
@@ -87,47 +87,66 @@ def _load(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
 # --------------------------------------------------------------------------------------------
 # Notes
 
+DASHBOARD_HELP = (
+    "Reading the built-in panels: the objective is the held-out FID at the primary NFE. "
+    "*History* shows the outer trials' final values; a pruned trial's interim FIDs (reported "
+    "at training checkpoints, x axis = training images) are in *Intermediate values*, not on "
+    "the same footing. *Hyperparameter importance* and *Contour* need several complete "
+    "trials of the same branch of the conditional space; with few trials they stay empty."
+)
 
-def study_note(data: StudyData) -> str:
+
+def _floor_text(data: StudyRecord) -> str:
+    if not data.floors:
+        return ""
+    fl = data.floors
+    return (
+        f" Floor (real vs real) {fid_text(fl['floor'])} ± {fid_text(fl['floor_spread'], 2)}, "
+        f"ceiling (noise vs real) {fid_text(fl['ceiling'])}."
+    )
+
+
+def study_note(data: StudyRecord) -> str:
     """The outer study's note: best result and a table of outer trials with their inner
-    studies."""
+    studies, every FID on held-out seeds."""
     cfg = data.config
     budgets = data.nfe_budgets
-    inner = cfg.get("inner") or {}
     lines = [
         f"## sigmatune study `{data.name}`",
         "",
-        f"Data set `{cfg.get('dataset', '?')}`; NFE budgets {budgets} (primary first); FID with "
-        f"the `{inner.get('fid_extractor', '?')}` extractor on {inner.get('fid_num_images', '?')} "
-        "images with fixed seeds. The outer value is the best inner FID at the primary NFE.",
+        f"Data set `{cfg.dataset}`; NFE budgets {budgets} (primary first); FID with the "
+        f"`{cfg.inner.fid_extractor}` extractor on {data.seeds.num_images} images, re-scored on "
+        f"{data.seeds.held_out_sets} held-out seed sets (mean ± spread).{_floor_text(data)}",
+        "",
+        DASHBOARD_HELP,
         "",
     ]
     best, primary = data.best, data.primary_nfe
-    if best is not None:
-        karras = best.baseline_fid.get(primary, {}).get("karras_rho7")
-        vs = f" (karras ρ=7 on the same model: {_fid(karras)})" if karras else ""
+    if best is not None and primary in best.inner:
         lines += [
             f"**Best:** [trial {best.number}]({trial_link(data.study_id, best.number)}) — "
-            f"{_md(objective_label(best.objective))}, FID {_fid(best.value)} at NFE "
-            f"{primary}{vs}.",
+            f"{_md(trial_title(best))}; NFE {primary}: {_md(held_out_line(best.inner[primary]))}",
             "",
         ]
     header = (
         "| trial | state | training weighting | "
-        + " | ".join(f"NFE {k} (karras ρ=7)" for k in budgets)
+        + " | ".join(f"NFE {k} tuned (karras ρ=7)" for k in budgets)
         + " | inner studies |"
     )
     lines += [header, "|" + "---|" * (4 + len(budgets))]
     for t in data.trials:
         cells = [
             f"[{t.number}]({trial_link(data.study_id, t.number)})",
-            t.state + (" (EDM defaults)" if t.baseline == "edm" else ""),
-            _md(objective_label(t.objective)),
+            t.state,
+            _md(trial_title(t)),
         ]
         for k in budgets:
-            karras = t.baseline_fid.get(k, {}).get("karras_rho7")
-            cells.append(f"{_fid(t.best_fid.get(k))} ({_fid(karras)})" if k in t.best_fid else "–")
-        cells.append(" ".join(_inner_link(data, t, k) for k in sorted(t.inner_studies)) or "–")
+            r = t.inner.get(k)
+            h = r.held_out if r is not None else None
+            cells.append(
+                f"{fid_text(h.mean('tuned'))} ({fid_text(h.mean('karras_rho7'))})" if h else "–"
+            )
+        cells.append(" ".join(_inner_link(data, t, k) for k in sorted(t.inner)) or "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -137,24 +156,29 @@ def study_note(data: StudyData) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _inner_link(data: StudyData, t: OuterTrial, nfe: int) -> str:
-    name = t.inner_studies[nfe]
+def _inner_link(data: StudyRecord, t: TrialRecord, nfe: int) -> str:
+    name = t.inner[nfe].study_name
     sid = data.study_ids.get(name)
     return f"[nfe {nfe}]({study_link(sid)})" if sid is not None else f"nfe {nfe}: `{name}`"
 
 
-def trial_note(data: StudyData, t: OuterTrial) -> str:
-    """An outer trial's note: its training weighting and links to its inner studies."""
-    lines = [f"## Outer trial {t.number}: {_md(objective_label(t.objective))}", ""]
-    if t.baseline == "edm":
-        lines += ["EDM's defaults (enqueued as the baseline).", ""]
-    if t.original_trial != t.number:
+def trial_note(data: StudyRecord, t: TrialRecord) -> str:
+    """An outer trial's note: its training weighting, why it failed or was pruned, and per
+    NFE a link to its inner study with the held-out figures."""
+    lines = [f"## {_md(trial_title(t))}", ""]
+    if t.name:
+        lines += [f"The literature configuration `{t.name}`, enqueued as a baseline.", ""]
+    if t.retry_of is not None:
         lines += [
-            f"Retry of trial {t.original_trial} (resumed its checkpoint and inner studies).",
+            f"Retry of trial {t.retry_of} (resumed its checkpoint and inner studies).",
             "",
         ]
     if t.fail_reason:
         lines += [f"Failed: `{_md(t.fail_reason)}`", ""]
+    if t.prune_reason:
+        lines += [f"Pruned: {_md(t.prune_reason)}", ""]
+    if t.note:
+        lines += [_md(t.note), ""]
     if t.objective:
         desc = t.objective
         adaptive = desc.get("adaptive")
@@ -169,50 +193,53 @@ def trial_note(data: StudyData, t: OuterTrial) -> str:
             f"- σ range [{desc['sigma_min']:.4g}, {desc['sigma_max']:.4g}]",
             "",
         ]
-    if t.inner_studies:
+    if t.inner:
         lines += [
-            "| NFE | inner study | best FID | sampler | karras ρ=7 | loglinear |",
-            "|---|---|---|---|---|---|",
+            "| NFE | inner study | best trial | held-out FID (tuned, baselines, floor) | sampler |",
+            "|---|---|---|---|---|",
         ]
-        for k in sorted(t.inner_studies):
-            name = t.inner_studies[k]
-            sid = data.study_ids.get(name)
-            link = f"[{name}]({study_link(sid)})" if sid is not None else f"`{name}`"
-            tuned = t.schedules.get(k, {}).get("tuned")
-            best = _fid(t.best_fid.get(k))
-            if tuned is not None and sid is not None and tuned.trial_number is not None:
-                best = f"[{best}]({trial_link(sid, tuned.trial_number)})"
-            base = t.baseline_fid.get(k, {})
+        for k in sorted(t.inner):
+            r = t.inner[k]
+            sid = data.study_ids.get(r.study_name)
+            link = (
+                f"[{r.study_name}]({study_link(sid)})" if sid is not None else f"`{r.study_name}`"
+            )
+            best = f"#{r.search_trial}"
+            if sid is not None:
+                best = f"[{best}]({trial_link(sid, r.search_trial)})"
             lines.append(
-                f"| {k} | {link} | {best} | {tuned.sampler if tuned else '–'} | "
-                f"{_fid(base.get('karras_rho7'))} | {_fid(base.get('loglinear'))} |"
+                f"| {k} | {link} | {best} | {_md(held_out_line(r))} | {r.tuned.sampler} |"
             )
         lines.append("")
     return "\n".join(lines)
 
 
-def inner_note(data: StudyData, t: OuterTrial, nfe: int) -> str:
-    """An inner study's note: the link back to its outer trial, the best and the baselines."""
+def inner_note(data: StudyRecord, t: TrialRecord, nfe: int) -> str:
+    """An inner study's note: the link back to its outer trial, the schedules compared and
+    their held-out figures."""
+    r = t.inner[nfe]
     lines = [
-        f"## Inner study of outer trial {t.number}, NFE {nfe}",
+        f"## Inner study of trial {t.number}, NFE {nfe}",
         "",
         f"Step locations for the model of [trial {t.number}]"
-        f"({trial_link(data.study_id, t.number)}) of the outer study "
-        f"[{data.name}]({study_link(data.study_id)}): {_md(objective_label(t.objective))}.",
+        f"({trial_link(data.study_id, t.number)}) of the study "
+        f"[{data.name}]({study_link(data.study_id)}): {_md(trial_title(t))}. Trial values are "
+        "ln FID on the search seeds; the figures below are on held-out seeds.",
+        "",
+        f"Held-out: {_md(held_out_line(r))}",
         "",
     ]
-    by_name = t.schedules.get(nfe, {})
-    sid = data.study_ids.get(t.inner_studies.get(nfe, ""))
-    for name in ("tuned", *BASELINES):
-        s = by_name.get(name)
-        if s is None:
-            continue
-        label = "best" if name == "tuned" else BASELINE_LABELS[name]
-        ref = f"trial {s.trial_number}"
-        if sid is not None and s.trial_number is not None:
-            ref = f"[{ref}]({trial_link(sid, s.trial_number)})"
+    if r.at_bound:
+        lines += [f"The best trial sits on a bound of the space: {', '.join(r.at_bound)}.", ""]
+    sid = data.study_ids.get(r.study_name)
+    for name, s in r.schedules.items():
+        label = SCHEDULE_LABELS.get(name, name)
+        ref = ""
+        if name == "tuned" and sid is not None:
+            ref = f" ([trial {r.search_trial}]({trial_link(sid, r.search_trial)}))"
+        mean = r.held_out.mean(name) if r.held_out is not None else None
         sig = ", ".join(f"{x:.4g}" for x in s.sigmas)
-        lines.append(f"- **{label}**: FID {_fid(s.fid)} ({ref}, {s.sampler}); σ = [{sig}]")
+        lines.append(f"- **{label}**{ref}: held-out FID {fid_text(mean)}; σ = [{sig}]")
     return "\n".join(lines) + "\n"
 
 
@@ -225,7 +252,7 @@ def save_trial_note(study: optuna.Study, trial_id: int, body: str) -> None:
     save_note(optuna.Trial(study, trial_id), body)
 
 
-def publish_outer(storage: optuna.storages.BaseStorage, data: StudyData) -> list[str]:
+def publish_outer(storage: optuna.storages.BaseStorage, data: StudyRecord) -> list[str]:
     """The outer study's figures (stable ids) and note; returns the figure ids."""
     study = _load(storage, data.name)
     ids = []
@@ -236,18 +263,18 @@ def publish_outer(storage: optuna.storages.BaseStorage, data: StudyData) -> list
     return ids
 
 
-def publish_trial(storage: optuna.storages.BaseStorage, data: StudyData, number: int) -> None:
+def publish_trial(storage: optuna.storages.BaseStorage, data: StudyRecord, number: int) -> None:
     """An outer trial's note, and the figure and note of each of its inner studies."""
     t = data.trial(number)
     outer = _load(storage, data.name)
     save_trial_note(outer, t.trial_id, trial_note(data, t))
-    for nfe, name in sorted(t.inner_studies.items()):
-        if name not in data.study_ids:
+    for nfe, r in sorted(t.inner.items()):
+        if r.study_name not in data.study_ids:
             continue
-        inner = _load(storage, name)
-        trials = inner.get_trials(deepcopy=False)
+        inner = _load(storage, r.study_name)
         fig = figure_inner_trials(
-            trials, title=f"{name}: step locations of the trials, best first, with baselines"
+            read_inner_trials(storage, r.study_name),
+            title=f"{r.study_name}: step locations of the trials, best first, with baselines",
         )
         save_plotly_graph_object(inner, dashboard_layout(fig), graph_object_id=INNER_FIGURE_ID)
         save_note(inner, inner_note(data, t, nfe))
@@ -255,10 +282,10 @@ def publish_trial(storage: optuna.storages.BaseStorage, data: StudyData, number:
 
 def publish_after_trial(
     storage: optuna.storages.BaseStorage, study_name: str, number: int
-) -> StudyData:
-    """What ``study.bilevel.after_outer_trial`` calls: refresh the outer study's figures and
+) -> StudyRecord:
+    """What ``study.run.after_outer_trial`` calls: refresh the outer study's figures and
     note, and annotate trial ``number`` and its inner studies."""
-    data = load_study_data(storage, study_name)
+    data = read_study(storage, study_name)
     publish_outer(storage, data)
     publish_trial(storage, data, number)
     return data
@@ -266,7 +293,7 @@ def publish_after_trial(
 
 def publish_study(storage: optuna.storages.BaseStorage, study_name: str) -> dict[str, Any]:
     """Publish everything of a study (e.g. one run before figures existed)."""
-    data = load_study_data(storage, study_name)
+    data = read_study(storage, study_name)
     ids = publish_outer(storage, data)
     for t in data.trials:
         publish_trial(storage, data, t.number)

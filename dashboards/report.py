@@ -10,23 +10,25 @@ from __future__ import annotations
 import html
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from sigmatune.dashboards.figures import (
-    BASELINE_LABELS,
-    BASELINES,
-    StudyData,
+    SCHEDULE_LABELS,
     figure_densities,
     figure_fid_vs_nfe,
     figure_headline,
     figure_overview,
+    figure_pareto,
     figure_steps,
-    objective_label,
+    trial_title,
 )
+from sigmatune.study.records import StudyRecord, fid_text, held_out_line
+
+# The first line of every report: how `sigmatune report` recognises a file it may replace.
+GENERATOR_MARK = '<meta name="generator" content="sigmatune report">'
 
 PLOTLY_CONFIG = {
     "displaylogo": False,
@@ -52,10 +54,6 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fid(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4g}"
-
-
 def _sig(value: float) -> str:
     return f"{value:.6g}"
 
@@ -64,7 +62,7 @@ def _figure_div(fig: go.Figure, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG)
 
 
-def report_figures(data: StudyData) -> dict[str, go.Figure]:
+def report_figures(data: StudyRecord) -> dict[str, go.Figure]:
     """The report's figures, in reading order."""
     figures: dict[str, go.Figure] = {}
     if any(t.objective for t in data.trials):
@@ -76,119 +74,134 @@ def report_figures(data: StudyData) -> dict[str, go.Figure]:
     if data.best is not None:
         figures["steps"] = figure_steps(data)
         figures["fid-nfe"] = figure_fid_vs_nfe(data)
+    if len(data.directions) > 1 and data.complete:
+        figures["pareto"] = figure_pareto(data)
     return figures
 
 
-def _best_section(data: StudyData) -> str:
+def _family(d: dict[str, Any] | None) -> str:
+    return "none" if not d else f"{d['name']} {json.dumps(d.get('params') or {})}"
+
+
+def _best_section(data: StudyRecord) -> str:
     best, primary = data.best, data.primary_nfe
     if best is None:
-        return "<p>No outer trial has completed yet.</p>"
+        return "<p>No trial has completed yet.</p>"
     desc = best.objective or {}
-    rows = [
-        ("trial", f"{best.number}" + (" (EDM defaults)" if best.baseline == "edm" else "")),
-        ("training weighting", objective_label(desc)),
-        ("parameterisation", desc.get("parameterisation")),
-        (
-            "noise-level density p(σ)",
-            f"{desc['density']['name']} {json.dumps(desc['density'].get('params') or {})}"
-            if desc
-            else "–",
-        ),
-        (
-            "loss weighting w(σ)",
-            f"{desc['weighting']['name']} {json.dumps(desc['weighting'].get('params') or {})}"
-            if desc
-            else "–",
-        ),
-        (
-            "adaptive",
-            f"{desc['adaptive']['name']} {json.dumps(desc['adaptive'].get('params') or {})}"
-            if desc.get("adaptive")
-            else "none",
-        ),
-        (
-            "σ range, σ_data",
-            f"[{desc.get('sigma_min', '?')}, {desc.get('sigma_max', '?')}], "
-            f"{desc.get('sigma_data', '?')}",
-        ),
-        (f"FID at NFE {primary}", _fid(best.value)),
-    ]
+    rows = [("trial", trial_title(best))]
+    if desc:
+        rows += [
+            ("parameterisation", desc.get("parameterisation")),
+            ("noise-level density p(σ)", _family(desc.get("density"))),
+            ("loss weighting w(σ)", _family(desc.get("weighting"))),
+            ("adaptive", _family(desc.get("adaptive"))),
+            (
+                "σ range, σ_data",
+                f"[{desc.get('sigma_min', '?')}, {desc.get('sigma_max', '?')}], "
+                f"{desc.get('sigma_data', '?')}",
+            ),
+        ]
+    elif data.source:
+        rows.append(("model", data.source))
+    rows.append((f"held-out FID at NFE {primary}", fid_text(best.value)))
     out = ["<table>"] + [f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows]
     out.append("</table>")
     out.append(
-        "<table><tr><th>NFE</th><th>sampler</th><th>settings</th><th>tuned FID</th>"
-        + "".join(f"<th>{_e(BASELINE_LABELS[n])} FID</th>" for n in BASELINES)
-        + "<th>ratio to karras ρ=7</th></tr>"
+        "<table><tr><th>NFE</th><th>sampler</th><th>settings</th>"
+        "<th>held-out FIDs: tuned, fair baselines, floor; gain split</th>"
+        "<th>search minimum (search seeds)</th></tr>"
     )
-    for k in sorted(best.schedules):
-        tuned = best.schedules[k].get("tuned")
-        if tuned is None:
-            continue
-        base = best.baseline_fid.get(k, {})
-        karras = base.get("karras_rho7")
-        ratio = f"×{tuned.fid / karras:.3f}" if karras and tuned.fid is not None else "–"
+    for k in sorted(best.inner):
+        r = best.inner[k]
+        tuned = r.tuned
         out.append(
             f"<tr><td class=num>{k}</td><td>{_e(tuned.sampler)}</td>"
             f"<td>{_e(json.dumps(tuned.sampler_kwargs) if tuned.sampler_kwargs else '–')}</td>"
-            f"<td class=num>{_fid(tuned.fid)}</td>"
-            + "".join(f"<td class=num>{_fid(base.get(n))}</td>" for n in BASELINES)
-            + f"<td class=num>{ratio}</td></tr>"
+            f"<td>{_e(held_out_line(r))}</td><td class=num>{fid_text(r.search_fid)}</td></tr>"
         )
     out.append("</table>")
     return "\n".join(out)
 
 
-def _results_table(data: StudyData) -> str:
+def _results_table(data: StudyRecord) -> str:
     budgets = data.nfe_budgets
     best = data.best
     out = [
         "<table><tr><th>trial</th><th>state</th><th>training weighting</th>"
-        + "".join(f"<th>NFE {k}: tuned (karras ρ=7)</th>" for k in budgets)
+        + "".join(f"<th>NFE {k}: tuned (karras ρ=7), held-out</th>" for k in budgets)
         + "<th>note</th></tr>"
     ]
     for t in data.trials:
         cls = ' class="best"' if best is not None and t.number == best.number else ""
-        notes = []
-        if t.baseline == "edm":
-            notes.append("EDM defaults")
-        if t.original_trial != t.number:
-            notes.append(f"retry of {t.original_trial}")
-        if t.fail_reason:
-            notes.append(t.fail_reason)
-        cells = "".join(
-            f"<td class=num>{_fid(t.best_fid.get(k))} "
-            f"({_fid(t.baseline_fid.get(k, {}).get('karras_rho7'))})</td>"
-            if k in t.best_fid
-            else "<td>–</td>"
-            for k in budgets
-        )
+        notes = [n for n in (t.name, t.reason, t.note) if n]
+        if t.retry_of is not None:
+            notes.append(f"retry of {t.retry_of}")
+        cells = []
+        for k in budgets:
+            r = t.inner.get(k)
+            h = r.held_out if r is not None else None
+            cells.append(
+                f"<td class=num>{fid_text(h.mean('tuned'))} ({fid_text(h.mean('karras_rho7'))})"
+                "</td>"
+                if h is not None
+                else "<td>–</td>"
+            )
         out.append(
             f"<tr{cls}><td class=num>{t.number}</td><td>{_e(t.state)}</td>"
-            f"<td>{_e(objective_label(t.objective))}</td>{cells}"
+            f"<td>{_e(t.label if t.objective else 'given model')}</td>{''.join(cells)}"
             f"<td>{_e('; '.join(notes))}</td></tr>"
         )
     out.append("</table>")
     return "\n".join(out)
 
 
-def _schedules_section(data: StudyData) -> str:
+def same_objective_groups(data: StudyRecord) -> list[list[int]]:
+    """Trials whose effective weightings W(λ) agree (``objectives.loss.
+    same_effective_weighting``): the same objective up to gradient variance, grouped."""
+    from sigmatune.objectives.loss import same_effective_weighting
+
+    groups: list[list[Any]] = []
+    for t in data.trials:
+        if not t.objective:
+            continue
+        for g in groups:
+            if same_effective_weighting(g[0].objective, t.objective):
+                g.append(t)
+                break
+        else:
+            groups.append([t])
+    return [[t.number for t in g] for g in groups if len(g) > 1]
+
+
+def _groups_section(data: StudyRecord) -> str:
+    groups = same_objective_groups(data)
+    if not groups:
+        return ""
+    items = "".join(
+        "<li>" + _e(", ".join(trial_title(data.trial(n)) for n in g)) + "</li>" for g in groups
+    )
+    return (
+        "<h3>Trials with the same effective weighting</h3><p>Their W(λ) agree: the same "
+        "objective up to gradient variance (Kingma & Gao 2023); differences between them are "
+        f"noise of training, not of the weighting.</p><ul>{items}</ul>"
+    )
+
+
+def _schedules_section(data: StudyRecord) -> str:
     best = data.best
     if best is None:
         return "<p>No schedules yet.</p>"
     out = []
-    for k in sorted(best.schedules):
-        by_name = best.schedules[k]
-        names = [n for n in ("tuned", *BASELINES) if n in by_name]
-        if not names:
-            continue
-        tuned = by_name.get("tuned")
-        head = f"NFE {k}" + (f" — tuned: {tuned.sampler}, FID {_fid(tuned.fid)}" if tuned else "")
-        out.append(f"<h3>{_e(head)}</h3>")
+    for k in sorted(best.inner):
+        r = best.inner[k]
+        by_name = r.schedules
+        names = list(by_name)
+        tuned = by_name["tuned"]
+        out.append(f"<h3>{_e(f'NFE {k} — tuned: {tuned.sampler}; {held_out_line(r)}')}</h3>")
         out.append(
             "<table><tr><th>step</th>"
             + "".join(
-                f"<th>{_e('tuned' if n == 'tuned' else BASELINE_LABELS[n])} σ "
-                f"({_e(by_name[n].sampler)})</th>"
+                f"<th>{_e(SCHEDULE_LABELS.get(n, n))} σ ({_e(by_name[n].sampler)})</th>"
                 for n in names
             )
             + "<th>tuned λ</th></tr>"
@@ -200,36 +213,46 @@ def _schedules_section(data: StudyData) -> str:
                 s = by_name[n].sigmas
                 cells.append(f"<td class=num>{_sig(s[i])}</td>" if i < len(s) else "<td></td>")
             lam = ""
-            if tuned is not None and i < len(tuned.sigmas) and tuned.sigmas[i] > 0:
+            if i < len(tuned.sigmas) and tuned.sigmas[i] > 0:
                 lam = f"{-2 * math.log(tuned.sigmas[i]):.4f}"
             out.append(f"<tr><td class=num>{i}</td>{''.join(cells)}<td class=num>{lam}</td></tr>")
         out.append("</table>")
     return "\n".join(out)
 
 
-def render_report(data: StudyData, *, export: dict[str, Any] | None = None) -> str:
-    """The report's HTML text (plotly.js inlined once)."""
+def render_report(data: StudyRecord, *, export: dict[str, Any] | None = None) -> str:
+    """The report's HTML text (plotly.js inlined once). The stored storage URL is shown
+    without its password."""
     cfg = data.config
-    inner = cfg.get("inner") or {}
     figures = report_figures(data)
+    floor = ""
+    if data.floors:
+        floor = (
+            f" Floor (real vs real) {fid_text(data.floors['floor'])} ± "
+            f"{fid_text(data.floors['floor_spread'], 2)}; ceiling (noise vs real) "
+            f"{fid_text(data.floors['ceiling'])}."
+        )
     parts = [
         "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
+        f'<html lang="en"><head>{GENERATOR_MARK}<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>sigmatune report: {_e(data.name)}</title>",
         f"<style>{CSS}</style>",
         f'<script type="text/javascript">{get_plotlyjs()}</script>',
         "</head><body>",
         f"<h1>sigmatune study <code>{_e(data.name)}</code></h1>",
-        f'<p class="muted">data set <code>{_e(cfg.get("dataset", "?"))}</code> · '
-        f"{len(data.trials)} outer trial(s), {len(data.complete)} complete · NFE budgets "
+        f'<p class="muted">data set <code>{_e(cfg.dataset)}</code> · '
+        f"{len(data.trials)} trial(s), {len(data.complete)} complete · NFE budgets "
         f"{_e(data.nfe_budgets)} (primary first) · FID: <code>"
-        f"{_e(inner.get('fid_extractor', '?'))}</code> features of "
-        f"{_e(inner.get('fid_num_images', '?'))} images with fixed seeds.</p>",
+        f"{_e(cfg.inner.fid_extractor)}</code> features of {data.seeds.num_images} images; "
+        f"every FID below is re-scored on {data.seeds.held_out_sets} held-out seed sets "
+        f"(mean ± spread).{_e(floor)}</p>",
         "<p>The outer study tunes the training weighting (parameterisation, loss weight w(σ), "
         "noise-level density p(σ)); each outer trial trains a model whose sampling step "
-        "locations are tuned by inner studies, one per NFE budget, against karras ρ=7 and "
-        "loglinear steps on the same model, seeds and images.</p>",
+        "locations are tuned by inner studies, one per NFE budget, and compared with karras "
+        "ρ=7 on the full σ range and with karras ρ=7 and loglinear on the tuned schedule's own "
+        "σ range, on the same model and held-out seeds: the gain splits into what the σ range "
+        "and what the step placement did.</p>",
         "<h2>Best configuration</h2>",
         _best_section(data),
         "<h2>Figures</h2>",
@@ -237,12 +260,14 @@ def render_report(data: StudyData, *, export: dict[str, Any] | None = None) -> s
     for key, fig in figures.items():
         parts.append(f'<div class="figure">{_figure_div(fig, f"figure-{key}")}</div>')
     parts += [
-        "<h2>Outer trials</h2>",
+        "<h2>Trials</h2>",
         _results_table(data),
+        _groups_section(data),
         "<h2>Exported schedules (best trial)</h2>",
         "<p>σ's in k-diffusion's convention (descending, ending in 0): usable as "
         "<code>sigmas</code> in <code>K.sampling.sample_heun(model, x, sigmas)</code> and "
-        "<code>EulerDiscreteScheduler.set_timesteps(sigmas=...)</code>.</p>",
+        "<code>EulerDiscreteScheduler.set_timesteps(sigmas=...)</code> (the whole list, the "
+        "final 0 included).</p>",
         _schedules_section(data),
     ]
     if export is not None:
@@ -254,17 +279,7 @@ def render_report(data: StudyData, *, export: dict[str, Any] | None = None) -> s
         )
     parts.append(
         "<details><summary>Configuration</summary>"
-        f"<pre>{_e(json.dumps(cfg, indent=2, default=str))}</pre></details>"
+        f"<pre>{_e(json.dumps(data.display_config(), indent=2, default=str))}</pre></details>"
     )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
-
-
-def write_report(
-    data: StudyData, output: str | Path, *, export: dict[str, Any] | None = None
-) -> Path:
-    """Write :func:`render_report` to ``output``; returns the path."""
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(data, export=export), encoding="utf-8")
-    return path

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from sigmatune.study.storage import DEFAULT_STORAGE_URL
 
 DESCRIPTION = """\
 sigmatune: how should a diffusion model spend its effort across noise levels?
 
 A bilevel Optuna study: the outer study tunes the training weighting (parameterisation,
 loss weighting w(sigma), noise-level density p(sigma)); every outer trial trains a model and
-inner studies tune its sampling step locations, scored by FID. Results live in an Optuna
-storage (SQLite by default) and can be viewed with optuna-dashboard.
+inner studies tune its sampling step locations, scored by FID. Every reported FID is
+re-scored on held-out seeds, beside the scorer's floor (real vs real). Results live in an
+Optuna storage (SQLite by default) and can be viewed with optuna-dashboard.
 """
 
 RUN_EPILOG = """\
@@ -24,6 +28,38 @@ examples:
   sigmatune run my.toml --outer-trials 20    # your own config; resumes if the study exists
 Several processes started with the same command and storage share the work.
 """
+
+TUNE_EPILOG = """\
+examples:
+  sigmatune tune-sampling --preset toy --nfe 5 \\
+      --denoiser sigmatune.models.data:gmm2d_mixture
+      # the exact denoiser of the toy data set (a Gaussian mixture)
+  sigmatune tune-sampling --preset digits --checkpoint model.pt --nfe 5 9
+      # a model file: `sigmatune run` leaves one per outer trial under
+      # sigmatune-artifacts/runs/ beside sigmatune.db (`sigmatune status` names the study)
+Afterwards `sigmatune status`, `export`, `report` and `dashboard` read the results as the
+study PREFIX (default NAME-sampling).
+"""
+
+STORAGE_HELP = f"Optuna storage URL (default: {DEFAULT_STORAGE_URL})"
+
+
+# --------------------------------------------------------------------------------------------
+# Config from arguments
+
+
+def _parse_set(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as TOML (``3``, ``true``, ``[5, 9]``, ``"tpe"``); a bare
+    word that is no TOML value is taken as a string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set wants KEY=VALUE (e.g. inner.tune_sigma_range=true), got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return key, value
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -39,32 +75,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, attr, None)
         if value is not None:
             out[key] = value
-    nfe = getattr(args, "nfe", None)
-    if nfe:
-        out["inner.nfe_budgets"] = list(nfe)
-    sampler = getattr(args, "sampler", None)
-    if sampler:
-        out["inner.samplers"] = list(sampler)
+    if getattr(args, "nfe", None):
+        out["inner.nfe_budgets"] = list(args.nfe)
+    if getattr(args, "sampler", None):
+        out["inner.samplers"] = list(args.sampler)
     for item in getattr(args, "set", None) or []:
         key, value = _parse_set(item)
         out[key] = value
     return out
-
-
-def _parse_set(item: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as TOML (``3``, ``true``, ``[5, 9]``, ``"tpe"``); a bare
-    word that is no TOML value is taken as a string."""
-    import tomllib
-
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"--set wants KEY=VALUE (e.g. inner.tune_sigma_range=true), got {item!r}")
-    try:
-        value = tomllib.loads(f"v = {text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text.strip()
-    return key, value
 
 
 def _load_config(args: argparse.Namespace):
@@ -78,14 +96,21 @@ def _load_config(args: argparse.Namespace):
     return load_config(source, _overrides(args))
 
 
+# --------------------------------------------------------------------------------------------
+# Commands
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from sigmatune.study.bilevel import run
+    from sigmatune.study.records import held_out_line
+    from sigmatune.study.run import run
+    from sigmatune.study.storage import redact_url
 
     config = _load_config(args)
+    where = redact_url(config.storage)
     print(
-        f"sigmatune: study {config.name!r} in {config.storage} "
+        f"sigmatune: study {config.name!r} in {where} "
         f"({config.outer.outer_trials} outer x {config.inner.inner_trials} inner trials, "
-        f"NFE {config.inner.nfe_budgets})"
+        f"NFE {list(config.inner.nfe_budgets)})"
     )
     summary = run(
         config,
@@ -93,25 +118,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period,
     )
-    if summary.best_trial is None:
+    best = summary.best
+    if best is None:
         print("sigmatune: no outer trial completed; see `sigmatune status`", file=sys.stderr)
         return 1
-    msg = f"best: trial {summary.best_trial}, FID {summary.best_fid:.4g}"
-    if summary.baseline_fid:
-        gain = summary.best_fid / summary.baseline_fid
-        msg += (
-            f" vs karras_rho7 {summary.baseline_fid:.4g} on the same model "
-            f"(x{gain:.3g}, {100 * (1 - gain):.3g}% lower)"
-        )
-    print(msg)
+    primary = config.inner.nfe_budgets[0]
+    print(f"best: trial {best.number} ({best.label})")
+    print(f"  NFE {primary}, held-out: {held_out_line(best.inner[primary])}")
     print(
-        f"results: {config.storage} (study {config.name!r}); view with "
-        f"`sigmatune dashboard {config.storage}`"
+        f"results: {where} (study {config.name!r}); `sigmatune status --storage {where}`, "
+        f"`sigmatune export --storage {where}`, `sigmatune dashboard {where}`"
     )
     return 0
 
 
 def cmd_tune_sampling(args: argparse.Namespace) -> int:
+    from sigmatune.study.storage import redact_url
     from sigmatune.study.tune import tune_sampling
 
     config = _load_config(args)
@@ -123,15 +145,19 @@ def cmd_tune_sampling(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         reference_steps=args.reference_steps,
     )
-    print(f"inner studies {summary.prefix}/nfe-K in {config.storage}")
+    where = redact_url(config.storage)
+    print(
+        f"results: study {summary.prefix!r} (inner studies {summary.prefix}/nfe-K) in {where}; "
+        f"`sigmatune status --storage {where} --study-name {summary.prefix}`"
+    )
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sigmatune.study.status import format_status, status_rows
+    from sigmatune.study.status import format_status, read_status, status_json
 
-    name, rows = status_rows(args.storage_option or args.storage, args.study_name)
-    print(format_status(name, rows))
+    study = read_status(args.storage_option or args.storage, args.study_name)
+    sys.stdout.write(status_json(study) if args.format == "json" else format_status(study) + "\n")
     return 0
 
 
@@ -140,7 +166,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export(
         args.storage,
-        args.study,
+        args.study or args.study_name,
         trial=args.trial,
         nfe=args.nfe,
         fmt=args.format,
@@ -169,20 +195,26 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sigmatune.study.export import export_report
 
-    path = export_report(args.storage, args.study, args.output)
+    path = export_report(args.storage, args.study or args.study_name, args.output)
     print(f"sigmatune: wrote {path}")
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Parsers, one per command
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a TOML config file (or use --preset)")
     p.add_argument("--preset", help="a built-in config: toy, digits, mnist, cifar10")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///sigmatune.db)")
+    p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--study-name", help="the outer study's name (default: the config's name)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--inner-trials", type=int, help="trials per inner study")
     p.add_argument("--nfe", type=int, nargs="+", help="NFE budgets (the first is primary)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars or periodic progress lines"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -192,19 +224,24 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sigmatune",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _add_study_args(p: argparse.ArgumentParser, *, positional_storage: bool) -> None:
+    """The arguments of the commands that read a study: storage and study name."""
+    if positional_storage:
+        p.add_argument("storage", nargs="?", default=DEFAULT_STORAGE_URL, help=STORAGE_HELP)
+        p.add_argument("--storage", dest="storage_option", help="the same, as an option")
+    else:
+        p.add_argument("study", nargs="?", help="the study's name (default: the only one)")
+        p.add_argument("--storage", default=DEFAULT_STORAGE_URL, help=STORAGE_HELP)
+    p.add_argument("--study-name", help="which study, when the storage holds several")
 
+
+def _parser_run(sub: Any) -> None:
     p = sub.add_parser(
         "run",
         help="create or resume the bilevel study and run it",
         description="Create or resume the bilevel study (outer: training weighting; inner: "
-        "step locations per NFE budget) and run it to the configured number of trials.",
+        "step locations per NFE budget) and run it to the configured number of trials. Prints "
+        "one block per finished outer trial with its held-out figures.",
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -225,19 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
+
+def _parser_tune(sub: Any) -> None:
     p = sub.add_parser(
         "tune-sampling",
         help="inner studies alone, for a model file or your own denoiser",
         description="Tune the sampling step locations of one model: a sigmatune model file "
         "(--checkpoint) or a k-diffusion-style denoiser D(x, sigma) returned by "
-        "module:function (--denoiser). The data set of the config gives the FID reference.",
-        epilog="examples:\n"
-        "  sigmatune tune-sampling --preset toy --nfe 5 \\\n"
-        "      --denoiser sigmatune.models.data:gmm2d_mixture\n"
-        "      # the exact denoiser of the toy data set (a Gaussian mixture)\n"
-        "  sigmatune tune-sampling --preset digits --checkpoint model.pt --nfe 5 9\n"
-        "      # a model file: `sigmatune run` leaves one per outer trial in\n"
-        "      # sigmatune-artifacts/runs/NAME/trial-NNNN/model.pt beside sigmatune.db",
+        "module:function (--denoiser). The data set of the config gives the FID reference. "
+        "Prints held-out figures against karras rho=7 (full range and the tuned range) and "
+        "the gap closed to a many-step reference.",
+        epilog=TUNE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(p)
@@ -254,49 +289,49 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 256; 0 skips it)",
     )
     p.add_argument(
-        "--study-prefix", help="inner studies are named PREFIX/nfe-K (default: NAME-sampling)"
+        "--study-prefix",
+        help="the study's name; inner studies are PREFIX/nfe-K (default: NAME-sampling)",
     )
     p.set_defaults(func=cmd_tune_sampling)
 
+
+def _parser_status(sub: Any) -> None:
     p = sub.add_parser(
         "status",
-        help="a table of outer trials and their inner bests",
-        description="Print the outer trials of a study with their training "
-        "weighting and best FID per NFE budget against karras rho=7.",
+        help="the trials of a study and their held-out figures",
+        description="Print the trials of a study (a `run` or a `tune-sampling`) with their "
+        "training weighting and, per NFE budget, the held-out FID of the tuned schedule "
+        "beside karras rho=7 (full range and the tuned range), loglinear and the floor.",
     )
+    _add_study_args(p, positional_storage=True)
     p.add_argument(
-        "storage",
-        nargs="?",
-        default="sqlite:///sigmatune.db",
-        help="storage URL (default: sqlite:///sigmatune.db)",
+        "--format",
+        choices=["text", "json"],
+        default="text",
+        help="text (a table) or json (a list of trials with number, state, name, label, "
+        "params, held_out and reason)",
     )
-    p.add_argument(
-        "--storage", dest="storage_option", help="the same, as an option (as for export)"
-    )
-    p.add_argument("--study-name", help="which study, when the storage holds several")
     p.set_defaults(func=cmd_status)
 
+
+def _parser_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="the best training weighting and step schedules, for other tools",
-        description="Export an outer trial (default: the best) of a study: json (everything, "
-        "with p, w and W tabulated over lambda), csv (one row per step), k-diffusion (a tensor "
-        "file and a snippet for K.sampling.sample_heun) or diffusers (sigmas for "
+        description="Export a trial (default: the best) of a study: json (everything, with "
+        "p, w and W tabulated over lambda and the held-out figures per NFE), csv (one row per "
+        "step), k-diffusion (one tensor file per NFE and a snippet for "
+        "K.sampling.sample_heun) or diffusers (sigmas for "
         "EulerDiscreteScheduler.set_timesteps(sigmas=...)). Every sigma list is under the key "
-        "'sigmas', descending, ending in 0.",
+        "'sigmas', descending, ending in 0. Files are written atomically and their paths "
+        "printed.",
     )
-    p.add_argument("study", nargs="?", help="the outer study's name (default: the only one)")
-    p.add_argument(
-        "--storage",
-        default="sqlite:///sigmatune.db",
-        help="storage URL (default: sqlite:///sigmatune.db)",
-    )
-    p.add_argument("--trial", type=int, help="outer trial number (default: the best)")
+    _add_study_args(p, positional_storage=False)
+    p.add_argument("--trial", type=int, help="trial number (default: the best)")
     p.add_argument(
         "--nfe",
         type=int,
-        help="one NFE budget (k-diffusion, diffusers: default "
-        "the primary one; json, csv: default all)",
+        help="one NFE budget (default: every budget; diffusers: the primary one)",
     )
     p.add_argument(
         "--format",
@@ -307,10 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o",
         "--output",
-        help="output file (default: stdout; k-diffusion: STUDY-trial-NNNN-nfe-K.pt)",
+        help="output file (default: stdout); k-diffusion: a folder, or a file with --nfe "
+        "(default: the current folder)",
     )
     p.set_defaults(func=cmd_export)
 
+
+def _parser_dashboard(sub: Any) -> None:
     p = sub.add_parser(
         "dashboard",
         help="optuna-dashboard on the storage and its artifacts",
@@ -318,38 +356,51 @@ def build_parser() -> argparse.ArgumentParser:
         "figures and notes sigmatune puts into the studies. Binds to 127.0.0.1 unless --host "
         "says otherwise.",
     )
-    p.add_argument(
-        "storage",
-        nargs="?",
-        default="sqlite:///sigmatune.db",
-        help="storage URL (default: sqlite:///sigmatune.db)",
-    )
+    p.add_argument("storage", nargs="?", default=DEFAULT_STORAGE_URL, help=STORAGE_HELP)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--port", type=int, default=8080, help="port, 1-65535 (default 8080)")
     p.add_argument(
         "--artifact-dir", help="artifact folder (default: <db stem>-artifacts beside a SQLite file)"
     )
     p.set_defaults(func=cmd_dashboard)
 
+
+def _parser_report(sub: Any) -> None:
     p = sub.add_parser(
         "report",
         help="one self-contained HTML report of a study",
         description="Write one HTML file (plotly inlined, no network needed) with the "
-        "figures, the best configuration, the table of outer trials and the exported "
-        "schedules.",
+        "figures, the best configuration, the table of trials and the exported schedules, "
+        "every FID on held-out seeds. It replaces an earlier report, never another file.",
     )
-    p.add_argument("study", nargs="?", help="the outer study's name (default: the only one)")
-    p.add_argument(
-        "--storage",
-        default="sqlite:///sigmatune.db",
-        help="storage URL (default: sqlite:///sigmatune.db)",
-    )
+    _add_study_args(p, positional_storage=False)
     p.add_argument(
         "-o", "--output", default="report.html", help="output file (default: report.html)"
     )
     p.set_defaults(func=cmd_report)
+
+
+PARSERS: tuple[Callable[[Any], None], ...] = (
+    _parser_run,
+    _parser_tune,
+    _parser_status,
+    _parser_export,
+    _parser_dashboard,
+    _parser_report,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sigmatune",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in PARSERS:
+        add(sub)
     return parser
 
 

@@ -17,9 +17,10 @@ stored in ``study/presets/``) with top-level keys and four tables::
     [network]  name, params       # models.networks.make_network(name, params, shape)
     [train]    train_nimg, batch_size, lr, ema_halflife_nimg, checkpoint_nimg, grad_clip
     [outer]    outer_trials, sampler, pruner, parameterisations, densities, weightings,
-               adaptive, piecewise_bins, enqueue_baseline
+               adaptive, piecewise_bins, enqueue_baseline, literature, objectives
     [inner]    inner_trials, nfe_budgets, samplers, sampler, tune_sigma_range, tune_churn,
-               fid_num_images, fid_extractor, fid_inception_weights, kid, batch_size, prune
+               fid_num_images, held_out_sets, fid_extractor, fid_inception_weights, kid,
+               batch_size, prune
 
 Every key has a default (the dataclass fields below), so a file need only state what differs.
 Unknown keys, at any level, are errors; so are wrong types and out-of-range values. All the
@@ -40,6 +41,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sigmatune.study.storage import DEFAULT_STORAGE_URL
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -54,10 +57,11 @@ __all__ = [
 POINT_DATASETS = ("gmm2d", "moons")  # 2-D points: an MLP, no Inception features
 FID_EXTRACTORS = ("rff", "raw", "classifier", "inception")
 OUTER_SAMPLERS = ("tpe", "random")
-OUTER_PRUNERS = ("median", "none")
+OUTER_PRUNERS = ("hyperband", "successive_halving", "median", "none")
 INNER_SAMPLERS = ("gp", "tpe", "random")
 MIN_STEPS = 2  # an inner study needs at least one free step location (one gap in lam)
 MAX_PIECEWISE_BINS = 64
+MIN_HELD_OUT_SETS = 3  # a held-out figure is a mean with a spread over at least 3 seed sets
 
 
 class ConfigError(ValueError):
@@ -68,7 +72,7 @@ class ConfigError(ValueError):
         self.errors = list(errors) or [message]
 
 
-# ----------------------------------------------------------------------------- the dataclasses
+# ----------------------------------------------------------------------------- value checks
 
 
 def _registry(kind: str) -> list[str]:
@@ -94,120 +98,6 @@ def _registry(kind: str) -> list[str]:
     else:  # pragma: no cover - programming error
         raise KeyError(kind)
     return list(reg)
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    """``models.networks.make_network(name, params, shape)``; the shape comes from the data."""
-
-    name: str = "mlp"
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """``models.training.train`` budget and optimiser (images, not steps)."""
-
-    train_nimg: int = 256_000
-    batch_size: int = 512
-    lr: float = 1e-3
-    ema_halflife_nimg: int = 25_000
-    checkpoint_nimg: int = 64_000
-    grad_clip: float = 0.0  # global gradient norm; 0 = off
-
-
-@dataclass(frozen=True)
-class OuterConfig:
-    """The outer study: the training weighting (``study.spaces.suggest_objective``)."""
-
-    outer_trials: int = 3
-    sampler: str = "tpe"
-    pruner: str = "median"
-    parameterisations: tuple[str, ...] = field(
-        default_factory=lambda: tuple(_registry("parameterisations"))
-    )
-    densities: tuple[str, ...] = field(default_factory=lambda: tuple(_registry("densities")))
-    weightings: tuple[str, ...] = field(default_factory=lambda: tuple(_registry("weightings")))
-    adaptive: tuple[str, ...] = field(default_factory=lambda: tuple(_registry("adaptive")))
-    piecewise_bins: int = 6
-    enqueue_baseline: bool = True
-
-
-@dataclass(frozen=True)
-class InnerConfig:
-    """The inner studies: the sampling step locations (``study.spaces.suggest_schedule``)."""
-
-    inner_trials: int = 12
-    nfe_budgets: tuple[int, ...] = (5, 9)  # the first is the primary budget
-    samplers: tuple[str, ...] = ("heun",)
-    sampler: str = "gp"
-    tune_sigma_range: bool = False
-    tune_churn: bool = False
-    fid_num_images: int = 1000
-    fid_extractor: str = "rff"
-    fid_inception_weights: str = ""
-    kid: bool = False
-    batch_size: int = 1000  # images per generation batch
-    prune: bool = True
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration of a study; build it with :func:`load_config`."""
-
-    name: str = "sigmatune"
-    dataset: str = "gmm2d"
-    data_root: str = ""
-    seed: int = 0
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    storage: str = "sqlite:///sigmatune.db"
-    artifact_dir: str = ""
-    device: str = "auto"
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    outer: OuterConfig = field(default_factory=OuterConfig)
-    inner: InnerConfig = field(default_factory=InnerConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The complete config as JSON-able nested dicts (lists, not tuples)."""
-        return _jsonable(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, source: str = "dict") -> Config:
-        """Rebuild (and check) a config from :meth:`to_dict`'s output or a parsed TOML file."""
-        return _build(d, None, source)
-
-    def replace(self, overrides: Mapping[str, Any] | None = None, **dotted: Any) -> Config:
-        """A checked copy with dotted keys replaced: ``config.replace(**{"outer.outer_trials":
-        3}, storage="sqlite:///x.db")``."""
-        return _build(self.to_dict(), {**(overrides or {}), **dotted}, "overrides")
-
-
-SECTIONS: dict[str, type] = {
-    "network": NetworkConfig,
-    "train": TrainConfig,
-    "outer": OuterConfig,
-    "inner": InnerConfig,
-}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _default(cls: type, name: str) -> Any:
-    f = cls.__dataclass_fields__[name]
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory()  # type: ignore[misc]
-
-
-# ----------------------------------------------------------------------------- value checks
 
 
 class _Invalid(Exception):
@@ -336,62 +226,59 @@ def _storage(value: Any) -> str:
     return value
 
 
+def _literature_names() -> list[str]:
+    from sigmatune.objectives.literature import literature_names
+
+    return literature_names()
+
+
+def _literature(value: Any) -> tuple[str, ...]:
+    valid = [n for n in _literature_names() if n != "edm"]
+    what = (
+        "must be a list of distinct names from: "
+        f"{', '.join(valid)} (EDM's defaults come first through outer.enqueue_baseline)"
+    )
+    if not isinstance(value, (list, tuple)) or any(v not in valid for v in value):
+        raise _Invalid(what)
+    if len(set(value)) != len(value):
+        raise _Invalid(what)
+    return tuple(value)
+
+
+def _nfe_list(value: Any) -> tuple[int, ...]:
+    if isinstance(value, (list, tuple)) and not value:
+        return ()
+    return _int_list(value)
+
+
 def _params(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping) or any(not isinstance(k, str) for k in value):
         raise _Invalid("must be a table of constructor arguments")
     return _jsonable(dict(value))
 
 
-CHECKS: dict[str, dict[str, Callable[[Any], Any]]] = {
-    "": {
-        "name": _name,
-        "dataset": _dataset,
-        "data_root": _str,
-        "seed": lambda v: _int(v, 0),
-        "sigma_min": _positive_float,
-        "sigma_max": _positive_float,
-        "storage": _storage,
-        "artifact_dir": _str,
-        "device": _device,
-    },
-    "network": {
-        "name": _choice(lambda: _registry("networks")),
-        "params": _params,
-    },
-    "train": {
-        "train_nimg": _positive_int,
-        "batch_size": _positive_int,
-        "lr": _positive_float,
-        "ema_halflife_nimg": _positive_int,
-        "checkpoint_nimg": _positive_int,
-        "grad_clip": _nonnegative_float,
-    },
-    "outer": {
-        "outer_trials": _positive_int,
-        "sampler": _choice(OUTER_SAMPLERS),
-        "pruner": _choice(OUTER_PRUNERS),
-        "parameterisations": _names("parameterisations"),
-        "densities": _names("densities"),
-        "weightings": _names("weightings"),
-        "adaptive": _names("adaptive"),
-        "piecewise_bins": lambda v: _bounded_int(v, 2, MAX_PIECEWISE_BINS),
-        "enqueue_baseline": _bool,
-    },
-    "inner": {
-        "inner_trials": _positive_int,
-        "nfe_budgets": _int_list,
-        "samplers": _names("samplers"),
-        "sampler": _choice(INNER_SAMPLERS),
-        "tune_sigma_range": _bool,
-        "tune_churn": _bool,
-        "fid_num_images": lambda v: _bounded_int(v, 2, None),
-        "fid_extractor": _choice(FID_EXTRACTORS),
-        "fid_inception_weights": _str,
-        "kid": _bool,
-        "batch_size": _positive_int,
-        "prune": _bool,
-    },
-}
+def _literature_checks(outer: dict[str, Any], errors: list[str]) -> None:
+    """Every enqueued literature configuration must lie in the configured outer space."""
+    names = outer.get("literature")
+    if not names:
+        return
+    from sigmatune.objectives.literature import LITERATURE
+
+    for name in names:
+        entry = LITERATURE[name]
+        terms = (
+            ("parameterisations", entry.parameterisation),
+            ("densities", entry.density.name),
+            ("weightings", entry.weighting.name),
+            ("adaptive", entry.adaptive.name if entry.adaptive else "none"),
+        )
+        for key, needed in terms:
+            allowed = outer.get(key)
+            if allowed is not None and needed not in allowed:
+                errors.append(
+                    f"outer.{key} must include {needed!r} for the literature configuration "
+                    f"{name!r} in outer.literature (or leave {name!r} out), but got {list(allowed)}"
+                )
 
 
 def _bounded_int(value: Any, low: int, high: int | None) -> int:
@@ -404,6 +291,150 @@ def _bounded_int(value: Any, low: int, high: int | None) -> int:
             else f"must be an integer >= {low}"
         )
     return int(value)
+
+
+def _field(default: Any, check: Callable[[Any], Any]) -> Any:
+    """A config field with its check next to it (``check(value)`` returns the checked value
+    or raises ``_Invalid`` with what is allowed)."""
+    if callable(default):
+        return field(default_factory=default, metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+# ----------------------------------------------------------------------------- the dataclasses
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """``models.networks.make_network(name, params, shape)``; the shape comes from the data."""
+
+    name: str = _field("mlp", _choice(lambda: _registry("networks")))
+    params: dict[str, Any] = _field(dict, _params)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``models.training.train`` budget and optimiser (images, not steps)."""
+
+    train_nimg: int = _field(256_000, _positive_int)
+    batch_size: int = _field(512, _positive_int)
+    lr: float = _field(1e-3, _positive_float)
+    ema_halflife_nimg: int = _field(25_000, _positive_int)
+    checkpoint_nimg: int = _field(64_000, _positive_int)
+    grad_clip: float = _field(0.0, _nonnegative_float)  # global gradient norm; 0 = off
+
+
+@dataclass(frozen=True)
+class OuterConfig:
+    """The outer study: the training weighting (``study.spaces.suggest_objective``)."""
+
+    outer_trials: int = _field(3, _positive_int)
+    sampler: str = _field("tpe", _choice(OUTER_SAMPLERS))
+    # multi-fidelity over training images: rungs at checkpoints (Optuna's pruners)
+    pruner: str = _field("hyperband", _choice(OUTER_PRUNERS))
+    parameterisations: tuple[str, ...] = _field(
+        lambda: tuple(_registry("parameterisations")), _names("parameterisations")
+    )
+    densities: tuple[str, ...] = _field(lambda: tuple(_registry("densities")), _names("densities"))
+    weightings: tuple[str, ...] = _field(
+        lambda: tuple(_registry("weightings")), _names("weightings")
+    )
+    adaptive: tuple[str, ...] = _field(lambda: tuple(_registry("adaptive")), _names("adaptive"))
+    piecewise_bins: int = _field(6, lambda v: _bounded_int(v, 2, MAX_PIECEWISE_BINS))
+    enqueue_baseline: bool = _field(True, _bool)  # EDM's defaults as trial 0
+    # the literature's configurations enqueued after EDM (objectives.literature), in order
+    literature: tuple[str, ...] = _field(
+        lambda: tuple(n for n in _literature_names() if n != "edm"), _literature
+    )
+    # NFE budgets (of inner.nfe_budgets) that are objectives of the outer study; empty: the
+    # primary budget alone. Two or more make a multi-objective study (not pruned).
+    objectives: tuple[int, ...] = _field((), _nfe_list)
+
+
+@dataclass(frozen=True)
+class InnerConfig:
+    """The inner studies: the sampling step locations (``study.spaces.suggest_schedule``)."""
+
+    inner_trials: int = _field(12, _positive_int)
+    nfe_budgets: tuple[int, ...] = _field((5, 9), _int_list)  # the first is the primary budget
+    samplers: tuple[str, ...] = _field(("heun",), _names("samplers"))
+    sampler: str = _field("gp", _choice(INNER_SAMPLERS))
+    tune_sigma_range: bool = _field(False, _bool)
+    tune_churn: bool = _field(False, _bool)
+    fid_num_images: int = _field(1000, lambda v: _bounded_int(v, 2, None))
+    # held-out seed sets every reported figure is re-scored on (mean and spread)
+    held_out_sets: int = _field(3, lambda v: _bounded_int(v, MIN_HELD_OUT_SETS, None))
+    fid_extractor: str = _field("rff", _choice(FID_EXTRACTORS))
+    fid_inception_weights: str = _field("", _str)
+    kid: bool = _field(False, _bool)
+    batch_size: int = _field(1000, _positive_int)  # images per generation batch
+    prune: bool = _field(True, _bool)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a study; build it with :func:`load_config`."""
+
+    name: str = _field("sigmatune", _name)
+    dataset: str = _field("gmm2d", _dataset)
+    data_root: str = _field("", _str)
+    seed: int = _field(0, lambda v: _int(v, 0))
+    sigma_min: float = _field(0.002, _positive_float)
+    sigma_max: float = _field(80.0, _positive_float)
+    storage: str = _field(DEFAULT_STORAGE_URL, _storage)
+    artifact_dir: str = _field("", _str)
+    device: str = _field("auto", _device)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    inner: InnerConfig = field(default_factory=InnerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The complete config as JSON-able nested dicts (lists, not tuples)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "dict") -> Config:
+        """Rebuild (and check) a config from :meth:`to_dict`'s output or a parsed TOML file."""
+        return _build(d, None, source)
+
+    def replace(self, overrides: Mapping[str, Any] | None = None, **dotted: Any) -> Config:
+        """A checked copy with dotted keys replaced: ``config.replace(**{"outer.outer_trials":
+        3}, storage="sqlite:///x.db")``."""
+        return _build(self.to_dict(), {**(overrides or {}), **dotted}, "overrides")
+
+
+SECTIONS: dict[str, type] = {
+    "": Config,
+    "network": NetworkConfig,
+    "train": TrainConfig,
+    "outer": OuterConfig,
+    "inner": InnerConfig,
+}
+
+
+def _checks(section: str) -> dict[str, Callable[[Any], Any]]:
+    """The checked keys of one table, from the fields' metadata (sub-tables excluded)."""
+    return {
+        f.name: f.metadata["check"]
+        for f in dataclasses.fields(SECTIONS[section])
+        if "check" in f.metadata
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _default(cls: type, name: str) -> Any:
+    f = cls.__dataclass_fields__[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
 
 
 # ----------------------------------------------------------------------------- building
@@ -434,14 +465,14 @@ def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], errors: 
 
 def _section_keys(name: str) -> list[str]:
     if name:
-        return list(CHECKS[name])
-    return [*CHECKS[""], *SECTIONS]
+        return list(_checks(name))
+    return [*_checks(""), *(k for k in SECTIONS if k)]
 
 
 def _check_section(raw: Mapping[str, Any], section: str, errors: list[str]) -> dict[str, Any]:
     """Checked values of one table (defaults for missing keys; errors collected)."""
     prefix = f"{section}." if section else ""
-    cls = SECTIONS.get(section, Config)
+    cls = SECTIONS[section]
     valid = _section_keys(section)
     for key in raw:
         if key not in valid:
@@ -450,7 +481,7 @@ def _check_section(raw: Mapping[str, Any], section: str, errors: list[str]) -> d
                 f"unknown key {prefix + str(key)!r}; valid keys {where}: {', '.join(valid)}"
             )
     out: dict[str, Any] = {}
-    for key, check in CHECKS[section].items():
+    for key, check in _checks(section).items():
         if key not in raw:
             out[key] = _default(cls, key)
             continue
@@ -532,6 +563,13 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
                     f"outer.{key} must include {needed!r} when outer.enqueue_baseline = true "
                     f"(EDM's defaults are enqueued first), but got {list(names)}"
                 )
+    _literature_checks(outer, errors)
+    objectives, budgets = outer.get("objectives"), inner.get("nfe_budgets")
+    if objectives and budgets is not None and any(k not in budgets for k in objectives):
+        errors.append(
+            f"outer.objectives must be NFE budgets of inner.nfe_budgets={list(budgets)}, "
+            f"but got {list(objectives)}"
+        )
     dataset = top.get("dataset")
     if dataset in POINT_DATASETS:
         if net.get("name") not in (None, "mlp"):
@@ -560,7 +598,7 @@ def _build(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None, source: 
     if overrides:
         _apply_overrides(data, overrides, errors)
     values: dict[str, dict[str, Any]] = {"": _check_section(data, "", errors)}
-    for section in SECTIONS:
+    for section in (k for k in SECTIONS if k):
         table = data.get(section, {})
         if not isinstance(table, Mapping):
             errors.append(
@@ -578,7 +616,7 @@ def _build(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None, source: 
                 f"  {e}" for e in errors
             )
         raise ConfigError(message, errors)
-    sections = {name: cls(**values[name]) for name, cls in SECTIONS.items()}
+    sections = {name: cls(**values[name]) for name, cls in SECTIONS.items() if name}
     return Config(**values[""], **sections)
 
 

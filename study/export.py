@@ -1,20 +1,22 @@
-"""Export a study's best training weighting and tuned step schedules.
+"""Export a study's training weighting and tuned step schedules for other tools.
 
 ``sigmatune export STUDY --format json|csv|k-diffusion|diffusers``. Every format carries each
 sigma list under a key ``sigmas`` (a column, for CSV), descending and ending in 0
 (k-diffusion's convention, ``models.schedules.validate``):
 
 - ``json``: the whole record (:func:`export_document`; schema ``study/export.schema.json``):
-  study, trial, data set, FID and the baselines' FID on the same model, seeds and images; the
-  training weighting with a table over lam of ``p_lam``, ``w`` and ``W``; per NFE budget the
-  sampler, its churn settings and the sigmas.
+  study, trial, data set; the training weighting with a table over lam of ``p_lam``, ``w``
+  and ``W``; per NFE budget the sampler, its settings, the sigmas and the ``held_out``
+  figures (the tuned schedule and the fair baselines on seeds the search never saw, beside
+  the scorer's floor).
 - ``csv``: one row per step: ``nfe, sampler, step, sigmas, lam``.
-- ``k-diffusion``: a tensor file (``torch.load(path, weights_only=True)["sigmas"]``) and a
-  two-line snippet for ``K.sampling.sample_heun(model, x, sigmas)``.
-- ``diffusers``: the list for ``EulerDiscreteScheduler.set_timesteps(sigmas=...)``.
+- ``k-diffusion``: one tensor file per NFE (``torch.load(path, weights_only=True)["sigmas"]``)
+  and a two-line snippet for ``K.sampling.sample_heun(model, x, sigmas)``.
+- ``diffusers``: the list for ``EulerDiscreteScheduler.set_timesteps(sigmas=...)``, final 0
+  included.
 
-When a run ends, :func:`attach_export` attaches the best trial's JSON and CSV to that trial
-for optuna-dashboard.
+Every file is written atomically (a temporary file in the same folder, then a rename), so a
+full disk never leaves a half-written export where the previous one was.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import csv
 import io
 import json
 import math
+import os
+import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,41 +36,33 @@ from typing import Any
 import optuna
 import torch
 
-from sigmatune.dashboards.figures import (
-    BASELINES,
-    LAM_POINTS,
-    SCHEMA,
-    StudyData,
-    lam_grid,
-    load_study_data,
-    objective_label,
-    weighting_curves,
-)
 from sigmatune.models.schedules import validate
+from sigmatune.objectives.curves import LAM_POINTS, lam_grid, weighting_curves
+from sigmatune.study import optuna_adapter as adapter
+from sigmatune.study import records
+from sigmatune.study.records import InnerRecord, StudyRecord, TrialRecord
+from sigmatune.study.storage import redact_url as redact
 
 __all__ = [
-    "EXPORT_ATTR",
     "FORMATS",
     "SCHEMA_PATH",
     "ExportResult",
+    "atomic_write",
     "attach_export",
     "diffusers_document",
     "export",
     "export_document",
-    "export_report",
     "kdiffusion_payload",
     "kdiffusion_snippet",
     "load_schema",
     "open_storage",
-    "resolve_study_name",
     "to_csv",
 ]
 
 FORMATS = ("json", "csv", "k-diffusion", "diffusers")
 EXPORT_FORMAT = "sigmatune-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("export.schema.json")
-EXPORT_ATTR = "sigmatune:export"  # outer study user attr: the attached export's artifact ids
 # models.samplers keyword -> k-diffusion keyword (k_diffusion.sampling.sample_euler/heun)
 KDIFFUSION_KWARGS = {
     "S_churn": "s_churn",
@@ -81,7 +78,8 @@ KDIFFUSION_SAMPLERS = {
 DIFFUSERS_NOTES = (
     "EulerDiscreteScheduler.set_timesteps(sigmas=sigmas) takes this list as it is: sigmas in "
     "the variance-exploding convention (x = x0 + sigma*eps), descending, the final 0 included "
-    "(final_sigmas_type is then not used); scheduler.sigmas equals the list in float32.",
+    "(final_sigmas_type is then not used); scheduler.sigmas equals the list in float32. Do "
+    "not drop the final 0: sampling would stop at the last positive sigma with noise left.",
     "Its timesteps are the model's training timesteps interpolated in log sigma from its "
     "alphas_cumprod (clamped to the model's sigma range), or 0.25*ln(sigma) with "
     "timestep_type='continuous' and prediction_type='v_prediction' (EDM's c_noise).",
@@ -93,6 +91,46 @@ DIFFUSERS_NOTES = (
     "EulerDiscreteScheduler is a first-order (Euler) sampler; the schedule was tuned for the "
     "sampler named in 'sampler' and NFE counts model evaluations of that sampler.",
 )
+TABLE_NOTE = (
+    "over lam = -2 ln sigma: p_lam = noise-level density per unit lam; w = loss weight in the "
+    "parameterisation's space; W = p_lam*w*sigma^2/c_out^2, the effective eps-space weight per "
+    "unit lam (Kingma & Gao 2023); W_normalised = W over its area. An adaptive mechanism "
+    "enters W in its initial state."
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it onto
+    ``path``: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"output {str(path)!r} is a folder; give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:80]}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def file_stem(study: str, trial: int) -> str:
+    """A file name stem for a study's trial: the safe name, shortened, with a hash of the
+    full name so that two names never share a file."""
+    from sigmatune.study.context import safe_name, short_hash
+
+    return f"{safe_name(study)[:60]}-{short_hash(study)[:8]}-trial-{int(trial):04d}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,29 +146,10 @@ def open_storage(storage_url: str) -> optuna.storages.BaseStorage:
     return make_storage(storage_url, heartbeat_interval=None)
 
 
-def resolve_study_name(
-    storage: optuna.storages.BaseStorage, storage_url: str, study_name: str | None
-) -> str:
-    """``study_name``, checked to be a sigmatune outer study, or the only one in the storage."""
-    names = [
-        s.study_name
-        for s in storage.get_all_studies()
-        if s.user_attrs.get("sigmatune:role") == "outer"
-    ]
-    if study_name is None:
-        if len(names) == 1:
-            return names[0]
-        if not names:
-            raise ValueError(f"no sigmatune study in {storage_url!r}")
-        raise ValueError(
-            f"{storage_url!r} holds several sigmatune studies ({', '.join(names)}); name one"
-        )
-    if study_name not in names:
-        raise ValueError(
-            f"no sigmatune study named {study_name!r} in {storage_url!r}; "
-            f"found: {', '.join(names) or 'none'}"
-        )
-    return study_name
+def read(storage_url: str, study_name: str | None) -> StudyRecord:
+    storage = open_storage(storage_url)
+    name = records.resolve_study_name(storage, storage_url, study_name)
+    return records.read_study(storage, name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,155 +173,123 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _float_value(value: Any) -> float:
-    return float(value)  # also "inf", "-inf", "nan" as written by _json_safe
-
-
-def _redact(url: Any) -> Any:
-    """A storage URL without its password."""
-    if not isinstance(url, str) or "@" not in url:
-        return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://", 1)[0] + "://***"
-
-
-def _choose_trial(data: StudyData, trial: int | None):
+def choose_trial(study: StudyRecord, trial: int | None) -> TrialRecord:
+    """The trial to export: ``trial``, or the best complete one."""
     if trial is None:
-        best = data.best
-        if best is None:
+        if study.best is None:
             raise ValueError(
-                f"study {data.name!r} has no COMPLETE outer trial yet; nothing to export "
+                f"study {study.name!r} has no COMPLETE trial yet; nothing to export "
                 "(see `sigmatune status`)"
             )
-        return best
-    chosen = data.trial(trial)
+        return study.best
+    chosen = study.trial(trial)
     if chosen.state != "COMPLETE":
-        done = ", ".join(str(t.number) for t in data.complete) or "none"
+        done = ", ".join(str(t.number) for t in study.complete) or "none"
         raise ValueError(
-            f"trial {trial} of study {data.name!r} is {chosen.state}, not COMPLETE; "
+            f"trial {trial} of study {study.name!r} is {chosen.state}, not COMPLETE; "
             f"complete trials: {done}"
         )
     return chosen
 
 
-def export_document(
-    data: StudyData,
-    trial: int | None = None,
-    nfe: int | None = None,
-    *,
-    points: int = LAM_POINTS,
-) -> dict[str, Any]:
+def _budgets(study: StudyRecord, chosen: TrialRecord, nfe: int | None) -> list[int]:
+    budgets = [k for k in study.nfe_budgets if k in chosen.inner] or sorted(chosen.inner)
+    if nfe is None:
+        return budgets
+    if nfe not in chosen.inner:
+        raise ValueError(
+            f"trial {chosen.number} of study {study.name!r} has no inner study at nfe={nfe}; "
+            f"valid: {', '.join(str(k) for k in budgets) or 'none'}"
+        )
+    return [nfe]
+
+
+def training_section(desc: dict[str, Any], points: int = LAM_POINTS) -> dict[str, Any]:
+    """The training weighting with ``p_lam``, ``w`` and ``W`` tabulated over lam."""
+    lam = lam_grid(float(desc["sigma_min"]), float(desc["sigma_max"]), points)
+    curves = weighting_curves(desc, lam)
+    return {
+        "label": records.objective_label(desc),
+        "parameterisation": desc["parameterisation"],
+        "sigma_data": float(desc["sigma_data"]),
+        "sigma_min": float(desc["sigma_min"]),
+        "sigma_max": float(desc["sigma_max"]),
+        "density": desc["density"],
+        "weighting": desc["weighting"],
+        "adaptive": desc.get("adaptive"),
+        "description": desc,
+        "table": {
+            key: [float(v) for v in curves[key].tolist()]
+            for key in ("lam", "sigma", "p_lam", "w", "W", "W_normalised")
+        },
+        "table_note": TABLE_NOTE,
+    }
+
+
+def schedule_section(record: InnerRecord) -> dict[str, Any]:
+    """One NFE budget: the tuned schedule, its held-out figures and the baselines'."""
+    tuned = record.tuned
+    sigmas = validate(tuned.sigmas)
+    held = record.held_out
+    detail = {}
+    if held is not None:
+        detail = {
+            name: {"mean": held.mean(name), "spread": held.spread(name), "values": list(v)}
+            for name, v in held.scores.items()
+        }
+    return {
+        "nfe": record.nfe,
+        "sampler": tuned.sampler,
+        "sampler_kwargs": dict(tuned.sampler_kwargs),
+        "num_steps": len(tuned.sigmas) - 1,
+        "sigmas": [float(s) for s in sigmas.tolist()],
+        "lam": [float(v) for v in (-2 * torch.log(sigmas[:-1])).tolist()],
+        "held_out": held.export() if held is not None else None,
+        "held_out_detail": detail,
+        "search_fid": record.search_fid,
+        "search_note": "the search's minimum on its own seeds (optimistic; held_out is what "
+        "to report)",
+        "at_bound": list(record.at_bound),
+        "inner_study": record.study_name,
+        "inner_trial": record.search_trial,
+        "params": dict(record.params),
+        "baselines": {name: s.to_dict() for name, s in record.schedules.items() if name != "tuned"},
+    }
+
+
+def export_document(study: StudyRecord, trial: int | None = None, nfe: int | None = None) -> dict:
     """The JSON export of an outer trial (default: the best complete one), for all its NFE
     budgets or only ``nfe``. Strict JSON (non-finite floats as strings), valid against
     :func:`load_schema`."""
-    chosen = _choose_trial(data, trial)
-    if chosen.objective is None:
-        raise ValueError(f"trial {chosen.number} of study {data.name!r} has no training weighting")
-    budgets = [k for k in data.nfe_budgets if k in chosen.schedules] or sorted(chosen.schedules)
-    if nfe is not None:
-        if nfe not in chosen.schedules:
-            raise ValueError(
-                f"trial {chosen.number} of study {data.name!r} has no inner study at nfe={nfe}; "
-                f"valid: {', '.join(str(k) for k in budgets) or 'none'}"
-            )
-        budgets = [nfe]
-
-    desc = chosen.objective
-    lam = lam_grid(float(desc["sigma_min"]), float(desc["sigma_max"]), points)
-    curves = weighting_curves(desc, lam)
-    table = {
-        key: [float(v) for v in curves[key].tolist()]
-        for key in ("lam", "sigma", "p_lam", "w", "W", "W_normalised")
-    }
-
-    config = dict(data.config)
-    if "storage" in config:
-        config["storage"] = _redact(config["storage"])
-    inner_cfg = config.get("inner") or {}
-    seed = config.get("seed")
-    num_images = inner_cfg.get("fid_num_images")
-    seeds = None
-    if seed is not None and num_images is not None:
-        # study.trials.generation_seeds: one seed per image, the same for every inner trial
-        seeds = {"start": 1_000_000 * int(seed), "stop": 1_000_000 * int(seed) + int(num_images)}
-
-    schedules: dict[str, Any] = {}
-    for k in budgets:
-        by_name = chosen.schedules[k]
-        tuned = by_name.get("tuned")
-        if tuned is None:
-            continue
-        sigmas = validate(tuned.sigmas)
-        schedules[str(k)] = {
-            "nfe": k,
-            "sampler": tuned.sampler,
-            "sampler_kwargs": dict(tuned.sampler_kwargs),
-            "num_steps": len(tuned.sigmas) - 1,
-            "sigmas": [float(s) for s in sigmas.tolist()],
-            "lam": [float(v) for v in (-2 * torch.log(sigmas[:-1])).tolist()],
-            "fid": tuned.fid,
-            "inner_study": tuned.study_name,
-            "inner_trial": tuned.trial_number,
-            "params": dict(tuned.params),
-            "baselines": {
-                name: {
-                    "fid": by_name[name].fid,
-                    "sampler": by_name[name].sampler,
-                    "sampler_kwargs": dict(by_name[name].sampler_kwargs),
-                    "sigmas": [float(s) for s in by_name[name].sigmas],
-                    "inner_trial": by_name[name].trial_number,
-                }
-                for name in BASELINES
-                if name in by_name
-            },
-        }
-    if not schedules:
-        raise ValueError(
-            f"trial {chosen.number} of study {data.name!r} has no inner study with a complete "
-            "trial; nothing to export"
-        )
-    primary = data.primary_nfe
+    chosen = choose_trial(study, trial)
+    if chosen.objective is None and study.kind != "sampling":
+        raise ValueError(f"trial {chosen.number} of study {study.name!r} has no training weighting")
+    schedules = {str(k): schedule_section(chosen.inner[k]) for k in _budgets(study, chosen, nfe)}
+    config = study.config.to_dict()
+    config["storage"] = redact(config["storage"])
     doc = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
-        "sigmatune:schema": SCHEMA,
-        "study": data.name,
+        "sigmatune:schema": records.SCHEMA,
+        "study": study.name,
+        "kind": study.kind,
+        "source": study.source,
         "trial": chosen.number,
         "original_trial": chosen.original_trial,
-        "is_best": data.best is not None and data.best.number == chosen.number,
-        "baseline": chosen.baseline,
-        "dataset": config.get("dataset"),
-        "primary_nfe": primary,
+        "is_best": study.best is not None and study.best.number == chosen.number,
+        "name": chosen.name,
+        "dataset": study.config.dataset,
+        "primary_nfe": study.primary_nfe,
         "fid": chosen.value,
-        "baseline_fid": {str(k): v for k, v in chosen.baseline_fid.items()},
         "fid_settings": {
-            "extractor": inner_cfg.get("fid_extractor"),
-            "num_images": num_images,
-            "seeds": seeds,
+            "extractor": study.config.inner.fid_extractor,
+            "num_images": study.seeds.num_images,
+            "search_seeds": [study.seeds.search_start, study.seeds.num_images],
+            "held_out_seeds": study.seeds.export(),
+            "floors": study.floors,
         },
         "model_artifact": chosen.model_artifact,
-        "training": {
-            "label": objective_label(desc),
-            "parameterisation": desc["parameterisation"],
-            "sigma_data": float(desc["sigma_data"]),
-            "sigma_min": float(desc["sigma_min"]),
-            "sigma_max": float(desc["sigma_max"]),
-            "density": desc["density"],
-            "weighting": desc["weighting"],
-            "adaptive": desc.get("adaptive"),
-            "description": desc,
-            "table": table,
-            "table_note": (
-                "over lam = -2 ln sigma: p_lam = noise-level density per unit lam; w = loss "
-                "weight in the parameterisation's space; W = p_lam*w*sigma^2/c_out^2, the "
-                "effective eps-space weight per unit lam (Kingma & Gao 2023); W_normalised = W "
-                "over its area. An adaptive mechanism enters W in its initial state."
-            ),
-        },
+        "training": None if chosen.objective is None else training_section(dict(chosen.objective)),
         "schedules": schedules,
         "config": config,
     }
@@ -348,9 +335,7 @@ def to_csv(doc: dict[str, Any]) -> str:
 def kdiffusion_kwargs(sampler_kwargs: dict[str, Any]) -> dict[str, float]:
     """``models.samplers`` churn keywords under k-diffusion's names (``s_churn`` ...)."""
     return {
-        KDIFFUSION_KWARGS[k]: _float_value(v)
-        for k, v in sampler_kwargs.items()
-        if k in KDIFFUSION_KWARGS
+        KDIFFUSION_KWARGS[k]: float(v) for k, v in sampler_kwargs.items() if k in KDIFFUSION_KWARGS
     }
 
 
@@ -372,13 +357,14 @@ def kdiffusion_snippet(doc: dict[str, Any], nfe: int | None, path: str | Path) -
 def kdiffusion_payload(doc: dict[str, Any], nfe: int | None, path: str | Path) -> dict[str, Any]:
     """What the k-diffusion tensor file holds (loadable with ``weights_only=True``)."""
     sched = _one_schedule(doc, nfe)
+    held = sched.get("held_out") or {}
     return {
         "sigmas": torch.tensor(sched["sigmas"], dtype=torch.float64),
         "nfe": int(sched["nfe"]),
         "sampler": sched["sampler"],
         "k_diffusion_sampler": KDIFFUSION_SAMPLERS.get(sched["sampler"], ""),
         "sampler_kwargs": kdiffusion_kwargs(sched["sampler_kwargs"]),
-        "fid": sched["fid"],
+        "fid": held.get("tuned"),
         "study": doc["study"],
         "trial": int(doc["trial"]),
         "snippet": kdiffusion_snippet(doc, nfe, path),
@@ -394,12 +380,12 @@ def diffusers_document(doc: dict[str, Any], nfe: int | None = None) -> dict[str,
         "sigmas": list(sigmas),
         "scheduler": "EulerDiscreteScheduler",
         "usage": "scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config); "
-        "scheduler.set_timesteps(sigmas=sigmas)",
+        "scheduler.set_timesteps(sigmas=sigmas)  # the whole list, final 0 included",
         "flow_match_sigmas": [s / (1 + s) for s in sigmas[:-1]],
         "nfe": sched["nfe"],
         "sampler": sched["sampler"],
         "sampler_kwargs": sched["sampler_kwargs"],
-        "fid": sched["fid"],
+        "held_out": sched.get("held_out"),
         "study": doc["study"],
         "trial": doc["trial"],
         "notes": list(DIFFUSERS_NOTES),
@@ -413,7 +399,7 @@ def diffusers_document(doc: dict[str, Any], nfe: int | None = None) -> dict[str,
 @dataclass
 class ExportResult:
     """What :func:`export` wrote: ``paths`` (empty when ``text`` went to stdout), the text of
-    a text format, and a message for the user (the k-diffusion snippet)."""
+    a text format, and a message for the user (the k-diffusion snippets)."""
 
     document: dict[str, Any]
     format: str
@@ -422,34 +408,45 @@ class ExportResult:
     message: str = ""
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def _kdiffusion(doc: dict[str, Any], nfe: int | None, output: str | Path | None) -> ExportResult:
+    """One tensor file per NFE (or only ``nfe``): ``output`` names the file when one NFE is
+    written, or the folder when several are (default: the current folder)."""
+    result = ExportResult(document=doc, format="k-diffusion")
+    budgets = [int(nfe)] if nfe is not None else [int(k) for k in doc["schedules"]]
+    single = len(budgets) == 1 and output is not None and not Path(output).is_dir()
+    folder = Path(output) if output is not None and not single else Path(".")
+    messages = []
+    for k in budgets:
+        sched = _one_schedule(doc, k)
+        path = (
+            Path(output)
+            if single
+            else folder / f"{file_stem(doc['study'], doc['trial'])}-nfe-{k}.pt"
+        )
+        payload = kdiffusion_payload(doc, k, path)
+        atomic_write(path, lambda tmp, payload=payload: torch.save(payload, tmp))
+        result.paths.append(path)
+        messages.append(
+            f"# NFE {k} ({sched['sampler']}, held-out FID "
+            f"{records.fid_text(payload['fid'])}): {path}\n{payload['snippet']}"
+        )
+    result.message = (
+        f"# sigmas of study {doc['study']!r}, trial {doc['trial']}; k-diffusion:\n"
+        + "".join(messages)
+    )
+    return result
 
 
 def render(
     doc: dict[str, Any], fmt: str, *, nfe: int | None = None, output: str | Path | None = None
 ) -> ExportResult:
     """Write ``doc`` in ``fmt`` to ``output`` (text formats: returned as ``text`` when
-    ``output`` is None; k-diffusion: default ``STUDY-trial-NNNN-nfe-K.pt``)."""
+    ``output`` is None; k-diffusion: every NFE, see :func:`_kdiffusion`)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
-    result = ExportResult(document=doc, format=fmt)
     if fmt == "k-diffusion":
-        sched = _one_schedule(doc, nfe)
-        path = (
-            Path(output)
-            if output
-            else Path(f"{_safe(doc['study'])}-trial-{int(doc['trial']):04d}-nfe-{sched['nfe']}.pt")
-        )
-        payload = kdiffusion_payload(doc, sched["nfe"], path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, path)
-        result.paths.append(path)
-        result.message = (
-            f"# sigmas of study {doc['study']!r}, trial {doc['trial']}, NFE {sched['nfe']} "
-            f"({sched['sampler']}, FID {sched['fid']:.6g}); k-diffusion:\n{payload['snippet']}"
-        )
-        return result
+        return _kdiffusion(doc, nfe, output)
+    result = ExportResult(document=doc, format=fmt)
     if fmt == "json":
         text = dumps(doc)
     elif fmt == "csv":
@@ -457,10 +454,7 @@ def render(
     else:
         text = dumps(diffusers_document(doc, nfe))
     if output:
-        path = Path(output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        result.paths.append(path)
+        result.paths.append(write_text_atomic(output, text))
     else:
         result.text = text
     return result
@@ -478,22 +472,48 @@ def export(
     """``sigmatune export``: the best (or ``trial``'s) weighting and schedules in ``fmt``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
-    storage = open_storage(storage_url)
-    name = resolve_study_name(storage, storage_url, study_name)
-    data = load_study_data(storage, name)
-    doc = export_document(data, trial, nfe)
+    study = read(storage_url, study_name)
+    doc = export_document(study, trial, nfe if fmt in ("json", "csv") else None)
     return render(doc, fmt, nfe=nfe, output=output)
 
 
-def export_report(storage_url: str, study_name: str | None, output: str | Path) -> Path:
-    """``sigmatune report``: the self-contained HTML report with the best trial's export."""
-    from sigmatune.dashboards.report import write_report
+def check_report_output(output: str | Path) -> Path:
+    """A path ``report`` may write: a new file, or a report it wrote before (it never
+    replaces another file, such as the study's database)."""
+    from sigmatune.dashboards.report import GENERATOR_MARK
 
-    storage = open_storage(storage_url)
-    name = resolve_study_name(storage, storage_url, study_name)
-    data = load_study_data(storage, name)
-    doc = export_document(data) if data.best is not None else None
-    return write_report(data, output, export=doc)
+    path = Path(output)
+    if path.is_dir():
+        raise ValueError(
+            f"report output {str(path)!r} is a folder; give a file name (-o report.html)"
+        )
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                head = f.read(4096).decode("utf-8", errors="replace")
+        except OSError as exc:
+            raise ValueError(f"cannot read {str(path)!r} to check it ({exc})") from None
+        if GENERATOR_MARK not in head:
+            raise ValueError(
+                f"{str(path)!r} exists and is not a sigmatune report, so `report` will not "
+                "replace it; choose another output file (-o report.html)"
+            )
+    if not path.parent.is_dir():
+        raise ValueError(
+            f"the folder {str(path.parent)!r} of report output {str(path)!r} does not exist"
+        )
+    return path
+
+
+def export_report(storage_url: str, study_name: str | None, output: str | Path) -> Path:
+    """``sigmatune report``: the self-contained HTML report with the best trial's export,
+    written atomically; refuses to replace a file that is not a report."""
+    from sigmatune.dashboards.report import render_report
+
+    path = check_report_output(output)
+    study = read(storage_url, study_name)
+    doc = export_document(study) if study.best is not None else None
+    return write_text_atomic(path, render_report(study, export=doc))
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,56 +529,42 @@ def attach_export(
     trial: int | None = None,
 ) -> dict[str, Any] | None:
     """Attach the export (JSON and CSV) of the best outer trial (or ``trial``) to that trial as
-    artifacts; a previous attachment of the study is replaced. Returns the record stored in
-    the outer study's user attr ``"sigmatune:export"`` (None when no trial is complete).
-
-    A finished trial's own attributes cannot change, so the artifacts are registered the way
-    optuna-dashboard registers uploads to a trial (study system attr
-    ``dashboard:artifacts:<trial_id>:<artifact_id>``): they show on the trial's page there,
-    and ``optuna.artifacts.download_artifact(artifact_store=..., artifact_id=...)`` reads them.
-    """
-    from optuna_dashboard.artifact._backend import DASHBOARD_ARTIFACTS_ATTR_PREFIX
-
-    data = load_study_data(storage, study_name)
-    if trial is None and data.best is None:
+    artifacts, replacing a previous attachment of the study. Returns the record stored in the
+    outer study's user attr ``records.EXPORT`` (None when no trial is complete)."""
+    study = records.read_study(storage, study_name)
+    if trial is None and study.best is None:
         return None
-    doc = export_document(data, trial)
-    chosen = data.trial(int(doc["trial"]))
-    study_id = data.study_id
-
-    previous = storage.get_study_user_attrs(study_id).get(EXPORT_ATTR)
+    doc = export_document(study, trial)
+    chosen = study.trial(int(doc["trial"]))
+    previous = study.export
     if previous:
         for artifact_id in (previous.get("artifacts") or {}).values():
-            key = f"{DASHBOARD_ARTIFACTS_ATTR_PREFIX}{previous.get('trial_id')}:{artifact_id}"
-            storage.set_study_system_attr(study_id, key, json.dumps(None))
+            adapter.register_trial_artifact(
+                storage, study.study_id, previous.get("trial_id"), artifact_id, filename=None
+            )
             try:
                 artifact_store.remove(artifact_id)
             except Exception:  # already gone
                 pass
-
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = f"{_safe(study_name)}-trial-{chosen.number:04d}-export"
+    stem = f"{file_stem(study.name, chosen.number)}-export"
     files = {
         "json": (directory / f"{stem}.json", dumps(doc), "application/json"),
         "csv": (directory / f"{stem}.csv", to_csv(doc), "text/csv"),
     }
     artifacts: dict[str, str] = {}
     for fmt, (path, text, mimetype) in files.items():
-        path.write_text(text, encoding="utf-8")
+        write_text_atomic(path, text)
         artifact_id = str(uuid.uuid4())
         with open(path, "rb") as f:
             artifact_store.write(artifact_id, f)
-        meta = {
-            "artifact_id": artifact_id,
-            "filename": path.name,
-            "mimetype": mimetype,
-            "encoding": None,
-        }
-        storage.set_study_system_attr(
-            study_id,
-            f"{DASHBOARD_ARTIFACTS_ATTR_PREFIX}{chosen.trial_id}:{artifact_id}",
-            json.dumps(meta),
+        adapter.register_trial_artifact(
+            storage,
+            study.study_id,
+            chosen.trial_id,
+            artifact_id,
+            filename=path.name,
+            mimetype=mimetype,
         )
         artifacts[fmt] = artifact_id
     record = {
@@ -566,6 +572,7 @@ def attach_export(
         "trial_id": chosen.trial_id,
         "artifacts": artifacts,
         "files": {fmt: v[0].name for fmt, v in files.items()},
+        "paths": {fmt: str(v[0]) for fmt, v in files.items()},
     }
-    storage.set_study_user_attr(study_id, EXPORT_ATTR, record)
+    storage.set_study_user_attr(study.study_id, records.EXPORT, record)
     return record

@@ -8,7 +8,8 @@ Outer space (one trial = one training objective, Optuna's conditional "define-by
   ``density.lognormal.P_std`` in [0.4, 2.5] (Karras et al. 2022, Table 1: P_mean = -1.2,
   P_std = 1.2), ``density.cosine.shift`` in [-6, 6] (Hoogeboom et al. 2023, shifted cosine),
   ``uniform`` without parameters (the run's lam range), ``density.piecewise.h{i}`` in
-  [0.05, 1] (log) for ``i < config.outer.piecewise_bins``;
+  [0.05, 1] (log) for ``i < config.outer.piecewise_bins``, ``density.laplace.mu`` in [-6, 6]
+  and ``density.laplace.b`` in [0.25, 4] (log; Hang et al. 2024 use mu = 0, b = 0.5);
 - ``weighting``: categorical over ``config.outer.weightings`` with ``weighting.snr.k`` in
   [-1, 1], ``weighting.min_snr.gamma`` in [0.5, 20] (log; Hang et al. 2023 use 5),
   ``weighting.sigmoid.b`` in [-8, 8] (Kingma & Gao 2023), ``weighting.piecewise.l{i}`` in
@@ -83,6 +84,7 @@ DENSITY_SPACE: dict[str, dict[str, _Float]] = {
     "cosine": {"shift": _Float(-6.0, 6.0)},
     "uniform": {},
     "piecewise": {},
+    "laplace": {"mu": _Float(-6.0, 6.0), "b": _Float(0.25, 4.0, log=True)},
 }
 WEIGHTING_SPACE: dict[str, dict[str, _Float]] = {
     "unit": {},
@@ -477,16 +479,35 @@ def _quiet(factory: Any, *args: Any, **kwargs: Any) -> Any:
 
 def make_outer_sampler(config: Config) -> optuna.samplers.BaseSampler:
     """TPE over the conditional outer space (multivariate, grouped by the branch taken,
-    constant liar for parallel workers), or random search."""
+    constant liar for parallel workers), or random search; reseeded per trial from
+    ``(config.seed, trial number)`` so that workers sharing the study draw different points
+    and one process with the same seed makes the same study."""
+    from sigmatune.study.optuna_adapter import PerTrialSeed
+
     if config.outer.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
-    return _quiet(
+        return PerTrialSeed(optuna.samplers.RandomSampler(seed=config.seed), config.seed)
+    tpe = _quiet(
         optuna.samplers.TPESampler,
         multivariate=True,
         group=True,
         constant_liar=True,
         seed=config.seed,
+        n_startup_trials=outer_startup_trials(config),
     )
+    return PerTrialSeed(tpe, config.seed)
+
+
+def outer_startup_trials(config: Config) -> int:
+    """Finished trials before TPE models the space. The enqueued configurations (EDM's and
+    the literature's) count: they are the start-up, so TPE models from the first trial after
+    them, and a budget is never spent on random draws (Optuna's default is 10)."""
+    enqueued = int(config.outer.enqueue_baseline) + len(config.outer.literature)
+    return max(2, min(10, enqueued, config.outer.outer_trials // 4 or 2))
+
+
+def outer_objectives(config: Config) -> tuple[int, ...]:
+    """The NFE budgets the outer study minimises: ``outer.objectives``, or the primary one."""
+    return tuple(config.outer.objectives) or (config.inner.nfe_budgets[0],)
 
 
 def _inner_startup_trials(config: Config) -> int:
@@ -517,14 +538,30 @@ def make_inner_sampler(config: Config, seed: int) -> optuna.samplers.BaseSampler
     )
 
 
+OUTER_REDUCTION_FACTOR = 3
+
+
 def make_outer_pruner(config: Config) -> optuna.pruners.BasePruner:
-    """Median pruning of the interim FID reported at training checkpoints (step = images
-    trained), or none. Not before half of ``train_nimg``: early interim FIDs say more about
-    how fast a weighting starts than where it ends."""
-    if config.outer.pruner == "none":
+    """Multi-fidelity over training images: the interim FID is reported at each training
+    checkpoint (step = images trained), and Optuna's Hyperband (several successive-halving
+    brackets; Li et al. 2018) or successive halving (Jamieson & Talwalkar 2016, asynchronous
+    as Li et al. 2020) stops the worst at each rung, rungs from ``checkpoint_nimg`` up by a
+    factor 3. A surviving trial goes on training from where it is: nothing is retrained.
+    ``median`` prunes from half of ``train_nimg``. A multi-objective study is not pruned
+    (Optuna cannot prune one)."""
+    train = config.train
+    if config.outer.pruner == "none" or len(outer_objectives(config)) > 1:
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=1, n_warmup_steps=config.train.train_nimg // 2
+    if config.outer.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=train.train_nimg // 2)
+    if config.outer.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=train.checkpoint_nimg, reduction_factor=OUTER_REDUCTION_FACTOR
+        )
+    return optuna.pruners.HyperbandPruner(
+        min_resource=train.checkpoint_nimg,
+        max_resource=train.train_nimg,
+        reduction_factor=OUTER_REDUCTION_FACTOR,
     )
 
 

@@ -1,79 +1,95 @@
-"""``sigmatune status``: a table of outer trials and their inner bests, read from storage."""
+"""``sigmatune status``: the outer trials of a study and their held-out figures.
+
+As a table for people (:func:`format_status`) or a JSON list for scripts
+(:func:`status_json`: one object per trial with ``number``, ``state``, ``name``, ``label``,
+``params``, ``held_out`` (per NFE, as in the export) and ``reason``).
+"""
 
 from __future__ import annotations
 
+import json
+import textwrap
+from datetime import datetime
 from typing import Any
 
-import optuna
+from sigmatune.study import records
+from sigmatune.study.export import open_storage
+from sigmatune.study.records import StudyRecord, TrialRecord
 
-from sigmatune.study.bilevel import ROLE, describe_objective
-from sigmatune.study.storage import check_storage_exists, make_storage
-from sigmatune.study.trials import FAIL_REASON, PRUNE_REASON
-
-
-def outer_study_names(storage: optuna.storages.BaseStorage) -> list[str]:
-    return [
-        s.study_name
-        for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-        if s.user_attrs.get(ROLE) == "outer"
-    ]
+LABEL_WIDTH = 40
 
 
-def status_rows(
-    storage_url: str, study_name: str | None = None
-) -> tuple[str, list[dict[str, Any]]]:
-    """The rows of the status table: one per outer trial."""
-    check_storage_exists(storage_url)
-    storage = make_storage(storage_url, heartbeat_interval=None)
-    names = outer_study_names(storage)
-    if study_name is None:
-        if not names:
-            raise ValueError(f"no sigmatune study in {storage_url!r}")
-        if len(names) > 1:
-            raise ValueError(
-                f"{storage_url!r} holds several studies ({', '.join(names)}); "
-                "choose one with --study-name"
-            )
-        study_name = names[0]
-    elif study_name not in names:
-        raise ValueError(
-            f"no sigmatune study named {study_name!r} in {storage_url!r}; "
-            f"found: {', '.join(names) or 'none'}"
-        )
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        rows.append(
-            {
-                "trial": t.number,
-                "state": t.state.name,
-                "objective": describe_objective(t.user_attrs.get("sigmatune:objective")),
-                "value": t.value,
-                "best_fid": t.user_attrs.get("inner:best_fid", {}),
-                "baseline_fid": t.user_attrs.get("inner:baseline_fid", {}),
-                "baseline": t.user_attrs.get("baseline"),
-                "retry_of": t.system_attrs.get("failed_trial"),
-                "reason": t.user_attrs.get(FAIL_REASON) or t.user_attrs.get(PRUNE_REASON, ""),
-            }
-        )
-    return study_name, rows
+def read_status(storage_url: str, study_name: str | None = None) -> StudyRecord:
+    """The study a ``status`` command shows (the only one, or ``study_name``)."""
+    storage = open_storage(storage_url)
+    name = records.resolve_study_name(storage, storage_url, study_name)
+    return records.read_study(storage, name)
 
 
-def format_status(study_name: str, rows: list[dict[str, Any]]) -> str:
-    lines = [f"study {study_name}: {len(rows)} outer trial(s)"]
-    header = (
-        f"{'trial':>5}  {'state':<8}  {'training weighting':<44}  "
-        "inner best FID per NFE (vs karras_rho7)"
+def trial_json(study: StudyRecord, t: TrialRecord) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "state": t.state,
+        "name": t.name,
+        "label": t.label if t.objective else ("given model" if study.kind == "sampling" else None),
+        "params": t.params,
+        "held_out": {
+            str(k): (r.held_out.export() if r.held_out is not None else None)
+            for k, r in sorted(t.inner.items())
+        },
+        "reason": t.reason,
+    }
+
+
+def status_json(study: StudyRecord) -> str:
+    return json.dumps([trial_json(study, t) for t in study.trials], indent=2) + "\n"
+
+
+def _running_note(t: TrialRecord, heartbeat_grace_s: float) -> str:
+    if t.state != "RUNNING" or t.running_since is None:
+        return ""
+    started = datetime.fromisoformat(t.running_since)
+    age = (datetime.now() - started).total_seconds()
+    return (
+        f"running for {age:.0f} s; if its process was killed, its heartbeat goes stale after "
+        f"{heartbeat_grace_s:.0f} s and the next `sigmatune run` fails and retries it"
     )
-    lines.append(header)
-    for r in rows:
-        tag = " [baseline]" if r["baseline"] else ""
-        if r["retry_of"] is not None:
-            tag += f" [retry of {r['retry_of']}]"
-        cells = []
-        for nfe, fid in r["best_fid"].items():
-            karras = r["baseline_fid"].get(nfe, {}).get("karras_rho7")
-            cells.append(f"{nfe}: {fid:.4g}" + (f" ({karras:.4g})" if karras else ""))
-        detail = "  ".join(cells) if cells else r["reason"]
-        lines.append(f"{r['trial']:>5}  {r['state']:<8}  {r['objective'] + tag:<44}  {detail}")
+
+
+def format_status(study: StudyRecord, *, heartbeat_grace_s: float = 30.0) -> str:
+    """A table: one block per outer trial (its label wrapped to the column, never pushing
+    the next columns), the held-out figures per NFE below it."""
+    lines = [
+        f"study {study.name} ({study.kind}): {len(study.trials)} trial(s); FID with the "
+        f"{study.config.inner.fid_extractor!r} extractor on {study.seeds.num_images} images, "
+        f"held-out over {study.seeds.held_out_sets} seed sets",
+    ]
+    if study.floors:
+        fl = study.floors
+        lines.append(
+            f"floor (real vs real) {records.fid_text(fl['floor'])} ± "
+            f"{records.fid_text(fl['floor_spread'], 2)}; ceiling (noise vs real) "
+            f"{records.fid_text(fl['ceiling'])}"
+        )
+    lines.append(f"{'trial':>5}  {'state':<8}  {'training weighting':<{LABEL_WIDTH}}  name")
+    for t in study.trials:
+        label = t.label if t.objective else ("given model" if study.kind == "sampling" else "?")
+        tags = [t.name] if t.name else []
+        if t.retry_of is not None:
+            tags.append(f"retry of {t.retry_of}")
+        wrapped = textwrap.wrap(label, LABEL_WIDTH) or ["?"]
+        first = f"{t.number:>5}  {t.state:<8}  {wrapped[0]:<{LABEL_WIDTH}}  {', '.join(tags)}"
+        lines.append(first.rstrip())
+        lines += [f"{'':>5}  {'':<8}  {w}" for w in wrapped[1:]]
+        detail = []
+        if t.state == "COMPLETE":
+            detail = [f"nfe {k}: {records.held_out_line(r)}" for k, r in sorted(t.inner.items())]
+        elif t.reason:
+            detail = [t.reason]
+        running = _running_note(t, heartbeat_grace_s)
+        if running:
+            detail.append(running)
+        if t.note:
+            detail.append(t.note)
+        lines += [f"{'':>5}    {d}" for d in detail]
     return "\n".join(lines)

@@ -1,7 +1,10 @@
-"""Inner studies alone: tune sampling step locations for a model you already have.
+"""``sigmatune tune-sampling``: inner studies alone, for a model you already have.
 
 The model is a sigmatune model file (``--checkpoint``) or any k-diffusion-style denoiser
-``D(x, sigma) -> x0_hat`` returned by a ``module:function`` (called with no arguments).
+``D(x, sigma) -> x0_hat`` returned by a ``module:function`` (called with no arguments). The
+studies are stored like a ``run``'s: an outer study ``PREFIX`` of kind ``"sampling"`` whose
+trials (one per invocation) hold the inner records of ``PREFIX/nfe-K``, so ``status``,
+``export``, ``report`` and ``dashboard`` read them like any other study.
 """
 
 from __future__ import annotations
@@ -17,13 +20,23 @@ from typing import Any
 import optuna
 import torch
 
-from sigmatune.study import bilevel
+from sigmatune.models.samplers import DenoiserFn, generate
+from sigmatune.models.schedules import karras
+from sigmatune.study import optuna_adapter as adapter
+from sigmatune.study import records, spaces
 from sigmatune.study.config import Config
-from sigmatune.study.trials import load_model_file
+from sigmatune.study.context import RunContext, make_context
+from sigmatune.study.inner import inner_study_name, tune_steps
+from sigmatune.study.modelfile import load_model_file, read_model_file
+from sigmatune.study.records import InnerRecord, Schedule
+from sigmatune.study.run import check_stored_config
+from sigmatune.study.scoring import floors, score_schedule
 
 
-def load_denoiser_spec(spec: str) -> Callable[..., Any]:
-    """Import ``module:function`` and call the function; it must return ``D(x, sigma)``."""
+def load_denoiser_spec(spec: str) -> DenoiserFn:
+    """Import ``module:function`` and call the function; it must return ``D(x, sigma)``.
+    The current folder comes first on the import path, so a project's own ``models``
+    package is found (sigmatune's own packages are all under ``sigmatune.``)."""
     if spec.count(":") != 1 or not all(spec.split(":")):
         raise ValueError(
             f"denoiser must be 'module:function' (e.g. 'mypkg.models:load_denoiser'), "
@@ -51,131 +64,136 @@ def load_denoiser_spec(spec: str) -> Callable[..., Any]:
     return denoiser
 
 
-@dataclass
-class GapFigures:
-    """How much of the way from ``karras`` rho = 7 to a many-step reference the tuned
-    schedule goes, in the study's score and (with a known true distribution) in sliced
-    Wasserstein distance on fresh seeds: ``gap_closed = (karras - tuned) / (karras - ref)``."""
-
-    reference_steps: int
-    score: dict[str, float]  # karras_rho7, tuned, reference, gap_closed
-    sliced_wasserstein: dict[str, float] | None = None  # the same, plus true_vs_true
-
-
-@dataclass
-class TuneSummary:
-    prefix: str
-    results: dict[int, bilevel.InnerResult]
-    lines: list[str]
-    gaps: dict[int, GapFigures] = field(default_factory=dict)
-
-
-def gap_closed(baseline: float, tuned: float, reference: float) -> float:
+def gap_closed(baseline: float | None, tuned: float | None, reference: float | None) -> float:
     """``(baseline - tuned) / (baseline - reference)``; nan where the baseline is already at
-    the reference (no gap to close) or a figure is not finite."""
+    the reference (no gap to close) or a figure is missing or not finite."""
+    if baseline is None or tuned is None or reference is None:
+        return math.nan
     gap = baseline - reference
     if not (math.isfinite(gap) and gap > 0 and math.isfinite(tuned)):
         return math.nan
     return (baseline - tuned) / gap
 
 
-# Seeds for the independent check: far from the study's (1e6 * seed onwards), so the
-# tuned schedule is judged on noise it was not tuned on.
+@dataclass
+class GapFigures:
+    """How much of the way from a baseline to a many-step reference the tuned schedule
+    goes, on held-out seeds: ``gap_closed = (baseline - tuned) / (baseline - reference)``,
+    against karras rho=7 on the full range (``gap_closed``) and on the tuned schedule's own
+    range (``placement_gap_closed``: what step placement alone did); in the study's score
+    and, for data with a known distribution, in sliced Wasserstein distance."""
+
+    reference_steps: int
+    score: dict[str, float]
+    sliced_wasserstein: dict[str, float] | None = None
+
+
+@dataclass
+class TuneSummary:
+    prefix: str
+    results: dict[int, InnerRecord]
+    lines: list[str]
+    gaps: dict[int, GapFigures] = field(default_factory=dict)
+
+
+# Seeds of the sliced-Wasserstein check: far from the study's (1e6 * seed onwards).
 CHECK_SEED_OFFSET = 10**9
 
 
+def _gaps(values: dict[str, float | None]) -> dict[str, float]:
+    out = {k: (math.nan if v is None else float(v)) for k, v in values.items()}
+    out["gap_closed"] = gap_closed(values["karras_rho7"], values["tuned"], values["reference"])
+    out["placement_gap_closed"] = gap_closed(
+        values["karras_rho7_same_range"], values["tuned"], values["reference"]
+    )
+    return out
+
+
 def measure_gaps(
-    ctx: bilevel.RunContext,
-    D: Callable[..., Any],
-    result: bilevel.InnerResult,
-    sampler_kwargs: dict[str, Any],
+    ctx: RunContext,
+    D: DenoiserFn,
+    record: InnerRecord,
     *,
     reference_steps: int,
     num_samples: int = 4000,
 ) -> GapFigures:
-    """Score a ``reference_steps``-step karras schedule of the tuned sampler, and, where the
-    data set has an analytic distribution, compare karras, tuned and reference samples with
+    """Score a ``reference_steps``-step karras schedule of the tuned sampler on the held-out
+    sets, and, where the data set has an analytic distribution, compare the schedules with
     true samples in sliced Wasserstein distance on fresh seeds."""
-    from sigmatune.models.samplers import generate
-    from sigmatune.models.schedules import karras
     from sigmatune.objectives.distances import sliced_wasserstein
-    from sigmatune.study import spaces
-    from sigmatune.study.trials import score_schedule
 
     config = ctx.config
-    smin, smax = float(config.sigma_min), float(config.sigma_max)
-    base = spaces.baseline_schedules(config, result.nfe)["karras_rho7"]
-    ref_sigmas = karras(reference_steps, smin, smax, spaces.KARRAS_RHO)
-    schedules = {
-        "karras_rho7": (base.sampler, base.sigmas, dict(base.sampler_kwargs)),
-        "tuned": (result.best_sampler, torch.tensor(result.best_sigmas), sampler_kwargs),
-        "reference": (result.best_sampler, ref_sigmas, {}),
-    }
-    score = {
-        "karras_rho7": float(result.baseline_fid["karras_rho7"]),
-        "tuned": float(result.best_fid),
-        "reference": score_schedule(ctx, D, result.best_sampler, ref_sigmas),
-    }
-    score["gap_closed"] = gap_closed(score["karras_rho7"], score["tuned"], score["reference"])
-    sw = None
+    tuned = record.tuned
+    reference = Schedule(
+        tuned.sampler,
+        tuple(
+            float(s)
+            for s in karras(reference_steps, config.sigma_min, config.sigma_max, spaces.KARRAS_RHO)
+        ),
+    )
+    held = record.held_out
+    assert held is not None
+    ref = [score_schedule(ctx, D, reference, ctx.seeds.held_out(k)) for k in range(held.seeds[2])]
+    score = _gaps(
+        {
+            "karras_rho7": held.mean("karras_rho7"),
+            "karras_rho7_same_range": held.mean("karras_rho7_same_range"),
+            "tuned": held.mean("tuned"),
+            "reference": sum(ref) / len(ref),
+        }
+    )
     truth = getattr(ctx.data, "analytic", None)
-    if truth is not None:
-        g = torch.Generator().manual_seed(CHECK_SEED_OFFSET + config.seed)
-        true_a = truth.sample(num_samples, generator=g)
-        true_b = truth.sample(num_samples, generator=g)
-        seeds = range(CHECK_SEED_OFFSET, CHECK_SEED_OFFSET + num_samples)
-        sw = {"true_vs_true": sliced_wasserstein(true_a, true_b)}
-        for name, (sampler, sigmas, kwargs) in schedules.items():
-            x = torch.cat(
-                list(
-                    generate(
-                        D,
-                        sigmas,
-                        sampler,
-                        seeds,
-                        ctx.shape,
-                        config.inner.batch_size,
-                        device=ctx.device,
-                        **kwargs,
-                    )
+    if truth is None:
+        return GapFigures(reference_steps, score)
+    g = torch.Generator().manual_seed(CHECK_SEED_OFFSET + config.seed)
+    true_a = truth.sample(num_samples, generator=g)
+    true_b = truth.sample(num_samples, generator=g)
+    seeds = range(CHECK_SEED_OFFSET, CHECK_SEED_OFFSET + num_samples)
+    sw: dict[str, float | None] = {"true_vs_true": sliced_wasserstein(true_a, true_b)}
+    schedules = {
+        **{k: record.schedules[k] for k in ("tuned", "karras_rho7", "karras_rho7_same_range")},
+        "reference": reference,
+    }
+    for name, sched in schedules.items():
+        x = torch.cat(
+            list(
+                generate(
+                    D,
+                    torch.tensor(sched.sigmas, dtype=torch.float64),
+                    sched.sampler,
+                    seeds,
+                    ctx.shape,
+                    config.inner.batch_size,
+                    device=ctx.device,
+                    **sched.sampler_kwargs,
                 )
             )
-            sw[name] = sliced_wasserstein(x.cpu(), true_a)
-        sw["gap_closed"] = gap_closed(sw["karras_rho7"], sw["tuned"], sw["reference"])
-    return GapFigures(reference_steps=reference_steps, score=score, sliced_wasserstein=sw)
+        )
+        sw[name] = sliced_wasserstein(x.cpu(), true_a)
+    return GapFigures(reference_steps, score, _gaps(sw))
 
 
 def format_gaps(nfe: int, gaps: GapFigures) -> str:
     sc = gaps.score
     line = (
-        f"nfe {nfe}: gap to a {gaps.reference_steps}-step reference closed "
-        f"{sc['gap_closed']:.1%} in FID (karras {sc['karras_rho7']:.4g}, tuned "
-        f"{sc['tuned']:.4g}, reference {sc['reference']:.4g})"
+        f"nfe {nfe}: on held-out seeds, the gap to a {gaps.reference_steps}-step reference is "
+        f"closed {sc['gap_closed']:.1%} from karras ρ=7 and {sc['placement_gap_closed']:.1%} "
+        f"from karras ρ=7 on the tuned σ range, in FID (karras {sc['karras_rho7']:.4g}, same "
+        f"range {sc['karras_rho7_same_range']:.4g}, tuned {sc['tuned']:.4g}, reference "
+        f"{sc['reference']:.4g})"
     )
     sw = gaps.sliced_wasserstein
     if sw is not None:
         line += (
-            f"; {sw['gap_closed']:.1%} in sliced Wasserstein to true samples on fresh seeds "
-            f"(karras {sw['karras_rho7']:.4g}, tuned {sw['tuned']:.4g}, reference "
+            f"; {sw['gap_closed']:.1%} and {sw['placement_gap_closed']:.1%} in sliced "
+            f"Wasserstein to true samples (karras {sw['karras_rho7']:.4g}, same range "
+            f"{sw['karras_rho7_same_range']:.4g}, tuned {sw['tuned']:.4g}, reference "
             f"{sw['reference']:.4g}, true vs true {sw['true_vs_true']:.4g})"
         )
     return line
 
 
-def tune_sampling(
-    config: Config,
-    *,
-    checkpoint: str | None = None,
-    denoiser: str | Callable[..., Any] | None = None,
-    study_name: str | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    context: bilevel.RunContext | None = None,
-    reference_steps: int = 256,
-) -> TuneSummary:
-    """Run (or resume) one inner study per NFE budget of ``config`` for one model; then,
-    unless ``reference_steps`` is 0, measure how much of the gap between ``karras`` rho = 7
-    and a ``reference_steps``-step reference the tuned schedule closes (:func:`measure_gaps`)."""
+def _check_reference_steps(reference_steps: Any) -> int:
     if (
         isinstance(reference_steps, bool)
         or int(reference_steps) != reference_steps
@@ -185,65 +203,82 @@ def tune_sampling(
             f"reference_steps must be 0 (no reference) or an integer >= 2, "
             f"but got reference_steps={reference_steps}"
         )
+    return int(reference_steps)
+
+
+def open_sampling_study(ctx: RunContext, prefix: str, source: str) -> optuna.Study:
+    """The outer study of kind "sampling" that holds a tune-sampling's results."""
+    study, created = adapter.create_or_load(
+        prefix,
+        ctx.storage,
+        sampler=optuna.samplers.RandomSampler(),
+        pruner=optuna.pruners.NopPruner(),
+    )
+    if created:
+        config = ctx.config.replace(name=prefix)
+        records.init_outer_study(study, config, kind="sampling", floors=floors(ctx), source=source)
+        study.set_metric_names([f"FID (held-out, NFE {ctx.config.inner.nfe_budgets[0]})"])
+    else:
+        check_stored_config(study, ctx.config.replace(name=prefix))
+    return study
+
+
+def tune_sampling(
+    config: Config,
+    *,
+    checkpoint: str | None = None,
+    denoiser: str | DenoiserFn | None = None,
+    study_name: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    context: RunContext | None = None,
+    reference_steps: int = 256,
+) -> TuneSummary:
+    """Run (or resume) one inner study per NFE budget of ``config`` for one model, re-score
+    on held-out seeds, and, unless ``reference_steps`` is 0, measure the gap closed to a
+    ``reference_steps``-step reference (:func:`measure_gaps`). The model is checked before
+    any expensive work (the FID reference is built only for a model that loads)."""
+    reference_steps = _check_reference_steps(reference_steps)
     if (checkpoint is None) == (denoiser is None):
         raise ValueError(
             "give exactly one of checkpoint (a model file) or denoiser ('module:function')"
         )
+    prefix = study_name or f"{config.name}-sampling"
+    config.replace(name=prefix)  # a name that is too long or has a '/' fails here
     if checkpoint is not None:
         source = str(checkpoint)
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(
-                f"checkpoint {source!r} does not exist; pass a model file written by "
-                "`sigmatune run` (see `sigmatune status`) or use --denoiser module:function"
-            )
+        payload = read_model_file(checkpoint)
     else:
         source = denoiser if isinstance(denoiser, str) else getattr(denoiser, "__name__", "D")
     D = load_denoiser_spec(denoiser) if isinstance(denoiser, str) else denoiser
-    ctx = context or bilevel.make_context(config, progress=progress, log=log)
+    ctx = context or make_context(config, progress=progress, log=log)
     if checkpoint is not None:
-        D, payload = load_model_file(checkpoint, device=ctx.device)
         if tuple(payload["shape"]) != ctx.shape:
             raise ValueError(
                 f"checkpoint {source!r} makes samples of shape {tuple(payload['shape'])}, but "
                 f"dataset {config.dataset!r} has shape {ctx.shape}"
             )
-    prefix = study_name or f"{config.name}-sampling"
-    results: dict[int, bilevel.InnerResult] = {}
+        D, _ = load_model_file(checkpoint, device=ctx.device)
+    study = open_sampling_study(ctx, prefix, source)
+    results: dict[int, InnerRecord] = {}
     lines: list[str] = []
     for nfe in config.inner.nfe_budgets:
-        result = bilevel.run_inner_study(
-            ctx,
-            D,
-            bilevel.inner_study_name(prefix, nfe),
-            nfe,
-            outer_link={"sigmatune:source": source},
+        record = tune_steps(
+            ctx, D, inner_study_name(prefix, nfe), nfe, link={records.OUTER_STUDY: prefix}
         )
-        results[nfe] = result
-        karras = result.baseline_fid.get("karras_rho7")
-        loglin = result.baseline_fid.get("loglinear")
-        line = f"nfe {nfe}: best {result.best_fid:.4g} ({result.best_sampler})"
-        if karras:
-            line += f"  karras_rho7 {karras:.4g} (x{result.best_fid / karras:.3g})"
-        if loglin:
-            line += f"  loglinear {loglin:.4g}"
+        results[nfe] = record
+        line = f"nfe {nfe}: {record.tuned.sampler}, held-out FID {records.held_out_line(record)}"
+        line += f"; search minimum {record.search_fid:.4g} on the search seeds"
+        if record.at_bound:
+            line += f"; best trial on a bound of the space: {', '.join(record.at_bound)}"
         lines.append(line)
         log(line)
     gaps: dict[int, GapFigures] = {}
     if reference_steps:
-        for nfe, result in results.items():
-            study = optuna.load_study(study_name=result.study_name, storage=ctx.storage)
-            best = bilevel.best_of(study)
-            kwargs = dict(best.user_attrs.get("sampler_kwargs", {})) if best else {}
-            gaps[nfe] = measure_gaps(ctx, D, result, kwargs, reference_steps=reference_steps)
-            study.set_user_attr(
-                "tune:gaps",
-                {
-                    "reference_steps": reference_steps,
-                    "score": gaps[nfe].score,
-                    "sliced_wasserstein": gaps[nfe].sliced_wasserstein,
-                },
-            )
+        for nfe, record in results.items():
+            gaps[nfe] = measure_gaps(ctx, D, record, reference_steps=reference_steps)
             line = format_gaps(nfe, gaps[nfe])
             lines.append(line)
             log(line)
+    records.add_sampling_trial(study, results, gaps={k: vars(v) for k, v in gaps.items()})
     return TuneSummary(prefix=prefix, results=results, lines=lines, gaps=gaps)

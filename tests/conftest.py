@@ -1,11 +1,12 @@
 """Shared fixtures: a synthetic sigmatune study in a temp SQLite file (fast), and one study
 made by a real, minimal ``toy`` run (slow, made once per session).
 
-The synthetic study has the stored layout of ``study.bilevel`` (schema 1): an outer study
-``synth`` with the EDM-defaults trial, two more complete trials and a failed one, and for each
-complete trial two inner studies ``synth/trial-NNNN/nfe-K`` holding the two baselines
-(``karras_rho7``, ``loglinear``) and three tuned schedules. FIDs are made up; every schedule is
-a valid one.
+The synthetic study is written through ``sigmatune.study.records``' writer functions, the
+one writer of the stored layout: an outer study ``synth`` with the EDM-defaults trial, two
+more complete trials and a failed one; for each complete trial two inner studies
+``synth/trial-NNNN/nfe-K`` holding the starting points (``karras_rho7``, ``loglinear``) and
+three searched schedules, and held-out figures for the best schedule and the fair baselines.
+FIDs are made up; every schedule is a valid one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ import pytest
 
 SYNTH_NAME = "synth"
 SYNTH_NFE = (5, 9)
+SYNTH_FLOORS = {
+    "floor": 0.004,
+    "floor_spread": 0.001,
+    "floor_values": [0.003, 0.004, 0.005],
+    "floor_num_images": 1000,
+    "ceiling": 2.5,
+    "ceiling_spread": 0.1,
+    "ceiling_values": [2.4, 2.5, 2.6],
+    "sets": 3,
+}
 
 
 @dataclass
@@ -32,7 +43,7 @@ class SyntheticStudy:
     path: Path
     storage: optuna.storages.BaseStorage
     name: str
-    config: dict[str, Any]
+    config: Any  # study.config.Config
     best_number: int
     expected: dict[int, dict[str, Any]]  # outer trial -> what was stored
 
@@ -86,25 +97,101 @@ def build_synthetic_study(directory: Path, name: str = SYNTH_NAME) -> SyntheticS
     return study
 
 
-def _build_synthetic_study(directory: Path, name: str) -> SyntheticStudy:
+def _synthetic_inner(
+    storage: optuna.storages.BaseStorage,
+    inner_name: str,
+    nfe: int,
+    scale: float,
+    link: dict[str, Any],
+    gen: Any,
+    config: Any,
+) -> Any:
+    """One inner study written as the runner writes it; returns its InnerRecord."""
     import torch
 
     from sigmatune.models.samplers import steps_for_nfe
     from sigmatune.models.schedules import from_gaps, karras, loglinear
+    from sigmatune.study import records
+    from sigmatune.study.records import HeldOut, InnerRecord, Schedule
+
+    smin, smax = float(config.sigma_min), float(config.sigma_max)
+    inner = optuna.create_study(study_name=inner_name, storage=storage)
+    records.init_inner_study(inner, nfe, link)
+    n = steps_for_nfe("heun", nfe)
+    churn = {"S_churn": 0.0, "S_min": 0.0, "S_max": math.inf, "S_noise": 1.0}
+    rows = [
+        ("karras_rho7", karras(n, smin, smax), scale * 1.6, {}),
+        ("loglinear", loglinear(n, smin, smax), scale * 1.9, {}),
+    ]
+    for fid in (scale * 1.3, scale, scale * 1.1):
+        gaps = torch.rand(n - 1, generator=gen, dtype=torch.float64) + 0.2
+        rows.append((None, from_gaps(gaps, smin, smax), fid, churn))
+    for start, sigmas, fid, kwargs in rows:
+        trial = inner.ask()
+        for i in range(len(sigmas) - 2):  # n - 1 gaps
+            trial.suggest_float(f"heun.gap_{i}", 0.0, 100.0)
+        if start:
+            trial.set_user_attr(records.START, start)
+        records.write_schedule(trial, Schedule("heun", tuple(sigmas.tolist()), kwargs))
+        records.write_inner_fid(trial, fid)
+        inner.tell(trial, math.log(fid))
+    best = min(inner.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.value)
+    tuned = records.read_inner_schedule(best)
+    lo, hi = tuned.sigma_range
+    schedules = {
+        "tuned": tuned,
+        "karras_rho7": Schedule("heun", tuple(karras(n, smin, smax).tolist())),
+        "karras_rho7_same_range": Schedule("heun", tuple(karras(n, lo, hi).tolist())),
+        "loglinear_same_range": Schedule("heun", tuple(loglinear(n, lo, hi).tolist())),
+    }
+    held = HeldOut(
+        seeds=(256, 256, 3),
+        scores={
+            "tuned": (scale * 0.9, scale * 1.0, scale * 1.1),
+            "karras_rho7": (scale * 1.5, scale * 1.6, scale * 1.7),
+            "karras_rho7_same_range": (scale * 1.1, scale * 1.2, scale * 1.3),
+            "loglinear_same_range": (scale * 1.3, scale * 1.4, scale * 1.5),
+        },
+        floor=SYNTH_FLOORS["floor"],
+        floor_spread=SYNTH_FLOORS["floor_spread"],
+        tuned_trial=best.number,
+    )
+    records.write_held_out(inner, held)
+    record = InnerRecord(
+        nfe=nfe,
+        study_name=inner_name,
+        search_fid=best.user_attrs[records.FID],
+        search_trial=best.number,
+        params=dict(best.params),
+        schedules=schedules,
+        search_baselines={r[0]: r[2] for r in rows[:2]},
+        held_out=held,
+    )
+    return record, best
+
+
+def _build_synthetic_study(directory: Path, name: str) -> SyntheticStudy:
+    import torch
+
+    from sigmatune.study import records
     from sigmatune.study.config import load_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = directory / "synth.db"
     url = f"sqlite:///{path}"
     config = load_config(
-        "toy", {"name": name, "storage": url, "inner.nfe_budgets": list(SYNTH_NFE)}
-    ).to_dict()
+        "toy",
+        {
+            "name": name,
+            "storage": url,
+            "inner.nfe_budgets": list(SYNTH_NFE),
+            "inner.fid_num_images": 256,
+        },
+    )
     storage = optuna.storages.RDBStorage(url)
-    smin, smax = float(config["sigma_min"]), float(config["sigma_max"])
+    smin, smax = float(config.sigma_min), float(config.sigma_max)
     outer = optuna.create_study(study_name=name, storage=storage, direction="minimize")
-    outer.set_user_attr("sigmatune:schema", 1)
-    outer.set_user_attr("sigmatune:role", "outer")
-    outer.set_user_attr("sigmatune:config", config)
+    records.init_outer_study(outer, config, kind="bilevel", floors=SYNTH_FLOORS)
 
     configs = [
         ("edm", ("lognormal", {"P_mean": -1.2, "P_std": 1.2}), ("unit", {}), None, "edm"),
@@ -115,93 +202,34 @@ def _build_synthetic_study(directory: Path, name: str) -> SyntheticStudy:
     expected: dict[int, dict[str, Any]] = {}
     # primary-NFE FIDs per outer trial; trial 1 is the best
     primary_fid = {0: 0.30, 1: 0.12, 2: 0.21}
-    for number, (par, dens, wt, ad, baseline) in enumerate(configs):
+    for number, (par, dens, wt, ad, literature) in enumerate(configs):
         desc = _describe(par, dens, wt, ad, smin, smax)
-        prefix = f"{name}/trial-{number:04d}"
-        inner_studies, best_fid, base_fid, best_sigmas, best_sampler = {}, {}, {}, {}, {}
-        best_params, inner_best = {}, {}
+        trial = outer.ask()
+        assert trial.number == number
+        if literature:
+            trial.set_user_attr(records.NAME, literature)
+        records.begin_outer_trial(trial, desc, number, literature)
+        link = records.outer_link(name, number, number)
+        inner, inner_best = {}, {}
         for j, nfe in enumerate(SYNTH_NFE):
-            inner_name = f"{prefix}/nfe-{nfe}"
-            inner = optuna.create_study(study_name=inner_name, storage=storage)
-            inner.set_user_attr("sigmatune:schema", 1)
-            inner.set_user_attr("sigmatune:role", "inner")
-            inner.set_user_attr("nfe", nfe)
-            inner.set_user_attr("outer:study", name)
-            inner.set_user_attr("outer:trial", number)
-            inner.set_user_attr("outer:original_trial", number)
-            n = steps_for_nfe("heun", nfe)
             scale = primary_fid[number] * (1.0 if j == 0 else 0.5)
-            rows = [
-                ("karras_rho7", karras(n, smin, smax), scale * 1.6, {}),
-                ("loglinear", loglinear(n, smin, smax), scale * 1.9, {}),
-            ]
-            kwargs_tuned = {"S_churn": 0.0, "S_min": 0.0, "S_max": math.inf, "S_noise": 1.0}
-            for fid in (scale * 1.3, scale, scale * 1.1):
-                gaps = torch.rand(n - 1, generator=gen, dtype=torch.float64) + 0.2
-                rows.append((None, from_gaps(gaps, smin, smax), fid, kwargs_tuned))
-            for base, sigmas, fid, kw in rows:
-                params = {
-                    f"gap_{i}": float(g)
-                    for i, g in enumerate((-2 * torch.log(sigmas[:-1])).diff().tolist())
-                }
-                attrs = {
-                    "sigmatune:schema": 1,
-                    "sampler": "heun",
-                    "sampler_kwargs": kw,
-                    "sigmas": [float(s) for s in sigmas],
-                }
-                if base:
-                    attrs["baseline"] = base
-                inner.add_trial(
-                    optuna.trial.create_trial(
-                        value=fid,
-                        params=params,
-                        distributions={
-                            p: optuna.distributions.FloatDistribution(0.0, 100.0) for p in params
-                        },
-                        user_attrs=attrs,
-                    )
-                )
-            best = min(
-                inner.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.value
+            inner[nfe], inner_best[nfe] = _synthetic_inner(
+                storage, f"{name}/trial-{number:04d}/nfe-{nfe}", nfe, scale, link, gen, config
             )
-            inner_studies[str(nfe)] = inner_name
-            best_fid[str(nfe)] = best.value
-            base_fid[str(nfe)] = {r[0]: r[2] for r in rows[:2]}
-            best_sigmas[str(nfe)] = best.user_attrs["sigmas"]
-            best_sampler[str(nfe)] = "heun"
-            best_params[str(nfe)] = best.params
-            inner_best[nfe] = best
-        attrs = {
-            "sigmatune:schema": 1,
-            "sigmatune:objective": desc,
-            "sigmatune:original_trial": number,
-            "inner:studies": inner_studies,
-            "inner:best_fid": best_fid,
-            "inner:baseline_fid": base_fid,
-            "inner:best_params": best_params,
-            "inner:best_sigmas": best_sigmas,
-            "inner:best_sampler": best_sampler,
-            "sigmatune:model_artifact": f"model-{number}",
-        }
-        if baseline:
-            attrs["baseline"] = baseline
-        outer.add_trial(
-            optuna.trial.create_trial(value=best_fid[str(SYNTH_NFE[0])], user_attrs=attrs)
-        )
-        expected[number] = {"attrs": attrs, "inner_best": inner_best, "description": desc}
-    failed = optuna.trial.create_trial(
-        state=optuna.trial.TrialState.FAIL,
-        user_attrs={
-            "sigmatune:schema": 1,
-            "sigmatune:fail_reason": "NonFiniteLossError: nan",
-            "sigmatune:original_trial": 3,
-            "sigmatune:objective": _describe(
-                "x0", ("lognormal", {}), ("snr", {"k": 1.0}), None, smin, smax
-            ),
-        },
+        records.write_model_artifact(trial, f"model-{number}")
+        records.write_inner_records(trial, inner)
+        outer.tell(trial, inner[SYNTH_NFE[0]].value)
+        expected[number] = {"inner": inner, "inner_best": inner_best, "description": desc}
+    failed = outer.ask()
+    records.begin_outer_trial(
+        failed,
+        _describe("x0", ("lognormal", {}), ("snr", {"k": 1.0}), None, smin, smax),
+        3,
+        None,
     )
-    outer.add_trial(failed)
+    records.write_failure(failed, RuntimeError("nan"))
+    failed.set_user_attr(records.FAIL_REASON, "NonFiniteLossError: nan")
+    outer.tell(failed, state=optuna.trial.TrialState.FAIL)
     return SyntheticStudy(
         url=url,
         path=path,
@@ -272,15 +300,15 @@ class ToyRun:
     directory: Path
     name: str
     config: Any  # study.config.Config
-    summary: Any  # study.bilevel.RunSummary
+    summary: Any  # study.run.RunSummary
 
 
 @pytest.fixture(scope="session")
 def toy_run(tmp_path_factory: pytest.TempPathFactory) -> ToyRun:
     """``sigmatune run --preset toy`` made as small as it goes (2 outer x 4 inner trials, one
     NFE budget, 256 images), in a temp folder, with the after-trial and after-run hooks."""
-    from sigmatune.study.bilevel import run
     from sigmatune.study.config import load_config
+    from sigmatune.study.run import run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directory = tmp_path_factory.mktemp("toyrun")

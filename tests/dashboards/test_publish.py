@@ -11,6 +11,7 @@ from optuna_dashboard import get_note
 from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
 
 from sigmatune.dashboards import publish as P
+from sigmatune.study.records import read_study
 
 OUTER_IDS = {
     "sigmatune-headline",
@@ -77,7 +78,8 @@ def test_notes_link_outer_trials_and_inner_studies_both_ways(published):
     inner_note = get_note(inner)
     assert f"/dashboard/studies/{outer._study_id}/trials?numbers=2" in _links(inner_note)
     assert f"/dashboard/studies/{outer._study_id}" in _links(inner_note)
-    assert "karras ρ=7" in inner_note and "loglinear" in inner_note
+    assert "karras ρ=7" in inner_note and "loglinear, tuned σ range" in inner_note
+    assert "held-out" in inner_note.lower()
 
 
 def test_inner_studies_get_their_step_figure(published):
@@ -97,13 +99,13 @@ def test_republishing_replaces_figures_and_notes_instead_of_piling_up(published)
     assert set(_figures(storage, "synth")) == OUTER_IDS
     plot_keys = {k for k in after if k.startswith("dashboard:plot_data:")}
     assert plot_keys == {k for k in before if k.startswith("dashboard:plot_data:")}
-    assert get_note(outer) == P.study_note(P.load_study_data(storage, "synth"))
+    assert get_note(outer) == P.study_note(read_study(storage, "synth"))
 
 
 def test_after_outer_trial_hook_publishes(synthetic_study):
     from types import SimpleNamespace
 
-    from sigmatune.study.bilevel import after_outer_trial
+    from sigmatune.study.run import after_outer_trial
 
     messages = []
     ctx = SimpleNamespace(storage=synthetic_study.storage, log=messages.append)
@@ -111,4 +113,4 @@ def test_after_outer_trial_hook_publishes(synthetic_study):
     after_outer_trial(ctx, outer, outer.trials[2])
     assert messages == []
     assert set(_figures(synthetic_study.storage, "synth")) == OUTER_IDS
-    assert "Outer trial 2" in get_note(optuna.Trial(outer, outer.trials[2]._trial_id))
+    assert "## trial 2: " in get_note(optuna.Trial(outer, outer.trials[2]._trial_id))

@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 import pytest
 from plotly.offline import get_plotlyjs
 
-from sigmatune.dashboards.figures import load_study_data
-from sigmatune.dashboards.report import render_report, write_report
+from sigmatune.dashboards.report import render_report
+from sigmatune.study.records import read_study
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -48,10 +48,9 @@ def _local(url: str) -> bool:
 
 @pytest.fixture
 def report(synthetic_study, tmp_path) -> Path:
-    from sigmatune.study.export import export_document
+    from sigmatune.study.export import export_report
 
-    data = load_study_data(synthetic_study.storage, synthetic_study.name)
-    return write_report(data, tmp_path / "report.html", export=export_document(data))
+    return export_report(synthetic_study.url, None, tmp_path / "report.html")
 
 
 def test_report_is_one_file_with_plotly_inlined_once(report):
@@ -59,16 +58,17 @@ def test_report_is_one_file_with_plotly_inlined_once(report):
     assert text.count(get_plotlyjs()[:400]) == 1
     assert "<script src" not in text and "<link" not in text and "@import" not in text
     assert text.count('class="plotly-graph-div"') == 5
-    for section in ("Best configuration", "Outer trials", "Exported schedules (best trial)"):
+    for section in ("Best configuration", "Trials", "Exported schedules (best trial)"):
         assert section in text
-    assert "eps · min_snr(5) · cosine(1)" in text  # the best trial's training weighting
+    assert "eps min_snr(5) cosine(1)" in text  # the best trial's training weighting
+    assert "held-out seed sets" in text and "Floor (real vs real) 0.004" in text
 
 
 def test_report_lists_each_schedule_sigma(synthetic_study):
-    data = load_study_data(synthetic_study.storage, synthetic_study.name)
+    data = read_study(synthetic_study.storage, synthetic_study.name)
     text = render_report(data)
-    for nfe, by_name in data.best.schedules.items():
-        for s in by_name["tuned"].sigmas:
+    for nfe, record in data.best.inner.items():
+        for s in record.tuned.sigmas:
             assert f"<td class=num>{s:.6g}</td>" in text, (nfe, s)
 
 

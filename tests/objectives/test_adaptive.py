@@ -436,6 +436,7 @@ DENSITY_PARAMS = {
     "cosine": {"shift": 1.0},
     "uniform": {"lam_min": 0.0, "lam_max": 5.0},  # a sub-range: p = 0 on most bins
     "piecewise": {"heights": [0.05, 1.0, 3.0, 0.01, 2.0]},  # jumps and near-empty stretches
+    "laplace": {"mu": 1.0, "b": 0.5},
 }
 
 

@@ -194,6 +194,7 @@ DENSITY_CASES = [
     ("cosine", {"shift": -1.0}),
     ("uniform", {"lam_min": -2.0}),
     ("piecewise", {"heights": [3.0, 1.0, 0.5, 2.0]}),
+    ("laplace", {"mu": 1.0, "b": 0.75}),
 ]
 
 

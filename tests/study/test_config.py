@@ -87,7 +87,19 @@ BAD = [
     ),
     ({"outer.outer_trials": 0}, r"outer\.outer_trials must be a positive integer, but got 0"),
     ({"outer.sampler": "cmaes"}, r"outer\.sampler must be one of tpe, random, but got 'cmaes'"),
-    ({"outer.pruner": "hyperband"}, r"outer\.pruner must be one of median, none"),
+    (
+        {"outer.pruner": "asha"},
+        r"outer\.pruner must be one of hyperband, successive_halving, median, none",
+    ),
+    (
+        {"outer.literature": ["edm"]},
+        r"outer\.literature must be a list of distinct names from: edm2, .*EDM's defaults",
+    ),
+    (
+        {"outer.densities": ["lognormal", "cosine", "uniform"]},
+        r"outer\.densities must include 'laplace' for the literature configuration 'laplace'",
+    ),
+    ({"outer.objectives": [5, 7]}, r"outer\.objectives must be NFE budgets of inner"),
     (
         {"outer.densities": ["lognormal", "foo"]},
         r"outer\.densities must be a non-empty list of distinct names from: lognormal, .*"
@@ -106,7 +118,7 @@ BAD = [
         r"but got 1",
     ),
     (
-        {"outer.parameterisations": ["v"]},
+        {"outer.parameterisations": ["v"], "outer.literature": []},
         r"outer\.parameterisations must include 'edm' when "
         r"outer\.enqueue_baseline = true",
     ),

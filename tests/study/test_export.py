@@ -15,12 +15,13 @@ import optuna
 import pytest
 import torch
 
-from sigmatune.dashboards.figures import load_study_data
 from sigmatune.models.analytic import GaussianMixture
 from sigmatune.models.samplers import euler, heun
 from sigmatune.models.schedules import validate
 from sigmatune.study import export as E
+from sigmatune.study import records
 from sigmatune.study.cli import main
+from sigmatune.study.records import read_study
 
 
 def _strict_loads(text: str):
@@ -44,7 +45,7 @@ def _all_sigma_lists(node, path="$"):
 
 @pytest.fixture
 def data(synthetic_study):
-    return load_study_data(synthetic_study.storage, synthetic_study.name)
+    return read_study(synthetic_study.storage, synthetic_study.name)
 
 
 @pytest.fixture
@@ -72,6 +73,9 @@ def test_json_export_validates_against_the_shipped_schema(doc):
         lambda d: d["schedules"]["5"].update(sampler="rk4"),
         lambda d: d["training"]["table"].pop("W"),
         lambda d: d["training"].update(parameterisation="score"),
+        lambda d: d["schedules"]["5"]["held_out"].pop("karras_rho7_same_range"),
+        lambda d: d["schedules"]["5"]["held_out"].update(seeds=[0, 256, 1]),
+        lambda d: d["fid_settings"].pop("held_out_seeds"),
     ],
 )
 def test_schema_rejects_broken_exports(doc, breakage):
@@ -83,8 +87,8 @@ def test_schema_rejects_broken_exports(doc, breakage):
 
 def test_every_sigma_list_is_a_valid_schedule(doc):
     found = list(_all_sigma_lists(doc))
-    # 2 NFE budgets x (tuned + 2 baselines)
-    assert len(found) == 6
+    # 2 NFE budgets x (tuned + 3 fair baselines)
+    assert len(found) == 8
     for path, sigmas in found:
         s = validate(sigmas)
         assert s[0] > s[1] and float(s[-1]) == 0.0, path
@@ -92,21 +96,31 @@ def test_every_sigma_list_is_a_valid_schedule(doc):
 
 def test_export_holds_the_best_trial_and_its_inner_results(doc, synthetic_study):
     exp = synthetic_study.expected[synthetic_study.best_number]
-    attrs = exp["attrs"]
     assert doc["study"] == "synth" and doc["trial"] == 1 and doc["is_best"] is True
-    assert doc["fid"] == attrs["inner:best_fid"]["5"] and doc["primary_nfe"] == 5
+    assert doc["fid"] == pytest.approx(exp["inner"][5].held_out.mean("tuned"))
+    assert doc["primary_nfe"] == 5 and doc["kind"] == "bilevel"
     assert doc["dataset"] == "gmm2d" and doc["model_artifact"] == "model-1"
-    assert doc["fid_settings"]["seeds"] == {"start": 0, "stop": 1000}
+    settings = doc["fid_settings"]
+    assert settings["search_seeds"] == [0, 256]
+    assert settings["held_out_seeds"] == [256, 256, 3]  # disjoint from the search seeds
+    assert settings["floors"]["floor"] == 0.004
     assert doc["training"]["description"] == exp["description"]
     for nfe, best in exp["inner_best"].items():
         sched = doc["schedules"][str(nfe)]
-        assert sched["sigmas"] == best.user_attrs["sigmas"]
-        assert sched["fid"] == best.value and sched["inner_trial"] == best.number
+        assert sched["sigmas"] == best.user_attrs[records.SIGMAS]
+        assert sched["search_fid"] == best.user_attrs[records.FID]
+        assert sched["inner_trial"] == best.number
         assert sched["inner_study"] == f"synth/trial-0001/nfe-{nfe}"
         assert sched["sampler"] == "heun" and sched["num_steps"] == len(sched["sigmas"]) - 1
         assert sched["sampler_kwargs"]["S_max"] == "inf"  # strict JSON for math.inf
-        for name in ("karras_rho7", "loglinear"):
-            assert sched["baselines"][name]["fid"] == attrs["inner:baseline_fid"][str(nfe)][name]
+        held = exp["inner"][nfe].held_out
+        # the export contract: exactly these keys, the held-out means and the floor
+        assert list(sched["held_out"]) == list(records.EXPORT_HELD_OUT_KEYS)
+        for name in ("tuned", *records.HELD_OUT_BASELINES):
+            assert sched["held_out"][name] == pytest.approx(held.mean(name))
+        assert sched["held_out"]["tuned_spread"] == pytest.approx(held.spread("tuned"))
+        assert sched["held_out"]["floor"] == 0.004 and sched["held_out"]["floor_spread"] == 0.001
+        assert set(sched["baselines"]) == set(records.HELD_OUT_BASELINES)
         assert sched["lam"] == pytest.approx([-2 * math.log(s) for s in sched["sigmas"][:-1]])
 
 
@@ -123,7 +137,7 @@ def test_weighting_table_matches_edm_closed_form_for_the_edm_trial(data):
     assert float(torch.trapezoid(torch.tensor(t["W_normalised"], dtype=torch.float64), lam)) == (
         pytest.approx(1.0)
     )
-    assert doc["baseline"] == "edm" and doc["is_best"] is False
+    assert doc["name"] == "edm" and doc["is_best"] is False
 
 
 def test_trial_and_nfe_selection_and_their_errors(data):
@@ -187,7 +201,7 @@ def _kdiffusion_sample_heun(
 
 def test_kdiffusion_export_loads_and_drives_a_kdiffusion_sampler(doc, tmp_path):
     path = tmp_path / "best.pt"
-    result = E.render(doc, "k-diffusion", output=path)
+    result = E.render(doc, "k-diffusion", nfe=5, output=path)
     assert result.paths == [path]
     payload = torch.load(path, weights_only=True)
     sigmas = payload["sigmas"]
@@ -273,7 +287,7 @@ def test_attach_export_puts_json_and_csv_on_the_best_trial_and_replaces_them(
     record = E.attach_export(storage, store, "synth", tmp_path / "export")
     assert record["trial"] == 1
     study = optuna.load_study(study_name="synth", storage=storage)
-    assert study.user_attrs[E.EXPORT_ATTR] == record
+    assert study.user_attrs[records.EXPORT] == record
 
     def listed(number):
         trial = study.trials[number]
@@ -284,12 +298,13 @@ def test_attach_export_puts_json_and_csv_on_the_best_trial_and_replaces_them(
         )
 
     metas = {m["filename"]: m for m in listed(1)}
-    assert set(metas) == {"synth-trial-0001-export.json", "synth-trial-0001-export.csv"}
+    stem = E.file_stem("synth", 1)
+    assert set(metas) == {f"{stem}-export.json", f"{stem}-export.csv"}
     out = tmp_path / "downloaded.json"
     optuna.artifacts.download_artifact(
         artifact_store=store, artifact_id=record["artifacts"]["json"], file_path=str(out)
     )
-    assert _strict_loads(out.read_text()) == E.export_document(load_study_data(storage, "synth"))
+    assert _strict_loads(out.read_text()) == E.export_document(read_study(storage, "synth"))
 
     again = E.attach_export(storage, store, "synth", tmp_path / "export", trial=2)
     assert listed(1) == [] and len(listed(2)) == 2
@@ -298,27 +313,29 @@ def test_attach_export_puts_json_and_csv_on_the_best_trial_and_replaces_them(
 
 
 def test_after_run_hook_attaches_the_best_trials_export(synthetic_study, tmp_path):
-    from sigmatune.study.bilevel import after_run
+    from sigmatune.study.run import after_run
 
     messages = []
     (tmp_path / "artifacts").mkdir()
     ctx = SimpleNamespace(
         storage=synthetic_study.storage,
         log=messages.append,
-        work_dir=tmp_path / "work",
+        run_dir=lambda uid: tmp_path / "work",
         artifact_store=optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts")),
     )
     study = optuna.load_study(study_name="synth", storage=synthetic_study.storage)
     after_run(ctx, study)
     record = optuna.load_study(study_name="synth", storage=synthetic_study.storage).user_attrs[
-        E.EXPORT_ATTR
+        records.EXPORT
     ]
     assert record["trial"] == synthetic_study.best_number
+    stem = E.file_stem("synth", 1)
+    export_dir = tmp_path / "work" / "export"
     assert messages == [
-        "export of the best trial 1 attached to it: synth-trial-0001-export.json, "
-        "synth-trial-0001-export.csv"
+        f"export of the best trial 1 attached to it: {export_dir / stem}-export.json, "
+        f"{export_dir / stem}-export.csv"
     ]
-    assert (tmp_path / "work" / "export" / "synth-trial-0001-export.json").is_file()
+    assert (export_dir / f"{stem}-export.json").is_file()
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -351,10 +368,23 @@ def test_cli_export_writes_each_format(synthetic_study, tmp_path, capsys):
     assert _strict_loads(capsys.readouterr().out)["trial"] == 0
     pt = tmp_path / "k.pt"
     assert (
-        main(["export", "synth", "--storage", url, "--format", "k-diffusion", "-o", str(pt)]) == 0
+        main(
+            ["export", "synth", "--storage", url, "--format", "k-diffusion", "--nfe", "5"]
+            + ["-o", str(pt)]
+        )
+        == 0
     )
     assert "K.sampling.sample_heun(model, noise * sigmas[0], sigmas" in capsys.readouterr().out
     assert torch.load(pt, weights_only=True)["nfe"] == 5
+    # without --nfe: one file per NFE budget, in the given folder, each path printed
+    folder = tmp_path / "kd"
+    folder.mkdir()
+    assert main(["export", "--storage", url, "--format", "k-diffusion", "-o", str(folder)]) == 0
+    captured = capsys.readouterr()
+    files = sorted(folder.glob("*.pt"))
+    assert [torch.load(f, weights_only=True)["nfe"] for f in files] == [5, 9]
+    for f in files:
+        assert str(f) in captured.err and str(f) in captured.out
 
 
 def test_cli_export_errors_are_one_clear_line(synthetic_study, tmp_path, capsys):
@@ -380,8 +410,12 @@ def test_cli_report_writes_one_html_file(synthetic_study, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_toy_run_export_reproduces_the_trials_fid(toy_run, tmp_path):
-    from sigmatune.study.bilevel import make_context
-    from sigmatune.study.trials import generation_seeds, load_model_file, score_schedule
+    """The export's held-out figures are what scoring its schedules on its held-out seeds
+    gives, with the model it names (an independent re-run of the measurement)."""
+    from sigmatune.study.context import make_context
+    from sigmatune.study.modelfile import load_model_file
+    from sigmatune.study.records import Schedule
+    from sigmatune.study.scoring import score_schedule
 
     doc = E.export(toy_run.url, toy_run.name).document
     jsonschema.validate(_strict_loads(E.dumps(doc)), E.load_schema())
@@ -389,8 +423,9 @@ def test_toy_run_export_reproduces_the_trials_fid(toy_run, tmp_path):
         validate(sigmas)
 
     ctx = make_context(toy_run.config, progress=False, log=lambda _m: None)
-    seeds = generation_seeds(ctx)
-    assert doc["fid_settings"]["seeds"] == {"start": seeds.start, "stop": seeds.stop}
+    first, per_set, sets = doc["fid_settings"]["held_out_seeds"]
+    search_start, n = doc["fid_settings"]["search_seeds"]
+    assert first >= search_start + n  # held-out seeds never overlap the search seeds
     model = tmp_path / "model.pt"
     optuna.artifacts.download_artifact(
         artifact_store=ctx.artifact_store, artifact_id=doc["model_artifact"], file_path=str(model)
@@ -398,20 +433,24 @@ def test_toy_run_export_reproduces_the_trials_fid(toy_run, tmp_path):
     denoiser, _ = load_model_file(model, ctx.device)
     for sched in doc["schedules"].values():
         kwargs = {k: float(v) for k, v in sched["sampler_kwargs"].items()}
-        fid = score_schedule(
-            ctx,
-            denoiser,
-            sched["sampler"],
-            torch.tensor(sched["sigmas"], dtype=torch.float64),
-            kwargs,
-        )
-        assert fid == pytest.approx(sched["fid"], abs=1e-6)
-    assert doc["fid"] == pytest.approx(doc["schedules"][str(doc["primary_nfe"])]["fid"])
+        schedule = Schedule(sched["sampler"], tuple(sched["sigmas"]), kwargs)
+        fids = [
+            score_schedule(
+                ctx, denoiser, schedule, range(first + k * per_set, first + (k + 1) * per_set)
+            )
+            for k in range(sets)
+        ]
+        assert sum(fids) / sets == pytest.approx(sched["held_out"]["tuned"], abs=1e-6)
+        search = score_schedule(ctx, denoiser, schedule, range(search_start, search_start + n))
+        assert search == pytest.approx(sched["search_fid"], abs=1e-6)
+    assert doc["fid"] == pytest.approx(
+        doc["schedules"][str(doc["primary_nfe"])]["held_out"]["tuned"]
+    )
 
     # the run attached the best trial's export to it
     storage = E.open_storage(toy_run.url)
     study = optuna.load_study(study_name=toy_run.name, storage=storage)
-    record = study.user_attrs[E.EXPORT_ATTR]
+    record = study.user_attrs[records.EXPORT]
     assert record["trial"] == doc["trial"] == toy_run.summary.best_trial
     path = tmp_path / "attached.json"
     optuna.artifacts.download_artifact(

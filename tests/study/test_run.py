@@ -20,8 +20,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from sigmatune.study.bilevel import count_finished
+from sigmatune.study import records
 from sigmatune.study.config import load_config
+from sigmatune.study.optuna_adapter import count_finished
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "tiny"
@@ -143,47 +144,59 @@ def test_run_stores_outer_and_inner_studies_links_and_artifacts(tmp_path):
     assert names == {NAME, f"{NAME}/trial-0000/nfe-5", f"{NAME}/trial-0001/nfe-5"}
 
     outer = load(tmp_path)
-    assert outer.user_attrs["sigmatune:role"] == "outer"
-    stored = outer.user_attrs["sigmatune:config"]
-    assert stored["train"]["train_nimg"] == 16_384  # the full config is on the study
-    trials = outer.get_trials(deepcopy=False)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    assert trials[0].user_attrs["baseline"] == "edm"
+    assert outer.user_attrs[records.ROLE] == "outer"
+    study = records.read_study(optuna.storages.RDBStorage(url), NAME)
+    assert study.config.train.train_nimg == 16_384  # the full config is on the study
+    assert study.floors["floor"] > 0 and study.floors["ceiling"] > study.floors["floor"]
+    assert [t.state for t in study.trials] == ["COMPLETE"] * 2
+    assert study.trials[0].name == "edm"
     store = optuna.artifacts.FileSystemArtifactStore(tmp_path / "run-artifacts")
-    for t in trials:
-        inner_name = t.user_attrs["inner:studies"]["5"]
-        inner = optuna.load_study(study_name=inner_name, storage=url)
+    for t in study.trials:
+        record = t.inner[5]
+        inner = optuna.load_study(study_name=record.study_name, storage=url)
         # links both ways
-        assert inner.user_attrs["outer:study"] == NAME
-        assert inner.user_attrs["outer:trial"] == t.number
-        assert inner.user_attrs["sigmatune:role"] == "inner"
+        assert inner.user_attrs[records.OUTER_STUDY] == NAME
+        assert inner.user_attrs[records.OUTER_TRIAL] == t.number
+        assert inner.user_attrs[records.ROLE] == "inner"
         done = inner.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         assert len(done) == 5
-        baselines = {x.user_attrs["baseline"]: x.value for x in done if "baseline" in x.user_attrs}
-        assert set(baselines) == {"karras_rho7", "loglinear"}
-        best = min(x.value for x in done)
-        # the best is never worse than the baselines measured on the same model and images
-        assert t.value == pytest.approx(best)
-        assert t.value <= min(baselines.values())
-        assert t.user_attrs["inner:baseline_fid"]["5"]["karras_rho7"] == pytest.approx(
-            baselines["karras_rho7"]
+        fids = {x.number: x.user_attrs[records.FID] for x in done}
+        starts = {
+            x.user_attrs[records.START]: fids[x.number]
+            for x in done
+            if records.START in x.user_attrs
+        }
+        assert {"karras_rho7", "loglinear"} <= set(starts)
+        # the search's best is the least FID on the search seeds, and no worse than the
+        # starting points measured on the same model and images
+        assert record.search_fid == pytest.approx(min(fids.values()))
+        assert record.search_fid <= min(starts.values())
+        assert record.search_baselines["karras_rho7"] == pytest.approx(starts["karras_rho7"])
+        # the trial's value is the held-out mean of the tuned schedule, with its fair baselines
+        held = record.held_out
+        assert t.value == pytest.approx(held.mean("tuned"))
+        assert set(held.export()) == set(records.EXPORT_HELD_OUT_KEYS)
+        assert held.seeds[0] >= 256 and held.seeds[1:] == (256, 3)  # disjoint from the search
+        assert len(held.scores["tuned"]) == 3
+        assert record.schedules["karras_rho7_same_range"].sigma_range == pytest.approx(
+            record.tuned.sigma_range
         )
         # the trained model is an artifact that loads back into a denoiser
-        artifact = t.user_attrs["sigmatune:model_artifact"]
         path = tmp_path / f"model-{t.number}.pt"
         optuna.artifacts.download_artifact(
-            artifact_store=store, artifact_id=artifact, file_path=str(path)
+            artifact_store=store, artifact_id=t.model_artifact, file_path=str(path)
         )
-        from sigmatune.study.trials import load_model_file
+        from sigmatune.study.modelfile import load_model_file
 
         D, payload = load_model_file(path)
         assert payload["nimg"] >= 16_384
         x = torch.randn(4, 2)
         assert D(x, torch.full((4,), 1.0)).shape == (4, 2)
-    # one summary line per finished outer trial, with the baseline and the ratio
+    # one block per finished outer trial, with the held-out figures and the fair baselines
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("trial ")]
-    assert len(lines) == 2 and all("karras" in ln and " x" in ln for ln in lines)
-    assert "best: trial" in out.stdout and "% lower" in out.stdout
+    assert len(lines) == 2
+    assert out.stdout.count("same range: karras") >= 2 and "floor" in out.stdout
+    assert "best: trial" in out.stdout
 
     # the same command again: nothing to do, nothing repeated
     again = sigmatune(*RUN, cwd=tmp_path)
@@ -206,16 +219,18 @@ def test_killed_in_training_and_in_an_inner_study_the_same_command_finishes(tmp_
         inner__batch_size="1000",
     )
     (tmp_path / "config.toml").write_text(toml)
-    ckpt_dir = tmp_path / "run-artifacts" / "runs" / NAME / "trial-0000" / "checkpoints"
     inner_name = f"{NAME}/trial-0000/nfe-5"
+
+    def checkpoints() -> list[Path]:
+        return sorted((tmp_path / "run-artifacts" / "runs").glob("*/trial-0000/checkpoints/*.pt"))
 
     # 1. kill while training: after the first checkpoint, before the last
     log = tmp_path / "first.log"
     proc = start(*RUN, cwd=tmp_path, log=log)
-    wait_for(lambda: len(list(ckpt_dir.glob("checkpoint-*.pt"))) >= 1, proc, log)
+    wait_for(lambda: len(checkpoints()) >= 1, proc, log)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    saved = sorted(ckpt_dir.glob("checkpoint-*.pt"))
+    saved = checkpoints()
     saved_nimg = max(int(p.stem.split("-")[1]) for p in saved)
     assert 0 < saved_nimg < 131_072, "the kill was meant to land in the middle of training"
     assert _inner_complete(tmp_path, inner_name) == []
@@ -238,25 +253,27 @@ def test_killed_in_training_and_in_an_inner_study_the_same_command_finishes(tmp_
     assert count_finished(trials) == 1
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 1
-    final = done[0]
-    assert final.user_attrs["sigmatune:original_trial"] == 0  # a retry of trial 0
+    final = records.read_trial(done[0])
+    assert final.original_trial == 0  # a retry of trial 0
     assert final.number >= 1
     # the retry resumed from a checkpoint: it trained fewer images than a fresh start
-    assert final.user_attrs["train:resumed_from_nimg"] >= saved_nimg
-    assert final.user_attrs["train:nimg_this_process"] < 131_072
+    assert final.train["resumed_from_nimg"] >= saved_nimg
+    assert final.train["nimg_this_process"] < 131_072
 
     inner = optuna.load_study(study_name=inner_name, storage=f"sqlite:///{tmp_path / 'run.db'}")
     assert len({s.study_name for s in optuna.get_all_study_summaries(inner._storage)}) == 2
     after = inner.get_trials(deepcopy=False)
     complete = {t.number: (t.value, t.params) for t in after if t.state == TrialState.COMPLETE}
+    fids = [t.user_attrs[records.FID] for t in after if t.state == TrialState.COMPLETE]
     # no completed inner trial lost or repeated, and the study went on where it stopped
     for number, (value, params) in before.items():
         assert complete[number] == (value, params)
     assert count_finished(after) == 10
     assert len(complete) >= 10 - sum(t.state == TrialState.FAIL for t in after)
-    base = [t for t in after if "baseline" in t.user_attrs and t.state == TrialState.COMPLETE]
-    assert sorted(t.user_attrs["baseline"] for t in base) == ["karras_rho7", "loglinear"]
-    assert final.value == pytest.approx(min(v for v, _ in complete.values()))
+    base = [t for t in after if records.START in t.user_attrs and t.state == TrialState.COMPLETE]
+    assert {"karras_rho7", "loglinear"} <= {t.user_attrs[records.START] for t in base}
+    assert final.inner[5].search_fid == pytest.approx(min(fids))
+    assert final.value == pytest.approx(final.inner[5].held_out.mean("tuned"))
 
 
 @pytest.mark.slow
@@ -276,15 +293,13 @@ def test_two_processes_on_one_sqlite_file_share_the_study(tmp_path):
     # met, and overshot by at most one trial per extra process (as with MaxTrialsCallback).
     assert count_finished(trials) in (3, 4)
     assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
-    assert sorted(t.user_attrs["sigmatune:original_trial"] for t in trials) == list(
-        range(len(trials))
-    )
+    assert sorted(t.user_attrs[records.ORIGINAL_TRIAL] for t in trials) == list(range(len(trials)))
     # both processes did some of the work (each prints the lines of the trials it ran)
     ran = [sum(ln.startswith("trial ") for ln in text.splitlines()) for text in texts]
     assert sum(ran) == len(trials) and min(ran) >= 1, texts
     for t in trials:
         inner = optuna.load_study(
-            study_name=t.user_attrs["inner:studies"]["5"],
+            study_name=records.read_trial(t).inner[5].study_name,
             storage=f"sqlite:///{tmp_path / 'run.db'}",
         )
         assert count_finished(inner.get_trials(deepcopy=False)) == 5
@@ -431,28 +446,35 @@ def test_tune_sampling_closes_the_gap_on_the_exact_gaussian_mixture_denoiser(tmp
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "closed" in out.stdout and "sliced Wasserstein" in out.stdout  # all printed
-    inner = optuna.load_study(
-        study_name="toy-sampling/nfe-5", storage=f"sqlite:///{tmp_path / 'tune.db'}"
-    )
-    gaps = inner.user_attrs["tune:gaps"]
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'tune.db'}")
+    study = records.read_study(storage, "toy-sampling")
+    assert study.kind == "sampling"
+    (trial,) = study.trials
+    gaps = trial.gaps[5]
     assert gaps["reference_steps"] == 256
     score, sw = gaps["score"], gaps["sliced_wasserstein"]
-    # the stored figures are what the formula gives on the stored scores
+    # the stored figures are what the formula gives on the stored (held-out) scores
     assert score["gap_closed"] == pytest.approx(
         (score["karras_rho7"] - score["tuned"]) / (score["karras_rho7"] - score["reference"])
     )
-    assert score["tuned"] == pytest.approx(inner.best_value)
+    assert score["tuned"] == pytest.approx(trial.inner[5].held_out.mean("tuned"))
     assert score["gap_closed"] >= 0.9, out.stdout
     assert sw["gap_closed"] >= 0.9, out.stdout
     # the reference is near the noise floor of the distance, karras far from it
     assert sw["reference"] < 3 * sw["true_vs_true"] < sw["karras_rho7"]
+    # status and export read it like any study
+    status = sigmatune("status", "--storage", "sqlite:///tune.db", cwd=tmp_path)
+    assert status.returncode == 0 and "given model" in status.stdout, status.stderr
+    exported = sigmatune("export", "--storage", "sqlite:///tune.db", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert '"held_out"' in exported.stdout
 
 
 def test_a_running_trial_that_never_beat_is_failed_and_retried(tmp_path, monkeypatch):
     """A process killed inside ``study.ask()`` (before Optuna's first heartbeat) leaves a
     RUNNING trial with no heartbeat; ``fail_orphans`` fails it once it is old enough, and the
     retry callback enqueues its retry, while a trial with a heartbeat is left alone."""
-    from sigmatune.study import bilevel
+    from sigmatune.study import optuna_adapter as adapter
     from sigmatune.study.storage import make_storage
 
     storage = make_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=1)
@@ -460,10 +482,10 @@ def test_a_running_trial_that_never_beat_is_failed_and_retried(tmp_path, monkeyp
     orphan = study.ask()  # RUNNING, no heartbeat recorded
     beating = study.ask()
     storage.record_heartbeat(beating._trial_id)
-    assert bilevel.fail_orphans(study) == []  # too young
-    monkeypatch.setattr(bilevel, "ORPHAN_GRACE_FACTOR", 0)
+    assert adapter.fail_orphans(study) == []  # too young
+    monkeypatch.setattr(adapter, "ORPHAN_GRACE_FACTOR", 0)
     time.sleep(0.01)
-    assert bilevel.fail_orphans(study) == [orphan.number]
+    assert adapter.fail_orphans(study) == [orphan.number]
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     assert states[orphan.number] == TrialState.FAIL
     assert states[beating.number] == TrialState.RUNNING

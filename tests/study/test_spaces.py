@@ -66,7 +66,7 @@ def test_edm_defaults_objective_has_edm_effective_weighting():
 
 def _only(kind, name):
     """A toy config whose outer space has just one name of ``kind`` (no EDM baseline)."""
-    overrides = {"outer.enqueue_baseline": False, f"outer.{kind}": [name]}
+    overrides = {"outer.enqueue_baseline": False, "outer.literature": [], f"outer.{kind}": [name]}
     return TOY.replace(**overrides)
 
 
@@ -109,6 +109,7 @@ def test_piecewise_has_one_param_per_bin(kind):
             "outer.piecewise_bins": 4,
             f"outer.{plural}": ["piecewise"],
             "outer.enqueue_baseline": False,
+            "outer.literature": [],
         }
     )
     trial = _random_trial(config)
@@ -141,7 +142,13 @@ def test_objective_params_rejects_what_the_space_cannot_hold():
 
 
 def test_edm_defaults_need_edm_in_the_space():
-    config = TOY.replace(**{"outer.enqueue_baseline": False, "outer.parameterisations": ["v"]})
+    config = TOY.replace(
+        **{
+            "outer.enqueue_baseline": False,
+            "outer.literature": [],
+            "outer.parameterisations": ["v"],
+        }
+    )
     with pytest.raises(ValueError, match=r"parameterisation 'edm' is not in the search space"):
         spaces.edm_defaults_description(config)
 
@@ -323,12 +330,60 @@ def test_inner_tpe_and_random_samplers_with_several_samplers():
 
 
 def test_pruners_follow_the_config():
-    assert isinstance(spaces.make_outer_pruner(TOY), optuna.pruners.MedianPruner)
+    hyperband = spaces.make_outer_pruner(TOY)
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
+    assert hyperband._min_resource == TOY.train.checkpoint_nimg  # rungs at checkpoints
+    assert hyperband._max_resource == TOY.train.train_nimg
+    sha = TOY.replace(**{"outer.pruner": "successive_halving"})
+    assert isinstance(spaces.make_outer_pruner(sha), optuna.pruners.SuccessiveHalvingPruner)
+    median = TOY.replace(**{"outer.pruner": "median"})
+    assert isinstance(spaces.make_outer_pruner(median), optuna.pruners.MedianPruner)
+    # Optuna cannot prune a multi-objective study
+    multi = TOY.replace(**{"outer.objectives": [5, 9]})
+    assert isinstance(spaces.make_outer_pruner(multi), optuna.pruners.NopPruner)
+    assert spaces.outer_objectives(multi) == (5, 9) and spaces.outer_objectives(TOY) == (5,)
     none = TOY.replace(**{"outer.pruner": "none", "inner.prune": False})
     assert isinstance(spaces.make_outer_pruner(none), optuna.pruners.NopPruner)
     assert isinstance(spaces.make_inner_pruner(none), optuna.pruners.NopPruner)
     random = TOY.replace(**{"outer.sampler": "random"})
-    assert isinstance(spaces.make_outer_sampler(random), optuna.samplers.RandomSampler)
+    assert isinstance(spaces.make_outer_sampler(random).base, optuna.samplers.RandomSampler)
+
+
+def test_outer_start_up_is_the_enqueued_configurations():
+    """TPE's start-up counts the enqueued trials (EDM's and the literature's), so no preset
+    spends its budget on random draws."""
+    from sigmatune.study.config import load_config
+
+    for preset in ("toy", "digits", "mnist", "cifar10"):
+        config = load_config(preset)
+        tpe = spaces.make_outer_sampler(config).base
+        enqueued = int(config.outer.enqueue_baseline) + len(config.outer.literature)
+        assert 2 <= tpe._n_startup_trials <= enqueued
+        assert tpe._n_startup_trials < config.outer.outer_trials
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_outer_sampler_draws_depend_on_the_trial_number_not_the_process(sampler):
+    """Workers that share a study each build the sampler with the config's seed; their draws
+    must differ (each trial has its own number), and one process with the same seed must
+    make the same study again."""
+    config = TOY.replace(**{"outer.sampler": sampler})
+
+    def draws(order):
+        study = optuna.create_study(sampler=spaces.make_outer_sampler(config))
+        out = {}
+        for _ in order:
+            # a fresh sampler per trial, as a separate process would have
+            study.sampler = spaces.make_outer_sampler(config)
+            trial = study.ask()
+            out[trial.number] = spaces.suggest_objective_description(trial, config)
+            study.tell(trial, 1.0)
+        return out
+
+    first = draws(range(4))
+    again = draws(range(4))
+    assert first == again  # same seed, same study
+    labels = [str(d) for d in first.values()]
+    assert len(set(labels)) == len(labels)  # every worker's trial draws a different point
 
 
 def test_no_inner_pruning_with_the_gp_sampler():

@@ -1,0 +1,182 @@
+"""What every trial of one process shares: config, storage, artifacts, data, scorer, seeds.
+
+:func:`make_context` checks everything a user can get wrong before it creates anything (the
+device, the storage URL, the data set, the extractor's weights), then opens the storage and
+builds the scorer; if opening or building fails, a database file or artifact folder this call
+created is removed again, so a failed command leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from sigmatune.models.data import Dataset, load_dataset
+from sigmatune.objectives.fid import Scorer, ScorerSettings
+from sigmatune.study import records, spaces
+from sigmatune.study.config import Config
+from sigmatune.study.storage import (
+    artifact_dir_for,
+    artifact_store_for,
+    make_storage,
+    parse_storage_url,
+)
+
+InnerSamplerFactory = Callable[[Config, int], optuna.samplers.BaseSampler]
+
+
+@dataclass
+class RunContext:
+    """What every trial of one run process shares (built once per process).
+
+    ``inner_sampler`` makes each inner study's sampler (``spaces.make_inner_sampler`` unless a
+    caller, such as a benchmark, measures another one).
+    """
+
+    config: Config
+    storage: optuna.storages.BaseStorage
+    artifact_store: Any
+    artifact_dir: Path
+    data: Dataset
+    scorer: Scorer
+    device: torch.device
+    seeds: records.SeedPlan
+    progress: bool = True
+    log: Callable[[str], None] = print
+    poll_seconds: float = 2.0
+    inner_sampler: InnerSamplerFactory = field(default=spaces.make_inner_sampler)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def sigma_data(self) -> float:
+        return float(self.data.sigma_data)
+
+    def run_dir(self, study_uid: str) -> Path:
+        """Where one study's checkpoints, models and exports live: named by the study's name
+        and its unique id, so two studies never share a folder (a new database with an old
+        name, or two names that read alike once made safe for a file system)."""
+        return self.artifact_dir / "runs" / f"{safe_name(self.config.name)[:60]}-{study_uid[:12]}"
+
+
+def safe_name(name: str) -> str:
+    """A name made safe for a file name (the result may be shared by several names: pair it
+    with something unique)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def short_hash(*parts: Any) -> str:
+    digest = hashlib.sha256(repr(parts).encode()).hexdigest()
+    return digest[:16]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device must be 'auto' or 'cpu' on this machine (it has no CUDA GPU), "
+                f"but got device={name!r}"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)"
+            )
+    return device
+
+
+@contextlib.contextmanager
+def undo_on_error(storage_url: str, artifact_dir: Path) -> Iterator[None]:
+    """Remove the SQLite file and the artifact folder if this block created them and fails
+    (a SQLite file only while it holds no study)."""
+    loc = parse_storage_url(storage_url)
+    db = loc.path if loc.kind == "sqlite" else None
+    db_existed = db is not None and db.exists()
+    dir_existed = artifact_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if db is not None and not db_existed and db.exists():
+            with contextlib.suppress(Exception):
+                if not optuna.get_all_study_names(f"sqlite:///{db}"):
+                    db.unlink()
+        if not dir_existed and artifact_dir.exists():
+            shutil.rmtree(artifact_dir, ignore_errors=True)
+        raise
+
+
+def make_context(
+    config: Config,
+    *,
+    storage: optuna.storages.BaseStorage | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    inner_sampler: InnerSamplerFactory | None = None,
+) -> RunContext:
+    """Check, then open the storage, load the data set and build the scorer (reference
+    statistics and floors computed once and cached in the artifact folder)."""
+    device = resolve_device(config.device)
+    parse_storage_url(config.storage)  # a malformed URL fails here, before anything exists
+    artifact_dir = artifact_dir_for(config.storage, config.artifact_dir)
+    data = load_dataset(config.dataset, root=config.data_root or None, seed=config.seed)
+    with undo_on_error(config.storage, artifact_dir):
+        if storage is None:
+            kwargs = {}
+            if heartbeat_interval is not None:
+                kwargs["heartbeat_interval"] = heartbeat_interval
+            if grace_period is not None:
+                kwargs["grace_period"] = grace_period
+            storage = make_storage(config.storage, **kwargs)
+        artifact_store, artifact_dir = artifact_store_for(config.storage, config.artifact_dir)
+        scorer = make_scorer(config, data, artifact_dir / "fid-cache", device)
+    return RunContext(
+        config=config,
+        storage=storage,
+        artifact_store=artifact_store,
+        artifact_dir=Path(artifact_dir),
+        data=data,
+        scorer=scorer,
+        device=device,
+        seeds=records.SeedPlan.for_config(config),
+        progress=progress,
+        log=log,
+        inner_sampler=inner_sampler or spaces.make_inner_sampler,
+    )
+
+
+def make_scorer(config: Config, data: Dataset, cache_dir: Path, device: torch.device) -> Scorer:
+    """The FID scorer of a config's data set and extractor: image samples clamped to the
+    data set's declared range, floors from held-out data (or fresh samples of the data's
+    analytic distribution where it has one)."""
+    settings = ScorerSettings(
+        config.inner.fid_extractor,
+        config.inner.fid_num_images,
+        seed=config.seed,
+        kid=config.inner.kid,
+        inception_weights=config.inner.fid_inception_weights or None,
+    )
+    return Scorer(
+        data.x,
+        data.labels,
+        settings,
+        dataset_name=config.dataset,
+        value_range=data.value_range,
+        truth=None if data.analytic is None else data.analytic.sample,
+        cache_dir=cache_dir,
+        device=device,
+    )

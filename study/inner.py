@@ -1,0 +1,270 @@
+"""One inner study: the step locations of one model at one NFE budget.
+
+:func:`tune_steps` reads top-down: open (or resume) the study with its starting points, run the
+search to its budget of trials on the search seeds, then re-score the best schedule and the
+fair baselines on held-out seeds, and return the :class:`~sigmatune.study.records.InnerRecord`.
+
+The trial's value is ln FID: the FIDs of a search span orders of magnitude (a bad schedule
+is thousands of times worse than a good one), which a Gaussian process on the FID itself
+cannot model near the optimum; the FID is kept in the trial's user attrs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from sigmatune.models.samplers import DenoiserFn
+from sigmatune.models.schedules import karras, loglinear
+from sigmatune.study import optuna_adapter as adapter
+from sigmatune.study import records, spaces
+from sigmatune.study.context import RunContext
+from sigmatune.study.records import InnerRecord, Schedule
+from sigmatune.study.scoring import held_out, score_schedule
+
+FID_FLOOR = 1e-12  # ln FID of a (clamped) zero distance
+
+
+def inner_study_name(prefix: str, nfe: int) -> str:
+    return f"{prefix}/nfe-{nfe}"
+
+
+def tune_steps(
+    ctx: RunContext,
+    D: DenoiserFn,
+    study_name: str,
+    nfe: int,
+    *,
+    link: Mapping[str, Any] | None = None,
+    warm_start: Sequence[Mapping[str, Any]] = (),
+) -> InnerRecord:
+    """Create or resume one inner study, run it to ``inner_trials`` finished trials, and
+    return its record with held-out figures (computed once, stored on the study)."""
+    study = open_inner_study(ctx, study_name, nfe, link=link, warm_start=warm_start)
+    run_search(ctx, study, D, nfe)
+    return summarise(ctx, study, D, nfe)
+
+
+# --------------------------------------------------------------------------------------------
+# Opening
+
+
+def starting_points(ctx: RunContext, nfe: int) -> dict[str, spaces.InnerChoice]:
+    """The first trials of every inner study, by name: the baselines (karras rho=7 and
+    loglinear over the run's range) and karras with other rho."""
+    return {
+        **spaces.baseline_schedules(ctx.config, nfe),
+        **spaces.starting_schedules(ctx.config, nfe),
+    }
+
+
+def open_inner_study(
+    ctx: RunContext,
+    study_name: str,
+    nfe: int,
+    *,
+    link: Mapping[str, Any] | None = None,
+    warm_start: Sequence[Mapping[str, Any]] = (),
+) -> optuna.Study:
+    """Create (with its starting points enqueued) or load an inner study."""
+    config = ctx.config
+    study, created = adapter.create_or_load(
+        study_name,
+        ctx.storage,
+        sampler=ctx.inner_sampler(config, config.seed + nfe),
+        pruner=spaces.make_inner_pruner(config),
+    )
+    if not created:
+        return study
+    records.init_inner_study(study, nfe, link)
+    study.set_metric_names([f"ln FID (search seeds, NFE {nfe})"])
+    # The baselines always; further starting points and warm starts fill at most the budget
+    # left after them, keeping one trial for the search itself.
+    room = max(0, config.inner.inner_trials - len(spaces.BASELINES) - 1)
+    for name, choice in starting_points(ctx, nfe).items():
+        baseline = name in spaces.BASELINES
+        if not baseline and room <= 0:
+            break
+        try:
+            params = spaces.schedule_params(
+                choice.sigmas, choice.sampler, choice.sampler_kwargs, config=config, nfe=nfe
+            )
+        except ValueError:  # outside a narrowed space: the search starts without it
+            continue
+        study.enqueue_trial(params, user_attrs={records.START: name}, skip_if_exists=True)
+        room -= 0 if baseline else 1
+    for params in list(warm_start)[:room]:
+        study.enqueue_trial(
+            dict(params), user_attrs={records.START: "warm_start"}, skip_if_exists=True
+        )
+    return study
+
+
+def best_so_far(ctx: RunContext, nfe: int, exclude_prefix: str = "") -> list[InnerRecord]:
+    """The inner records at this NFE of the study's complete outer trials, best (held-out)
+    first, leaving out inner studies whose name starts with ``exclude_prefix``."""
+    try:
+        outer = optuna.load_study(study_name=ctx.config.name, storage=ctx.storage)
+    except KeyError:
+        return []
+    found = []
+    for ft in outer.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        record = records.read_trial(ft).inner.get(nfe)
+        if record is not None and not (
+            exclude_prefix and record.study_name.startswith(exclude_prefix)
+        ):
+            found.append(record)
+    return sorted(found, key=lambda r: r.value)
+
+
+def warm_start_params(ctx: RunContext, nfe: int, exclude_prefix: str) -> list[dict[str, Any]]:
+    """The best inner params found so far at this NFE in other outer trials of the study
+    (their held-out order), at most three."""
+    unique: list[dict[str, Any]] = []
+    for record in best_so_far(ctx, nfe, exclude_prefix):
+        if record.params and record.params not in unique:
+            unique.append(record.params)
+    return unique[:3]
+
+
+# --------------------------------------------------------------------------------------------
+# Searching
+
+
+def sample_trial(trial: optuna.trial.Trial, ctx: RunContext, D: DenoiserFn, nfe: int) -> float:
+    """Inner objective: suggest step locations, generate with the search seeds, return ln FID."""
+    try:
+        choice = spaces.suggest_schedule(trial, ctx.config, nfe)
+        schedule = Schedule(
+            choice.sampler, tuple(float(s) for s in choice.sigmas), dict(choice.sampler_kwargs)
+        )
+        records.write_schedule(trial, schedule)
+        # Prefix scores are reported (each costs a score and a storage write) only where a
+        # pruner reads them; the starting points report them too, for the median, but are
+        # never pruned.
+        pruning = spaces.inner_pruning(ctx.config)
+        fid = score_schedule(
+            ctx,
+            D,
+            schedule,
+            ctx.seeds.search,
+            trial=trial if pruning else None,
+            prune=pruning and trial.user_attrs.get(records.START) is None,
+        )
+        records.write_inner_fid(trial, fid)
+        return math.log(max(fid, FID_FLOOR))
+    except optuna.TrialPruned:
+        raise
+    except Exception as exc:
+        records.write_failure(trial, exc)
+        raise
+
+
+def run_search(ctx: RunContext, study: optuna.Study, D: DenoiserFn, nfe: int) -> None:
+    """Run the study until ``inner_trials`` of its trials are finished (shared with other
+    processes working on it), with a progress bar."""
+    from sigmatune.models.progress import Progress
+
+    budget = ctx.config.inner.inner_trials
+    with Progress(budget, f"  nfe {nfe} inner trials", enabled=ctx.progress, leave=False) as bar:
+        bar.update(adapter.count_finished(study.get_trials(deepcopy=False)))
+
+        def on_trial(st: optuna.Study, ft: FrozenTrial) -> None:
+            bar.update(1)
+            best = best_trial(st)
+            if best is not None:
+                bar.set_postfix(best_fid=f"{best.user_attrs.get(records.FID, math.nan):.4g}")
+
+        adapter.optimize_until(
+            study,
+            functools.partial(sample_trial, ctx=ctx, D=D, nfe=nfe),
+            budget,
+            poll_seconds=ctx.poll_seconds,
+            on_trial=on_trial,
+        )
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(done, key=lambda t: (t.value, t.number)) if done else None
+
+
+# --------------------------------------------------------------------------------------------
+# Summarising
+
+
+def params_at_bound(trial: FrozenTrial, rtol: float = 1e-6) -> tuple[str, ...]:
+    """Float params of a trial that sit on a bound of their range (a result to check: the
+    space may be cutting the optimum off, or the optimum is a truncation)."""
+    out = []
+    for name, dist in trial.distributions.items():
+        if not isinstance(dist, optuna.distributions.FloatDistribution):
+            continue
+        value = float(trial.params[name])
+        for bound in (dist.low, dist.high):
+            scale = abs(math.log(bound)) if dist.log and bound > 0 else 1.0
+            near = (
+                abs(math.log(value) - math.log(bound)) <= rtol * max(scale, 1.0)
+                if dist.log and bound > 0 and value > 0
+                else abs(value - bound) <= rtol * max(abs(bound), 1.0)
+            )
+            if near:
+                out.append(f"{name}={'low' if bound == dist.low else 'high'}")
+    return tuple(out)
+
+
+def fair_baselines(ctx: RunContext, tuned: Schedule, nfe: int) -> dict[str, Schedule]:
+    """The schedules a tuned one is judged against (same sampler, same number of steps):
+    karras rho=7 over the run's range, and karras rho=7 and loglinear over the tuned
+    schedule's own sigma range, so a gain splits into "sigma range" and "step placement"."""
+    n = len(tuned.sigmas) - 1
+    smin, smax = tuned.sigma_range
+    full_min, full_max = float(ctx.config.sigma_min), float(ctx.config.sigma_max)
+
+    def sched(sigmas: torch.Tensor) -> Schedule:
+        return Schedule(tuned.sampler, tuple(float(s) for s in sigmas))
+
+    return {
+        "karras_rho7": sched(karras(n, full_min, full_max, spaces.KARRAS_RHO)),
+        "karras_rho7_same_range": sched(karras(n, smin, smax, spaces.KARRAS_RHO)),
+        "loglinear_same_range": sched(loglinear(n, smin, smax)),
+    }
+
+
+def summarise(ctx: RunContext, study: optuna.Study, D: DenoiserFn, nfe: int) -> InnerRecord:
+    """The inner study's record: its best trial, the fair baselines, and their held-out
+    figures (computed once and stored on the study; recomputed if the best trial changed)."""
+    best = best_trial(study)
+    if best is None:
+        raise RuntimeError(
+            f"inner study {study.study_name!r} has no complete trial; see its failed trials' "
+            f"user attr {records.FAIL_REASON!r}"
+        )
+    tuned = records.read_inner_schedule(best)
+    schedules = {"tuned": tuned, **fair_baselines(ctx, tuned, nfe)}
+    held = records.read_held_out(study)
+    if held is None or held.tuned_trial != best.number or set(schedules) - set(held.scores):
+        held = held_out(ctx, D, schedules, tuned_trial=best.number)
+        records.write_held_out(study, held)
+    search_baselines = {
+        str(t.user_attrs[records.START]): float(t.user_attrs[records.FID])
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get(records.START) and t.user_attrs.get(records.FID) is not None
+    }
+    return InnerRecord(
+        nfe=nfe,
+        study_name=study.study_name,
+        search_fid=float(best.user_attrs[records.FID]),
+        search_trial=best.number,
+        params=dict(best.params),
+        schedules=schedules,
+        search_baselines=search_baselines,
+        held_out=held,
+        at_bound=params_at_bound(best),
+    )

@@ -1,0 +1,272 @@
+"""Every place sigmatune reaches past Optuna's public API, in one small module.
+
+Each function says which internal it uses and why. The rest of sigmatune uses Optuna's public
+API only (studies, trials, storages, samplers, pruners, artifacts).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+ORPHAN_GRACE_FACTOR = 5
+
+
+def trial_id(trial: optuna.trial.BaseTrial) -> int:
+    """The storage id of a trial (``_trial_id``: the key of storage-level calls)."""
+    return int(trial._trial_id)  # type: ignore[attr-defined]
+
+
+def study_id(study: optuna.Study) -> int:
+    """The storage id of a study (``_study_id``)."""
+    return int(study._study_id)
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """A study's storage (``_storage``)."""
+    return study._storage
+
+
+def set_trial_system_attr(trial: optuna.trial.Trial, key: str, value: Any) -> None:
+    """A system attr of a live trial: ``Trial.set_system_attr`` was removed from the public
+    API, the storage method is public. Long records live there so that optuna-dashboard's
+    trial page (which shows user attrs) stays readable."""
+    trial.storage.set_trial_system_attr(trial_id(trial), key, value)
+
+
+def trial_system_attrs(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    """A trial's system attrs; a live ``Trial`` keeps them in the storage only."""
+    if isinstance(trial, FrozenTrial):
+        return dict(trial.system_attrs)
+    return dict(trial.storage.get_trial_system_attrs(trial_id(trial)))
+
+
+def original_trial_number(trial: optuna.trial.BaseTrial) -> int:
+    """The number of the trial this one retries (itself when it is no retry), from the
+    ``failed_trial`` system attr that ``RetryFailedTrialCallback`` writes."""
+    failed = trial_system_attrs(trial).get("failed_trial")
+    return int(failed) if failed is not None else int(trial.number)
+
+
+def create_or_load(
+    name: str,
+    storage: optuna.storages.BaseStorage,
+    *,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+    directions: Sequence[str] = ("minimize",),
+) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when it exists. The flag says whether we created it.
+
+    Creation is decided by the storage's unique study name, so of several processes that
+    start together exactly one sees ``True`` and enqueues the baselines.
+    """
+    try:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            directions=list(directions),
+        )
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        return study, False
+
+
+def retried_numbers(all_trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of trials that a later trial retries (``retry_history`` system attr)."""
+    out: set[int] = set()
+    for t in all_trials:
+        out.update(int(n) for n in t.system_attrs.get("retry_history", []))
+    return out
+
+
+def count_finished(all_trials: Sequence[FrozenTrial]) -> int:
+    """Trials that count towards the budget: complete, pruned, or failed and not retried."""
+    retried = retried_numbers(all_trials)
+    n = 0
+    for t in all_trials:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            n += 1
+        elif t.state == TrialState.FAIL and t.number not in retried:
+            # A FAIL that a retry supersedes does not count (the retry will); one whose
+            # retries are spent, or that failed for a reason of its own, does.
+            n += 1
+    return n
+
+
+def fail_orphans(study: optuna.Study) -> list[int]:
+    """Fail (and retry) RUNNING trials that never recorded a heartbeat, long after they began.
+
+    Optuna records a trial's first heartbeat only after ``study.ask()`` returns, and ask runs
+    the sampler (a GP fit): a process killed in that window leaves a RUNNING trial that
+    ``fail_stale_trials`` never sees, and a study waiting for it would wait forever. Such a
+    trial is failed once it is ``ORPHAN_GRACE_FACTOR`` grace periods old. Reads the heartbeat
+    table of ``RDBStorage`` (``optuna.storages._rdb.models``): SQL storages only.
+    """
+    storage = storage_of(study)
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return []
+    interval = storage.get_heartbeat_interval()
+    if interval is None:
+        return []
+    grace = backend.grace_period if backend.grace_period is not None else 2 * interval
+    from optuna.storages._rdb import models
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    session = backend.scoped_session()
+    try:
+        alive = {
+            row[0]
+            for row in session.query(models.TrialHeartbeatModel.trial_id)
+            .filter(models.TrialHeartbeatModel.trial_id.in_([trial_id(t) for t in running]))
+            .all()
+        }
+    finally:
+        session.close()
+    cutoff = datetime.now() - timedelta(seconds=ORPHAN_GRACE_FACTOR * grace)
+    failed = []
+    for t in running:
+        if trial_id(t) in alive or t.datetime_start is None or t.datetime_start > cutoff:
+            continue
+        try:
+            changed = storage.set_trial_state_values(trial_id(t), state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another process was first
+            continue
+        if changed:
+            failed.append(t.number)
+            callback = storage.get_heartbeat_stale_trial_callback()
+            if callback is not None:
+                callback(study, storage.get_trial(trial_id(t)))
+    return failed
+
+
+def optimize_until(
+    study: optuna.Study,
+    objective: Callable[[optuna.trial.Trial], Any],
+    n_trials: int,
+    *,
+    poll_seconds: float = 2.0,
+    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    on_wait: Callable[[list[FrozenTrial]], None] | None = None,
+) -> None:
+    """Run trials until ``n_trials`` are finished, sharing the work with other processes.
+
+    Trials that others are running are waited for (they finish, or their heartbeat goes
+    stale and Optuna fails and retries them, and then this process runs the retry).
+    """
+    callbacks = [on_trial] if on_trial is not None else None
+    while True:
+        with warnings.catch_warnings():  # experimental in Optuna, and stable since 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        fail_orphans(study)
+        all_trials = study.get_trials(deepcopy=False)
+        finished = count_finished(all_trials)
+        if finished >= n_trials:
+            return
+        running = [t for t in all_trials if t.state == TrialState.RUNNING]
+        waiting = [t for t in all_trials if t.state == TrialState.WAITING]
+        if finished + len(running) >= n_trials and not waiting:
+            if on_wait is not None:
+                on_wait(running)
+            time.sleep(poll_seconds)
+            continue
+        study.optimize(
+            objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False
+        )
+
+
+def register_trial_artifact(
+    storage: optuna.storages.BaseStorage,
+    study: int,
+    trial: int,
+    artifact_id: str,
+    *,
+    filename: str | None,
+    mimetype: str = "application/octet-stream",
+) -> None:
+    """Show an artifact on a *finished* trial's page in optuna-dashboard, the way the
+    dashboard registers uploads (study system attr ``dashboard:artifacts:<trial_id>:<id>``,
+    ``optuna_dashboard.artifact._backend``); ``filename=None`` removes the registration.
+    A finished trial's own attributes cannot change, so this is the only way."""
+    import json
+
+    from optuna_dashboard.artifact._backend import DASHBOARD_ARTIFACTS_ATTR_PREFIX
+
+    key = f"{DASHBOARD_ARTIFACTS_ATTR_PREFIX}{trial}:{artifact_id}"
+    meta = (
+        None
+        if filename is None
+        else {
+            "artifact_id": artifact_id,
+            "filename": filename,
+            "mimetype": mimetype,
+            "encoding": None,
+        }
+    )
+    storage.set_study_system_attr(study, key, json.dumps(meta))
+
+
+class PerTrialSeed(optuna.samplers.BaseSampler):
+    """A sampler whose random state is reseeded before each trial from ``(seed, trial
+    number)``: processes that share a study draw different points (their trials have different
+    numbers), and one process with the same seed still makes the same study. Reseeds the
+    ``_rng`` of Optuna's TPE and random samplers (and TPE's inner random sampler)."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler, seed: int) -> None:
+        self._base = base
+        self._seed = int(seed)
+
+    @property
+    def base(self) -> optuna.samplers.BaseSampler:
+        return self._base
+
+    def _reseed(self, number: int) -> None:
+        import numpy as np
+
+        value = int(np.random.SeedSequence([self._seed, int(number)]).generate_state(1)[0])
+        for owner in (self._base, getattr(self._base, "_random_sampler", None)):
+            rng = getattr(owner, "_rng", None)
+            if rng is not None:
+                rng.rng.seed(value)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> Any:
+        return self._base.infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: Any
+    ) -> dict[str, Any]:
+        return self._base.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        return self._base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._reseed(trial.number)
+        self._base.before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self._base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._base.reseed_rng()

@@ -1,0 +1,235 @@
+"""One outer trial, top-down: configuration -> trained model -> inner studies -> held-out
+scores -> stored record.
+
+:func:`train_trial` is the outer study's objective. A retried trial (a worker died) keeps
+the number of the trial it retries as its *original*: it resumes that trial's checkpoint and
+its inner studies ``NAME/trial-NNNN/nfe-K`` (NNNN the original number).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from sigmatune.models.denoiser import Denoiser
+from sigmatune.models.networks import make_network
+from sigmatune.models.placement import gits
+from sigmatune.models.training import TrainSettings, train
+from sigmatune.objectives.loss import objective_from_description
+from sigmatune.study import optuna_adapter as adapter
+from sigmatune.study import records, spaces
+from sigmatune.study.context import RunContext, short_hash
+from sigmatune.study.inner import best_so_far, inner_study_name, tune_steps, warm_start_params
+from sigmatune.study.modelfile import save_model_file
+from sigmatune.study.records import InnerRecord, ObjectiveDescription
+from sigmatune.study.scoring import score_schedule
+
+
+def train_trial(trial: optuna.trial.Trial, ctx: RunContext, study_uid: str) -> float | list[float]:
+    """Outer objective: suggest a training weighting, train a model, tune its step locations
+    per NFE budget, and return the held-out FID of the tuned schedule at the study's NFE (one
+    per NFE of ``outer.objectives`` in a multi-objective study)."""
+    config = ctx.config
+    original = adapter.original_trial_number(trial)
+    try:
+        description = spaces.suggest_objective_description(trial, config, ctx.sigma_data)
+        records.begin_outer_trial(trial, description, original, trial.user_attrs.get(records.NAME))
+        note_same_objective(trial, description)
+        trial_dir = ctx.run_dir(study_uid) / f"trial-{original:04d}"
+        ema, nimg = train_model(ctx, trial, description, trial_dir, study_uid, original)
+        upload_model(ctx, trial, ema, description, trial_dir / "model.pt", nimg)
+        denoiser = Denoiser(ema.to(ctx.device), description["parameterisation"], ctx.sigma_data)
+        inner = tune_all_budgets(ctx, denoiser.eval(), trial, original)
+        records.write_inner_records(trial, inner)
+        values = [inner[k].value for k in spaces.outer_objectives(config)]
+        return values[0] if len(values) == 1 else values
+    except optuna.TrialPruned:
+        raise
+    except Exception as exc:
+        records.write_failure(trial, exc)
+        raise
+
+
+def train_model(
+    ctx: RunContext,
+    trial: optuna.trial.Trial,
+    description: ObjectiveDescription,
+    trial_dir: Path,
+    study_uid: str,
+    original: int,
+) -> tuple[torch.nn.Module, int]:
+    """Train the trial's model (resuming its own checkpoint, never another's), reporting an
+    interim FID at each checkpoint for the pruner. Returns the EMA network and its images."""
+    config = ctx.config
+    objective = objective_from_description(description)  # exactly what is stored is trained
+    torch.manual_seed(config.seed)
+    net = make_network(config.network.name, dict(config.network.params), ctx.shape)
+    settings = TrainSettings(
+        train_nimg=config.train.train_nimg,
+        batch_size=config.train.batch_size,
+        lr=config.train.lr,
+        ema_halflife_nimg=config.train.ema_halflife_nimg,
+        seed=config.seed,
+        checkpoint_nimg=config.train.checkpoint_nimg,
+        grad_clip=config.train.grad_clip or None,
+    )
+    # A checkpoint belongs to one study (its unique id), one original trial, one network, data
+    # set and objective (the trajectory settings are checked by train itself): anything else in
+    # the folder is ignored, never resumed. train_nimg is left out so a longer run continues.
+    run_key = short_hash(
+        study_uid, original, config.to_dict()["network"], config.dataset, description
+    )
+    result = train(
+        net,
+        objective,
+        ctx.data.x,
+        settings,
+        checkpoint_dir=trial_dir / "checkpoints",
+        run_key=run_key,
+        callback=interim_pruning(ctx, trial, description),
+        device=ctx.device,
+        progress=ctx.progress,
+        desc=f"trial {trial.number} train",
+        log=ctx.log,
+    )
+    records.write_training(
+        trial, result.resumed_from_nimg, int(result.nimg) - int(result.resumed_from_nimg)
+    )
+    return result.ema, int(result.nimg)
+
+
+# The GITS fit behind an interim score: a fit, not a measurement, so fewer noises and a
+# coarser teacher grid than GITS's defaults (256, 100) do; its cost is O(grid^2) calls.
+INTERIM_GITS_NOISES = 128
+INTERIM_GITS_GRID = 40
+
+
+def interim_score(ctx: RunContext, D: Denoiser, nfe: int) -> tuple[float, records.Schedule]:
+    """A cheap score that ranks models as the final one does: the FID at ``nfe``, on the
+    first held-out seed set, with step locations fitted to this model by GITS (Chen et al.
+    2024; seconds, no FID search) over the sigma range of the best tuned schedule found so far
+    at this NFE (the run's range before there is one) — never a fixed karras schedule on the
+    full range, which ranks models by how they cope with a poor schedule."""
+    sampler = ctx.config.inner.samplers[0]
+    best = best_so_far(ctx, nfe)
+    smin, smax = (
+        best[0].tuned.sigma_range
+        if best
+        else (float(ctx.config.sigma_min), float(ctx.config.sigma_max))
+    )
+    placement = gits(
+        D,
+        ctx.shape,
+        nfe,
+        sampler,
+        sigma_min=smin,
+        sigma_max=smax,
+        seed=ctx.config.seed,
+        num_noises=INTERIM_GITS_NOISES,
+        teacher_steps=INTERIM_GITS_GRID,
+        device=ctx.device,
+    )
+    schedule = records.Schedule(sampler, tuple(float(s) for s in placement.sigmas))
+    return score_schedule(ctx, D, schedule, ctx.seeds.held_out(0)), schedule
+
+
+def interim_pruning(
+    ctx: RunContext, trial: optuna.trial.Trial, description: ObjectiveDescription
+) -> Any:
+    """The training callback that reports the interim score (:func:`interim_score` at the
+    primary NFE) at each checkpoint before the end, and prunes when the pruner says so,
+    storing why. A study that cannot be pruned (multi-objective) reports nothing."""
+    config = ctx.config
+    nfe = spaces.outer_objectives(config)[0]
+    if len(spaces.outer_objectives(config)) > 1 or config.outer.pruner == "none":
+        return None
+
+    def at_checkpoint(nimg: int, ema: torch.nn.Module, *_: Any, **__: Any) -> None:
+        if nimg >= config.train.train_nimg:
+            return  # the final model is scored by the inner studies
+        den = Denoiser(ema, description["parameterisation"], ctx.sigma_data).eval()
+        fid, _ = interim_score(ctx, den, nfe)
+        trial.report(fid, nimg)
+        if trial.should_prune():
+            why = (
+                f"pruned: interim FID {fid:.4g} (NFE {nfe}, GITS schedule, held-out seeds) "
+                f"after {nimg} training images, behind the other trials at this rung "
+                f"({config.outer.pruner})"
+            )
+            records.write_prune_reason(trial, why)
+            raise optuna.TrialPruned(why)
+
+    return at_checkpoint
+
+
+def note_same_objective(trial: optuna.trial.Trial, description: ObjectiveDescription) -> None:
+    """Note on the trial when an earlier trial has the same effective weighting W(lambda):
+    the same objective up to gradient variance (Kingma & Gao 2023)."""
+    from sigmatune.objectives.loss import same_effective_weighting
+
+    study_trials = trial.study.get_trials(deepcopy=False)
+    for other in study_trials:
+        if other.number >= trial.number:
+            continue
+        desc = other.system_attrs.get(records.OBJECTIVE)
+        if desc and desc != description and same_effective_weighting(desc, description):
+            name = other.user_attrs.get(records.NAME)
+            records.write_note(
+                trial,
+                f"same W(λ) as trial {other.number}{f' ({name})' if name else ''}: the same "
+                "objective up to gradient variance",
+            )
+            return
+
+
+def upload_model(
+    ctx: RunContext,
+    trial: optuna.trial.Trial,
+    ema: torch.nn.Module,
+    description: ObjectiveDescription,
+    path: Path,
+    nimg: int,
+) -> None:
+    """Write the trained model's file and attach it to the trial as an Optuna artifact."""
+    config = ctx.config
+    save_model_file(
+        path,
+        net=ema,
+        network=config.network.name,
+        network_params=dict(config.network.params),
+        shape=ctx.shape,
+        parameterisation=description["parameterisation"],
+        sigma_data=ctx.sigma_data,
+        dataset=config.dataset,
+        nimg=nimg,
+    )
+    artifact_id = optuna.artifacts.upload_artifact(
+        artifact_store=ctx.artifact_store,
+        file_path=str(path),
+        study_or_trial=trial,
+        mimetype="application/octet-stream",
+    )
+    records.write_model_artifact(trial, artifact_id)
+
+
+def tune_all_budgets(
+    ctx: RunContext, denoiser: Denoiser, trial: optuna.trial.Trial, original: int
+) -> dict[int, InnerRecord]:
+    """One inner study per NFE budget (named by the original trial, so a retry resumes
+    them), warm-started with the best schedules of the study's other trials."""
+    prefix = f"{ctx.config.name}/trial-{original:04d}"
+    link = records.outer_link(ctx.config.name, trial.number, original)
+    return {
+        nfe: tune_steps(
+            ctx,
+            denoiser,
+            inner_study_name(prefix, nfe),
+            nfe,
+            link=link,
+            warm_start=warm_start_params(ctx, nfe, exclude_prefix=prefix),
+        )
+        for nfe in ctx.config.inner.nfe_budgets
+    }

@@ -1,0 +1,235 @@
+"""``sigmatune run``: create or resume the bilevel study and run it to its budget.
+
+Outer study ``NAME`` (one trial = one training weighting, one trained model, see
+:mod:`sigmatune.study.outer`); inner studies ``NAME/trial-NNNN/nfe-K`` (one trial = one set of
+step locations for that model, see :mod:`sigmatune.study.inner`). Any number of ``run``
+processes may point at the same storage: each claims trials until the configured count is
+reached, and a trial whose process died is failed by its stale heartbeat and retried (the
+retry resumes the original's checkpoint and inner studies).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from sigmatune.study import optuna_adapter as adapter
+from sigmatune.study import records, spaces
+from sigmatune.study.config import Config
+from sigmatune.study.context import RunContext, make_context
+from sigmatune.study.outer import train_trial
+from sigmatune.study.scoring import floors
+
+# Keys of a stored config that a resumed study may change.
+RESUMABLE_KEYS = frozenset({"outer.outer_trials", "storage", "artifact_dir", "device"})
+
+
+class StudyConfigMismatch(ValueError):
+    """The stored study was made with another configuration."""
+
+
+@dataclass
+class RunSummary:
+    study_name: str
+    storage_url: str
+    best_trial: int | None
+    best: records.TrialRecord | None
+    lines: list[str] = field(default_factory=list)
+
+
+def run(
+    config: Config,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    context: RunContext | None = None,
+) -> RunSummary:
+    """Create or resume the bilevel study and run it to ``outer.outer_trials`` trials."""
+    ctx = context or make_context(
+        config,
+        progress=progress,
+        log=log,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+    )
+    study, uid = open_outer_study(ctx)
+    lines: list[str] = []
+
+    def on_trial(st: optuna.Study, ft: FrozenTrial) -> None:
+        line = summary_line(records.read_trial(ft), config.inner.nfe_budgets)
+        lines.append(line)
+        log(line)
+        after_outer_trial(ctx, st, ft)
+
+    waited: set[int] = set()
+
+    def on_wait(running: list[FrozenTrial]) -> None:
+        fresh = [t.number for t in running if t.number not in waited]
+        if fresh:
+            waited.update(fresh)
+            log(
+                f"waiting for outer trial(s) {fresh}: running elsewhere, or their process "
+                "died and their heartbeat has not gone stale yet"
+            )
+
+    adapter.optimize_until(
+        study,
+        functools.partial(train_trial, ctx=ctx, study_uid=uid),
+        config.outer.outer_trials,
+        poll_seconds=ctx.poll_seconds,
+        on_trial=on_trial,
+        on_wait=on_wait,
+    )
+    after_run(ctx, study)
+    record = records.read_study(ctx.storage, config.name)
+    best = record.best
+    return RunSummary(
+        study_name=config.name,
+        storage_url=config.storage,
+        best_trial=None if best is None else best.number,
+        best=best,
+        lines=lines,
+    )
+
+
+def open_outer_study(ctx: RunContext) -> tuple[optuna.Study, str]:
+    """Create (enqueueing EDM's defaults first, and storing the floors) or resume the outer
+    study; returns it with its unique id."""
+    config = ctx.config
+    objectives = spaces.outer_objectives(config)
+    study, created = adapter.create_or_load(
+        config.name,
+        ctx.storage,
+        sampler=spaces.make_outer_sampler(config),
+        pruner=spaces.make_outer_pruner(config),
+        directions=["minimize"] * len(objectives),
+    )
+    if created:
+        records.init_outer_study(study, config, kind="bilevel", floors=floors(ctx))
+        study.set_metric_names([f"FID (held-out, NFE {k})" for k in objectives])
+    else:
+        check_stored_config(study, config)
+    enqueue_configurations(ctx, study)
+    return study, records.study_uid(study)
+
+
+def enqueue_configurations(ctx: RunContext, study: optuna.Study) -> None:
+    """Enqueue the named configurations (EDM's, then the literature's) that fit the budget
+    and are not in the study yet: a resumed study with a larger ``outer_trials`` gets the
+    next ones."""
+    present = {t.user_attrs.get(records.NAME) for t in study.get_trials(deepcopy=False)}
+    configurations = list(enqueued_configurations(ctx).items())[: ctx.config.outer.outer_trials]
+    for name, desc in configurations:
+        if name not in present:
+            study.enqueue_trial(
+                spaces.objective_params(desc, ctx.config),
+                user_attrs={records.NAME: name},
+                skip_if_exists=True,
+            )
+
+
+def enqueued_configurations(ctx: RunContext) -> dict[str, records.ObjectiveDescription]:
+    """The study's first trials: EDM's defaults, then the literature's configurations
+    (``objectives.literature``), each over the run's sigma range and sigma_data."""
+    from sigmatune.objectives.literature import LITERATURE
+
+    config = ctx.config
+    out: dict[str, records.ObjectiveDescription] = {}
+    if config.outer.enqueue_baseline:
+        out["edm"] = spaces.edm_defaults_description(config, ctx.sigma_data)
+    for name in config.outer.literature:
+        out[name] = LITERATURE[name].description(
+            ctx.sigma_data, float(config.sigma_min), float(config.sigma_max)
+        )
+    return out
+
+
+def check_stored_config(study: optuna.Study, config: Config) -> None:
+    """A resumed study must be resumed with the configuration it was made with."""
+    stored = records.stored_config(study)
+    if stored is None:
+        return
+    a, b = flatten(stored.to_dict()), flatten(config.to_dict())
+    diffs = [
+        f"{key}: stored {a.get(key)!r}, given {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if key not in RESUMABLE_KEYS and a.get(key) != b.get(key)
+    ]
+    if diffs:
+        raise StudyConfigMismatch(
+            f"study {config.name!r} already exists in this storage with another "
+            "configuration (" + "; ".join(diffs[:6]) + "). Resume it with the same config, "
+            "or choose another study name (--study-name)."
+        )
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "params":
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def summary_line(trial: records.TrialRecord, nfe_budgets: list[int] | tuple[int, ...]) -> str:
+    """One line per finished outer trial: configuration, then per NFE the held-out figures
+    (or why it failed or was pruned)."""
+    name = f" [{trial.name}]" if trial.name else ""
+    head = f"trial {trial.number:>3} {trial.state:<8} {trial.label}{name}"
+    if trial.state != "COMPLETE":
+        return head + (f"  ({trial.reason})" if trial.reason else "")
+    parts = [
+        f"nfe {k}: {records.held_out_line(trial.inner[k])}" for k in nfe_budgets if k in trial.inner
+    ]
+    return head + "\n    " + "\n    ".join(parts)
+
+
+def after_outer_trial(ctx: RunContext, study: optuna.Study, trial: FrozenTrial) -> None:
+    """Hook run after each outer trial (figures and notes for optuna-dashboard).
+
+    A figure that cannot be drawn is reported and the study goes on: the results are in the
+    storage either way, and the next trial (or ``dashboards.publish.publish_study``) redraws.
+    """
+    from sigmatune.dashboards.publish import publish_after_trial
+
+    try:
+        publish_after_trial(ctx.storage, study.study_name, trial.number)
+    except Exception as exc:
+        ctx.log(
+            f"warning: figures and notes for optuna-dashboard not updated after trial "
+            f"{trial.number} ({type(exc).__name__}: {exc})"
+        )
+
+
+def after_run(ctx: RunContext, study: optuna.Study) -> None:
+    """Hook run when the study is finished (the best trial's export as an artifact)."""
+    from sigmatune.study.export import attach_export
+
+    try:
+        record = attach_export(
+            ctx.storage,
+            ctx.artifact_store,
+            study.study_name,
+            ctx.run_dir(records.study_uid(study)) / "export",
+        )
+    except Exception as exc:
+        ctx.log(
+            f"warning: the best trial's export was not attached ({type(exc).__name__}: "
+            f"{exc}); run `sigmatune export` instead"
+        )
+        return
+    if record is not None:
+        ctx.log(
+            f"export of the best trial {record['trial']} attached to it: "
+            f"{', '.join(record['paths'].values())}"
+        )
