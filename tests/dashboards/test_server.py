@@ -111,7 +111,8 @@ def test_cli_dashboard_binds_to_localhost_unless_told(synthetic_study, monkeypat
 @pytest.mark.slow
 def test_dashboard_on_a_toy_run(toy_run):
     """optuna-dashboard on the study a ``toy`` run made, figures and notes by its hooks."""
-    from sigmatune.study.export import EXPORT_ATTR, open_storage
+    from sigmatune.study.export import open_storage
+    from sigmatune.study.records import EXPORT as EXPORT_ATTR
     from sigmatune.study.storage import artifact_store_for
 
     storage = open_storage(toy_run.url)
