@@ -92,6 +92,8 @@ def serve_storage_proxy(
     not installed, a storage that cannot be opened or proxied, a port in use) is one
     :class:`StorageError`, and nothing is served or written.
     """
+    if threads < 1:
+        raise StorageError(f"threads must be at least 1, but got {threads=}")
     try:
         import grpc  # noqa: F401
         from optuna.storages._grpc.auto_generated import api_pb2  # noqa: F401  (protobuf)

@@ -520,6 +520,7 @@ def artifact_store_for(
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(
-            f"cannot create the artifact folder {str(path)!r} for storage {url!r}: {exc}"
+            f"cannot create the artifact folder {str(path)!r} for storage "
+            f"{redact_url(url or DEFAULT_STORAGE_URL)!r}: {exc}"
         ) from exc
     return optuna.artifacts.FileSystemArtifactStore(path), path

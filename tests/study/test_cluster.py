@@ -31,7 +31,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
 
 from sigmatune.study import records
 from sigmatune.study.proxy import PROXY_THREADS
@@ -44,8 +43,8 @@ WORKERS = 3
 OUTER_TRIALS = 4
 INNER_TRIALS = 4
 NFE = 3
-TRAIN_NIMG = 65_536
-CHECKPOINT_NIMG = 8_192
+TRAIN_NIMG = 262_144
+CHECKPOINT_NIMG = 16_384
 DEADLINE_S = 720  # the whole run, kill and retry included; then the test fails by itself
 NAME = "cluster"
 
@@ -137,6 +136,19 @@ def _training_trial(log: Path) -> int | None:
     return int(found[-1]) if found else None
 
 
+def _checkpointed_trials(artifacts: Path) -> dict[int, int]:
+    """Trial number -> images of its newest checkpoint short of the end, from the shared
+    folder's ``.../trial-NNNN/checkpoints/checkpoint-<nimg>.pt`` files."""
+    found: dict[int, int] = {}
+    for path in artifacts.rglob("checkpoint-*.pt"):
+        trial = re.search(r"trial-(\d+)", str(path.parent.parent.name))
+        nimg = int(path.stem.split("-")[1])
+        if trial and nimg < TRAIN_NIMG:
+            number = int(trial.group(1))
+            found[number] = max(found.get(number, 0), nimg)
+    return found
+
+
 def _finished(trials: list[tuple[int, str, int | None]]) -> int:
     """Of ``(number, state, retry_of)``, those that count towards the budget: complete,
     pruned, or failed and not retried (as ``sigmatune run`` counts them)."""
@@ -213,33 +225,24 @@ def test_workers_on_three_hosts_share_the_study_and_a_killed_workers_trial_resum
             def tail() -> str:
                 return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs)
 
-            # 1. kill a worker once a trial it trains has reported an interim FID (after a
-            #    checkpoint, before the last one): in the middle of training
+            # 1. kill a worker once the trial it trains has a checkpoint in the shared folder
+            #    before its last one: in the middle of training
             victim, killed_trial = None, None
             while victim is None:
                 assert time.monotonic() < deadline, "no worker reached a checkpoint\n" + tail()
                 for k, p in enumerate(procs):
                     assert p.poll() is None, f"worker {k} ended before the kill\n" + tail()
                 sample_connections()
-                try:
-                    study = optuna.load_study(study_name=NAME, storage=direct)
-                except KeyError:
-                    time.sleep(0.5)
-                    continue
-                midway = {
-                    t.number
-                    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                    if t.intermediate_values
-                }
+                midway = _checkpointed_trials(artifacts)
                 for k in range(WORKERS):
                     if _training_trial(logs[k]) in midway:
                         victim, killed_trial = k, _training_trial(logs[k])
                         break
-                time.sleep(0.2)
+                time.sleep(0.1)
             procs[victim].send_signal(signal.SIGKILL)
             procs[victim].wait()
-            checkpoints = list(artifacts.rglob("checkpoint-*.pt"))
-            assert checkpoints, "the killed trial left no checkpoint in the shared folder"
+            saved_nimg = _checkpointed_trials(artifacts).get(killed_trial)
+            assert saved_nimg, "the killed trial left no checkpoint in the shared folder"
 
             # 2. the other workers finish the study
             for k, p in enumerate(procs):
@@ -270,7 +273,7 @@ def test_workers_on_three_hosts_share_the_study_and_a_killed_workers_trial_resum
         assert retry.state == "COMPLETE", states
         assert retry.original_trial == killed.original_trial
         # the retry resumed the killed trial's checkpoint, from the shared folder
-        assert retry.train["resumed_from_nimg"] >= CHECKPOINT_NIMG, retry.train
+        assert retry.train["resumed_from_nimg"] == saved_nimg, (retry.train, saved_nimg)
         assert retry.train["nimg_this_process"] < TRAIN_NIMG, retry.train
 
         # every trial accounted for: each is an original or the retry of one, and every

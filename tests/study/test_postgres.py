@@ -307,6 +307,8 @@ def test_the_proxy_refuses_a_taken_port_a_journal_and_a_bad_password_before_serv
     for bad_port in (0, 70_000):
         with pytest.raises(StorageError, match="port must be from 1 to 65535"):
             proxy_module.serve_storage_proxy(url, "127.0.0.1", bad_port)
+    with pytest.raises(StorageError, match="threads must be at least 1, but got threads=0"):
+        proxy_module.serve_storage_proxy(url, "127.0.0.1", free, threads=0)
     with pytest.raises(StorageError, match="not one of this machine's"):
         proxy_module.serve_storage_proxy(url, "198.51.100.1", free)
     journal = tmp_path / "j.log"

@@ -258,3 +258,12 @@ def test_storage_capabilities_say_what_heartbeats_each_storage_has(tmp_path):
     journal = storage_capabilities(f"journal:{tmp_path / 'j.log'}")
     assert (journal.heartbeats, journal.note) == ("none", JOURNAL_NOTE)
     assert list(tmp_path.iterdir()) == []  # nothing opened or created
+
+
+def test_an_artifact_folder_that_cannot_be_made_names_the_storage_without_its_password(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError) as info:
+        artifact_store_for("postgresql+psycopg://u:s3cret@h/db", blocker / "artifacts")
+    assert "'postgresql+psycopg://u:***@h/db'" in str(info.value)
+    assert "s3cret" not in str(info.value)
