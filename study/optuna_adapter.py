@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-ORPHAN_GRACE_FACTOR = 5
+from sigmatune.study.storage import ORPHAN_GRACE_FACTOR  # noqa: E402  (one definition)
 
 
 def trial_id(trial: optuna.trial.BaseTrial) -> int:

@@ -16,9 +16,11 @@ Layout (``NAME`` is the outer study; inner studies are ``NAME/trial-NNNN/nfe-K``
 - outer trial user attrs (short, for people reading optuna-dashboard): the training
   weighting's label, its literature name, the original trial of a retry, why it failed or was
   pruned, a one-line held-out summary per NFE; outer trial *system* attrs (long JSON, for
-  programs): the objective's description and, per NFE, the :class:`InnerRecord`;
+  programs): the objective's description, per NFE the :class:`InnerRecord`, and the step
+  density fitted to the tuned schedules (a ``models.placement.StepDensity`` as a dict);
 - inner study user attrs: schema, role ``"inner"``, its NFE, the links back to the outer
-  trial, and the :class:`HeldOut` figures written when its search ends;
+  trial, the published methods' schedules (:class:`Peer`, computed once), and the
+  :class:`HeldOut` figures written when its search ends;
 - inner trial user attrs: the schedule (sampler, its keyword arguments, sigmas) and the name
   of the starting point it was enqueued as.
 
@@ -57,6 +59,7 @@ OUTER_STUDY = "outer:study"  # inner: the outer study's name
 OUTER_TRIAL = "outer:trial"  # inner: the outer trial's number
 OUTER_ORIGINAL = "outer:original_trial"  # inner: the outer trial it belongs to (retries share)
 HELD_OUT = "sigmatune:held_out"  # inner: HeldOut.to_dict()
+PEERS = "sigmatune:peers"  # inner: {method: Peer.to_dict()}, computed once per inner study
 
 # -- outer trial user attrs (short)
 LABEL = "sigmatune:label"
@@ -73,6 +76,7 @@ SUMMARY_PREFIX = "fid nfe "  # "fid nfe 5": a one-line held-out summary
 OBJECTIVE = "sigmatune:objective"  # DiffusionObjective.describe()
 INNER = "sigmatune:inner"  # {str(nfe): InnerRecord.to_dict()}
 GAPS = "sigmatune:gaps"  # sampling studies: {str(nfe): gap-closed figures}
+DENSITY = "sigmatune:density"  # {"sampler", "nfe", "sigma_min", "sigma_max", "masses"}
 
 # -- inner trial user attrs (the trial's value is ln FID, which the GP models far better
 # than FID spanning orders of magnitude; the FID itself is kept here)
@@ -289,6 +293,27 @@ class HeldOut:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """A published step-placement method's schedule for one inner study (e.g. GITS, LD3 of
+    ``models.placement``), what it cost and what it was run with."""
+
+    schedule: Schedule
+    costs: dict[str, float]  # denoiser_calls, denoiser_evaluations, seconds
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.to_dict(), "costs": dict(self.costs), "info": self.info}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Peer:
+        return cls(
+            Schedule.from_dict(d["schedule"]),
+            {k: float(v) for k, v in d["costs"].items()},
+            dict(d.get("info") or {}),
+        )
+
+
+@dataclass(frozen=True)
 class InnerRecord:
     """The outcome of one inner study: the search's best, the schedules compared, held-out."""
 
@@ -364,7 +389,11 @@ class TrialRecord:
     inner: dict[int, InnerRecord]
     params: dict[str, Any]
     running_since: str | None = None  # ISO time a RUNNING trial started
+    interim: dict[int, float] = field(default_factory=dict)  # training images -> interim FID
     gaps: dict[int, dict[str, Any]] = field(default_factory=dict)  # sampling studies
+    # the step density over lam fitted to the tuned schedules (StepDensity.to_dict() with
+    # "sampler" and "nfe"), for schedules at NFE budgets that were not tuned; or None
+    density: dict[str, Any] | None = None
 
     @property
     def value(self) -> float | None:
@@ -517,12 +546,12 @@ def init_outer_study(
     floors: Mapping[str, Any] | None = None,
     source: str | None = None,
 ) -> None:
-    """Mark a new outer study and store what rebuilds and explains it."""
+    """Mark a new outer study and store what rebuilds and explains it; the unique id comes
+    last, so a study that has one is complete (``run.wait_until_initialised``)."""
     import uuid
 
     study.set_user_attr(SCHEMA_KEY, SCHEMA)
     study.set_user_attr(ROLE, "outer")
-    study.set_user_attr(UID, uuid.uuid4().hex)
     study.set_user_attr(KIND, kind)
     study.set_user_attr(CONFIG, config.to_dict())
     study.set_user_attr(SEEDS, SeedPlan.for_config(config).to_dict())
@@ -530,6 +559,7 @@ def init_outer_study(
         study.set_user_attr(FLOORS, dict(floors))
     if source is not None:
         study.set_user_attr(SOURCE, source)
+    study.set_user_attr(UID, uuid.uuid4().hex)  # last: its presence means "initialised"
 
 
 def study_uid(study: optuna.Study) -> str:
@@ -579,6 +609,18 @@ def read_held_out(study: optuna.Study) -> HeldOut | None:
     return None if raw is None else HeldOut.from_dict(raw)
 
 
+def write_peer(study: optuna.Study, name: str, peer: Peer) -> None:
+    """One published method's schedule for an inner study, beside those already stored."""
+    stored = dict(study.user_attrs.get(PEERS) or {})
+    stored[name] = peer.to_dict()
+    study.set_user_attr(PEERS, stored)
+
+
+def read_peers(study: optuna.Study) -> dict[str, Peer]:
+    """The published methods' schedules stored on an inner study, by method name."""
+    return {k: Peer.from_dict(v) for k, v in (study.user_attrs.get(PEERS) or {}).items()}
+
+
 def begin_outer_trial(
     trial: optuna.trial.Trial,
     objective: ObjectiveDescription,
@@ -590,6 +632,7 @@ def begin_outer_trial(
         if trial.user_attrs.get(key) is not None:
             trial.set_user_attr(key, None)
     adapter.set_trial_system_attr(trial, INNER, None)
+    adapter.set_trial_system_attr(trial, DENSITY, None)
     trial.set_user_attr(SCHEMA_KEY, SCHEMA)
     trial.set_user_attr(ORIGINAL_TRIAL, int(original))
     trial.set_user_attr(LABEL, objective_label(objective))
@@ -620,11 +663,18 @@ def write_inner_records(trial: optuna.trial.Trial, records: Mapping[int, InnerRe
         trial.set_user_attr(f"{SUMMARY_PREFIX}{k}", held_out_line(r))
 
 
+def write_density(trial: optuna.trial.Trial, density: Mapping[str, Any] | None) -> None:
+    """The step density fitted to an outer trial's tuned schedules (nothing when None)."""
+    if density is not None:
+        adapter.set_trial_system_attr(trial, DENSITY, dict(density))
+
+
 def add_sampling_trial(
     study: optuna.Study,
     inner: Mapping[int, InnerRecord],
     *,
     gaps: Mapping[int, Mapping[str, Any]] | None = None,
+    density: Mapping[str, Any] | None = None,
 ) -> None:
     """Record one ``tune-sampling`` of a given model as a COMPLETE trial of its study of
     kind "sampling" (no training weighting; the inner records as for an outer trial)."""
@@ -634,6 +684,8 @@ def add_sampling_trial(
     system_attrs: dict[str, Any] = {INNER: {str(k): r.to_dict() for k, r in inner.items()}}
     if gaps:
         system_attrs[GAPS] = {str(k): dict(v) for k, v in gaps.items()}
+    if density is not None:
+        system_attrs[DENSITY] = dict(density)
     study.add_trial(
         optuna.trial.create_trial(
             value=primary.value, user_attrs=user_attrs, system_attrs=system_attrs
@@ -734,6 +786,8 @@ def read_trial(ft: FrozenTrial) -> TrialRecord:
             else None
         ),
         gaps={int(k): dict(v) for k, v in (sa.get(GAPS) or {}).items()},
+        interim={int(k): float(v) for k, v in ft.intermediate_values.items()},
+        density=None if sa.get(DENSITY) is None else dict(sa[DENSITY]),
     )
 
 

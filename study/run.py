@@ -104,6 +104,7 @@ def open_outer_study(ctx: RunContext) -> tuple[optuna.Study, str]:
     study; returns it with its unique id."""
     config = ctx.config
     objectives = spaces.outer_objectives(config)
+    scorer_floors = floors(ctx)  # computed (or read from its cache) before the study exists
     study, created = adapter.create_or_load(
         config.name,
         ctx.storage,
@@ -112,27 +113,44 @@ def open_outer_study(ctx: RunContext) -> tuple[optuna.Study, str]:
         directions=["minimize"] * len(objectives),
     )
     if created:
-        records.init_outer_study(study, config, kind="bilevel", floors=floors(ctx))
         study.set_metric_names([f"FID (held-out, NFE {k})" for k in objectives])
+        enqueue_configurations(ctx, study)
+        # written last: a process that loads the study meanwhile waits for it (below)
+        records.init_outer_study(study, config, kind="bilevel", floors=scorer_floors)
     else:
+        wait_until_initialised(study, ctx.poll_seconds)
         check_stored_config(study, config)
-    enqueue_configurations(ctx, study)
     return study, records.study_uid(study)
 
 
+INIT_WAIT_S = 600  # how long a process waits for another to finish creating the study
+
+
+def wait_until_initialised(study: optuna.Study, poll_seconds: float) -> None:
+    """Wait until the process that created the study has written its records (several
+    workers started at once: one creates, the others load it in the meantime). The
+    creator may be computing the scorer's floors, which takes a while on a first run."""
+    import time
+
+    deadline = time.monotonic() + INIT_WAIT_S
+    while records.UID not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"study {study.study_name!r} exists but was never initialised (its creator "
+                f"died within its first minutes?); delete it (optuna delete-study) and run again"
+            )
+        time.sleep(min(poll_seconds, 1.0))
+
+
 def enqueue_configurations(ctx: RunContext, study: optuna.Study) -> None:
-    """Enqueue the named configurations (EDM's, then the literature's) that fit the budget
-    and are not in the study yet: a resumed study with a larger ``outer_trials`` gets the
-    next ones."""
-    present = {t.user_attrs.get(records.NAME) for t in study.get_trials(deepcopy=False)}
+    """Enqueue the named configurations (EDM's, then the literature's) that fit the budget,
+    once, by the process that creates the study (so that workers started together never
+    enqueue them twice)."""
     configurations = list(enqueued_configurations(ctx).items())[: ctx.config.outer.outer_trials]
     for name, desc in configurations:
-        if name not in present:
-            study.enqueue_trial(
-                spaces.objective_params(desc, ctx.config),
-                user_attrs={records.NAME: name},
-                skip_if_exists=True,
-            )
+        study.enqueue_trial(
+            spaces.objective_params(desc, ctx.config), user_attrs={records.NAME: name}
+        )
 
 
 def enqueued_configurations(ctx: RunContext) -> dict[str, records.ObjectiveDescription]:
@@ -212,9 +230,14 @@ def after_outer_trial(ctx: RunContext, study: optuna.Study, trial: FrozenTrial) 
 
 
 def after_run(ctx: RunContext, study: optuna.Study) -> None:
-    """Hook run when the study is finished (the best trial's export as an artifact)."""
+    """Hook run when the study is finished (the best trial's export as an artifact; once:
+    a worker that finds the best trial's export attached leaves it)."""
     from sigmatune.study.export import attach_export
 
+    record = records.read_study(ctx.storage, study.study_name)
+    attached = record.export or {}
+    if record.best is not None and attached.get("trial") == record.best.number:
+        return
     try:
         record = attach_export(
             ctx.storage,

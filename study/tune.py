@@ -26,10 +26,10 @@ from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.config import Config
 from sigmatune.study.context import RunContext, make_context
-from sigmatune.study.inner import inner_study_name, tune_steps
+from sigmatune.study.inner import density_record, inner_study_name, tune_steps
 from sigmatune.study.modelfile import load_model_file, read_model_file
 from sigmatune.study.records import InnerRecord, Schedule
-from sigmatune.study.run import check_stored_config
+from sigmatune.study.run import check_stored_config, wait_until_initialised
 from sigmatune.study.scoring import floors, score_schedule
 
 
@@ -208,6 +208,7 @@ def _check_reference_steps(reference_steps: Any) -> int:
 
 def open_sampling_study(ctx: RunContext, prefix: str, source: str) -> optuna.Study:
     """The outer study of kind "sampling" that holds a tune-sampling's results."""
+    scorer_floors = floors(ctx)
     study, created = adapter.create_or_load(
         prefix,
         ctx.storage,
@@ -216,9 +217,12 @@ def open_sampling_study(ctx: RunContext, prefix: str, source: str) -> optuna.Stu
     )
     if created:
         config = ctx.config.replace(name=prefix)
-        records.init_outer_study(study, config, kind="sampling", floors=floors(ctx), source=source)
         study.set_metric_names([f"FID (held-out, NFE {ctx.config.inner.nfe_budgets[0]})"])
+        records.init_outer_study(
+            study, config, kind="sampling", floors=scorer_floors, source=source
+        )
     else:
+        wait_until_initialised(study, ctx.poll_seconds)
         check_stored_config(study, ctx.config.replace(name=prefix))
     return study
 
@@ -280,5 +284,7 @@ def tune_sampling(
             line = format_gaps(nfe, gaps[nfe])
             lines.append(line)
             log(line)
-    records.add_sampling_trial(study, results, gaps={k: vars(v) for k, v in gaps.items()})
+    records.add_sampling_trial(
+        study, results, gaps={k: vars(v) for k, v in gaps.items()}, density=density_record(results)
+    )
     return TuneSummary(prefix=prefix, results=results, lines=lines, gaps=gaps)

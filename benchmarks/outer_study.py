@@ -1,0 +1,252 @@
+"""The outer study against the literature, at its own cost in training images.
+
+Two studies of the ``digits`` preset in one storage, both run by the product (``study.run``):
+
+- ``literature``: every literature configuration the preset enqueues (EDM's defaults first,
+  then ``outer.literature``: EDM2, rectified flow, min-SNR-5, v-cosine, Kingma & Gao's
+  sigmoid, Laplace, eps-cosine), each trained alone at the full budget ``train_nimg``, no
+  pruning — what a user gets by trying the published weightings one by one;
+- ``study``: the outer study as the preset runs it (the same configurations enqueued first,
+  then TPE), multi-fidelity (Hyperband over training images, rungs at checkpoints).
+
+Every model gets its own tuned schedule (its inner study) and every figure is its held-out FID
+(mean ± spread over the held-out seed sets) at the benchmark's NFE. Reported: the study's best
+against the best literature configuration and against EDM's defaults, the training images each
+arm spent, and the W(lambda) of the winner beside EDM's.
+
+    python -m benchmarks.outer_study                 # the full benchmark (hours on 2 CPUs)
+    python -m benchmarks.outer_study --quick         # a smoke run at tiny sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import (
+    BENCH_OUT,
+    fmt,
+    fmt_spread,
+    format_table,
+    limited_threads,
+    log,
+    machine_line,
+    new_payload,
+    publish,
+)
+from sigmatune.objectives.curves import lam_grid, weighting_curves
+from sigmatune.study.config import Config, load_config
+from sigmatune.study.records import StudyRecord, TrialRecord, read_study
+from sigmatune.study.run import run
+
+NAME = "outer_study"
+TARGET_IMAGES = 0.6  # the study may spend at most this fraction of the literature's images
+TARGET_EDM = 0.85  # ... and its best should be at most this fraction of EDM's defaults
+W_POINTS = 25
+IMAGES, BEST, EDM = (
+    "images_ratio <= 0.6",
+    "best <= best literature within spread",
+    "best <= 0.85 x EDM",
+)
+
+
+def arm_config(base: Config, name: str, storage: str, **overrides: Any) -> Config:
+    return base.replace(
+        **{"name": name, "storage": storage, "device": "cpu", **overrides},
+    )
+
+
+def images_trained(t: TrialRecord, train_nimg: int) -> int:
+    """Images a trial trained: all of them when complete, up to its last interim report
+    when pruned (training stops there), what its process trained when it failed."""
+    if t.state == "COMPLETE":
+        return int(t.train.get("resumed_from_nimg", 0) + t.train.get("nimg_this_process", 0))
+    if t.interim:
+        return int(max(t.interim))
+    return int(t.train.get("nimg_this_process", 0)) if t.train else 0
+
+
+def arm_rows(study: StudyRecord, nfe: int) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.trials:
+        record = t.inner.get(nfe)
+        held = record.held_out if record is not None else None
+        rows.append(
+            {
+                "trial": t.number,
+                "name": t.name,
+                "label": t.label,
+                "state": t.state,
+                "images": images_trained(t, study.config.train.train_nimg),
+                "fid": None if held is None else held.mean("tuned"),
+                "fid_spread": None if held is None else held.spread("tuned"),
+                "karras_same_range": None if held is None else held.mean("karras_rho7_same_range"),
+                "reason": t.reason,
+            }
+        )
+    return rows
+
+
+def best_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    done = [r for r in rows if r["fid"] is not None]
+    return min(done, key=lambda r: r["fid"]) if done else None
+
+
+def w_curve(study: StudyRecord, number: int, points: int = W_POINTS) -> dict[str, list[float]]:
+    desc = study.trial(number).objective
+    lo, hi = study.sigma_range
+    lam = lam_grid(lo, hi, points)
+    W = weighting_curves(desc, lam)["W_normalised"]
+    return {"lam": [round(float(x), 4) for x in lam], "W": [float(f"{w:.4g}") for w in W]}
+
+
+def compare(lit: list[dict], stu: list[dict], floors: Mapping[str, Any] | None) -> dict:
+    best_lit, best_stu = best_row(lit), best_row(stu)
+    edm = next((r for r in lit if r["name"] == "edm" and r["fid"] is not None), None)
+    images_lit = sum(r["images"] for r in lit)
+    images_stu = sum(r["images"] for r in stu)
+    out: dict[str, Any] = {
+        "images_literature": images_lit,
+        "images_study": images_stu,
+        "images_ratio": images_stu / images_lit if images_lit else None,
+        "best_literature": best_lit,
+        "best_study": best_stu,
+        "edm": edm,
+    }
+    if best_lit and best_stu:
+        spread = max(best_lit["fid_spread"] or 0.0, best_stu["fid_spread"] or 0.0)
+        out["study_vs_literature"] = best_stu["fid"] / best_lit["fid"]
+        out["within_spread"] = best_stu["fid"] <= best_lit["fid"] + spread
+    if edm and best_stu:
+        out["study_vs_edm"] = best_stu["fid"] / edm["fid"]
+    out["targets"] = {
+        IMAGES: out["images_ratio"] is not None and out["images_ratio"] <= TARGET_IMAGES,
+        BEST: bool(out.get("within_spread")),
+        EDM: out.get("study_vs_edm") is not None and out["study_vs_edm"] <= TARGET_EDM,
+    }
+    if floors:
+        out["floor"] = floors.get("floor")
+        out["floor_spread"] = floors.get("floor_spread")
+    return out
+
+
+def run_arm(config: Config) -> StudyRecord:
+    t0 = time.perf_counter()
+    run(config, progress=False, log=log)
+    log(f"{config.name}: {time.perf_counter() - t0:.0f} s")
+    from sigmatune.study.export import open_storage
+
+    return read_study(open_storage(config.storage), config.name)
+
+
+def render(payload: Mapping[str, Any]) -> dict[str, str]:
+    c = payload["comparison"]
+    nfe = payload["nfe"]
+    rows = []
+    for arm in ("literature", "study"):
+        for r in payload[arm]:
+            rows.append(
+                [
+                    arm,
+                    r["trial"],
+                    r["name"] or "TPE",
+                    r["state"],
+                    r["images"],
+                    fmt_spread(r["fid"], r["fid_spread"]),
+                ]
+            )
+    table = format_table(
+        ["arm", "trial", "configuration", "state", "training images", f"held-out FID, NFE {nfe}"],
+        rows,
+    )
+    edm = c["edm"]["fid"] if c.get("edm") else None
+    met = c["targets"]
+    summary = format_table(
+        ["", "value", "target", "met"],
+        [
+            ["study's images / literature's", c["images_ratio"], "<= 0.6", met[IMAGES]],
+            ["study's best / best literature", c.get("study_vs_literature"), "<= 1", met[BEST]],
+            ["study's best / EDM's defaults", c.get("study_vs_edm"), "<= 0.85", met[EDM]],
+        ],
+    )
+    best = c.get("best_study") or {}
+    floor = f"{fmt(c.get('floor'))} ± {fmt(c.get('floor_spread'), 2)}"
+    text = (
+        f"{table}\n\n{summary}\n\n"
+        f"Best of the study: trial {best.get('trial')} ({best.get('label')}); EDM's defaults "
+        f"{fmt(edm)}; floor (real vs real) {floor}; '<= 1' allows the spread over held-out "
+        f"seed sets. {machine_line(payload['machine'])}"
+    )
+    return {"outer_study": text}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="digits")
+    parser.add_argument("--nfe", type=int, default=9, help="the NFE of both arms (default 9)")
+    parser.add_argument("--outer-trials", type=int, default=12, help="trials of the study arm")
+    parser.add_argument("--train-nimg", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--inner-trials", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dir", type=Path, default=BENCH_OUT / NAME)
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
+    args = parser.parse_args(argv)
+    payload = new_payload(NAME, argv)
+    base = load_config(args.preset)
+    overrides: dict[str, Any] = {"inner.nfe_budgets": [args.nfe]}
+    if args.train_nimg:
+        overrides["train.train_nimg"] = args.train_nimg
+    if args.inner_trials:
+        overrides["inner.inner_trials"] = args.inner_trials
+    if args.quick:
+        overrides.update(
+            {
+                "train.train_nimg": 8192,
+                "train.checkpoint_nimg": 2048,
+                "train.batch_size": 256,
+                "inner.inner_trials": 6,
+                "inner.fid_num_images": 128,
+                "inner.batch_size": 128,
+                "inner.peers": [],
+            }
+        )
+    base = base.replace(**overrides)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{args.dir / 'outer_study.db'}"
+    enqueued = int(base.outer.enqueue_baseline) + len(base.outer.literature)
+    literature = arm_config(
+        base, "literature", storage, **{"outer.pruner": "none", "outer.outer_trials": enqueued}
+    )
+    study = arm_config(base, "study", storage, **{"outer.outer_trials": args.outer_trials})
+    t0 = time.perf_counter()
+    with limited_threads(args.threads):
+        lit = run_arm(literature)
+        stu = run_arm(study)
+    payload.update(
+        {
+            "preset": args.preset,
+            "nfe": args.nfe,
+            "train_nimg": base.train.train_nimg,
+            "config": base.to_dict(),
+            "literature": arm_rows(lit, args.nfe),
+            "study": arm_rows(stu, args.nfe),
+        }
+    )
+    payload["comparison"] = compare(payload["literature"], payload["study"], stu.floors)
+    best = payload["comparison"].get("best_study")
+    edm = payload["comparison"].get("edm")
+    payload["W"] = {
+        "winner": None if not best else w_curve(stu, best["trial"]),
+        "edm": None if not edm else w_curve(lit, edm["trial"]),
+    }
+    payload["wall_seconds"] = time.perf_counter() - t0
+    publish(NAME, payload, render, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
