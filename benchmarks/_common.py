@@ -1,30 +1,43 @@
-"""What every benchmark script shares: the machine it ran on, a printed table, a JSON file.
+"""What every benchmark shares: the machine it ran on, how figures are printed, the JSON file.
 
-Each script in ``benchmarks/`` prints its table and writes the same figures, with the
-machine, to ``bench-out/<script>.json`` (or ``--out``), so a README table can say where its
-numbers came from.
+Each benchmark prints its tables and writes the same figures, with the machine, to
+``benchmarks/results/<name>.json`` (committed: the README's Results tables come from these
+files). A benchmark's README block (a table, its caption and its machine line) is rendered
+by the benchmark from the JSON's figures with the formatters below and stored in the JSON
+under ``"readme"`` (one block per key); the README holds each block between
+``<!-- results: benchmarks/results/<name>.json#<key> -->`` and ``<!-- /results -->``, and
+``tests/benchmarks/test_readme_results.py`` checks that the two are the same text.
+Scratch (caches, trained models, logs) goes to ``bench-out/`` (ignored).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
+import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
+if str(ROOT) not in sys.path:  # `python benchmarks/x.py` (storage_overhead.py) from a checkout
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_OUT_DIR = ROOT / "bench-out"
+BENCH_OUT = ROOT / "bench-out"  # scratch: caches, trained models, logs (ignored)
+RESULTS_DIR = ROOT / "benchmarks" / "results"  # the committed JSON behind the README
+README_KEY = "readme"  # JSON key of the README blocks: {block key: markdown}
+
+
+# ----------------------------------------------------------------------------- the machine
 
 
 def _cpu_model() -> str:
@@ -48,40 +61,155 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": str(device),
+        "date": time.strftime("%Y-%m-%d"),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
 
 
-def describe_machine(info: dict[str, Any]) -> str:
-    """One line: 'Intel(R) Xeon(R) ..., 2 CPUs (2 torch threads), torch 2.14.1, device cpu'."""
+def describe_machine(info: Mapping[str, Any]) -> str:
+    """One line: 'AMD EPYC ..., 2 CPUs (1 torch thread), Python 3.11.7, torch 2.14.1, device
+    cpu, 2026-11-27'."""
     where = info.get("gpu") or info["device"]
-    return (
-        f"{info['cpu']}, {info['cpu_count']} CPUs ({info['torch_threads']} torch threads), "
-        f"Python {info['python']}, torch {info['torch']}, device {where}"
+    threads = info["torch_threads"]
+    line = (
+        f"{info['cpu']}, {info['cpu_count']} CPUs ({threads} torch thread"
+        f"{'' if threads == 1 else 's'}), Python {info['python']}, torch {info['torch']}, "
+        f"device {where}"
     )
+    return line + (f", {info['date']}" if info.get("date") else "")
+
+
+def git_state() -> dict[str, Any]:
+    """The checkout's commit and its modified tracked files (read-only git; {} without git)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not rewrite the index
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "modified": [line[3:] for line in status if line.strip()]}
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A figure as every table prints it: floats to ``digits`` significant digits (thousands
+    separated), None as '-', the rest as ``str``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, float):
+        return (
+            f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        )
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and abs(value) >= 10 ** (digits - 1):
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def fmt_spread(mean: float | None, spread: float | None, digits: int = 3) -> str:
+    """``mean ± spread`` (the spread over held-out seed sets)."""
+    if mean is None:
+        return "-"
+    return f"{fmt(mean, digits)} ± {fmt(spread, 2) if spread is not None else '-'}"
+
+
+def fmt_percent(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table (pastes into the README as it is)."""
-
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
-
+    """A Markdown table (pastes into the README as it is); cells through :func:`fmt`."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
+def machine_line(info: Mapping[str, Any]) -> str:
+    """The machine line of a README block."""
+    return f"Machine: {describe_machine(info)}."
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr, with the time."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def new_payload(name: str, argv: Sequence[str] | None, device: str = "cpu") -> dict[str, Any]:
+    """What every benchmark's JSON starts with: its name, the command, the machine, git."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return {
+        "benchmark": name,
+        "command": " ".join(["python -m", f"benchmarks.{name}", *args]),
+        "machine": machine_info(device),
+        "git": git_state(),
+    }
+
+
+def publish(
+    name: str,
+    payload: dict[str, Any],
+    render: Callable[[Mapping[str, Any]], dict[str, str]],
+    out: str | Path | None,
+) -> Path:
+    """Render the README blocks from the payload, write the JSON, print the blocks."""
+    payload[README_KEY] = render(payload)
+    path = write_json(name, payload, out)
+    print(readme_snippet(name, payload[README_KEY]))
+    wall = payload.get("wall_seconds")
+    print(
+        f"\n{describe_machine(payload['machine'])}" + (f"; wall time {wall:.0f} s" if wall else "")
+    )
+    print(f"written to {path}")
+    return path
+
+
 def write_json(name: str, payload: dict[str, Any], out: str | Path | None = None) -> Path:
-    """Write ``payload`` to ``out`` or ``bench-out/<name>.json``; returns the path."""
-    path = Path(out) if out else DEFAULT_OUT_DIR / f"{name}.json"
+    """Write ``payload`` to ``out`` or ``benchmarks/results/<name>.json``; returns the path."""
+    path = Path(out) if out else RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def results_comment(name: str, key: str) -> str:
+    """The README tag that opens a block: the JSON it comes from and the block's key."""
+    return f"<!-- results: benchmarks/results/{name}.json#{key} -->"
+
+
+RESULTS_END = "<!-- /results -->"
+
+
+def readme_snippet(name: str, blocks: Mapping[str, str]) -> str:
+    """Every block of one benchmark between its tags, ready to paste into the README."""
+    return "\n\n".join(
+        f"{results_comment(name, key)}\n{text.strip()}\n{RESULTS_END}"
+        for key, text in blocks.items()
+    )
+
+
+# ----------------------------------------------------------------------------- timing
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
@@ -94,6 +222,29 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved(
+    fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall times of each of ``fns`` over ``repeats`` rounds, after ``warmup`` untimed rounds.
+    The order alternates between rounds (A B, B A, A B, ...), so drift of a shared machine and
+    what one call leaves behind for the next fall on both sides alike."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            gc.collect()
+            times[name].append(median_seconds(fns[name], repeats=1, warmup=0))
+    return times
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """The median of ``a_i / b_i`` over the rounds."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 @contextlib.contextmanager

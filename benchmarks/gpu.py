@@ -14,10 +14,10 @@ depend on the values). Compilation happens in the warm-up and is reported apart.
 
 On a machine without CUDA the script says it needs a GPU and exits with status 0.
 
-    python benchmarks/gpu.py                    # full default: minutes, mostly compiling
-    python benchmarks/gpu.py --quick            # smoke run
-    python benchmarks/gpu.py --no-compile --out bench-out/gpu-eager.json
-    python benchmarks/gpu.py --device cpu --preset digits --quick   # the code path on a CPU
+    python -m benchmarks.gpu                    # full default: minutes, mostly compiling
+    python -m benchmarks.gpu --quick            # smoke run
+    python -m benchmarks.gpu --no-compile --out bench-out/gpu-eager.json
+    python -m benchmarks.gpu --device cpu --preset digits --quick   # the code path on a CPU
 """
 
 from __future__ import annotations
@@ -28,30 +28,28 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402  (puts the checkout on sys.path)
+from benchmarks._common import (
+    BENCH_OUT,
     describe_machine,
     format_table,
     machine_info,
     median_seconds,
     write_json,
 )
-
-from sigmatune.models.data import load_dataset  # noqa: E402
-from sigmatune.models.denoiser import Denoiser  # noqa: E402
-from sigmatune.models.networks import make_network  # noqa: E402
-from sigmatune.models.samplers import generate, nfe, steps_for_nfe  # noqa: E402
-from sigmatune.models.schedules import karras  # noqa: E402
-from sigmatune.models.training import train  # noqa: E402
-from sigmatune.objectives.loss import objective_from_description  # noqa: E402
-from sigmatune.study.config import Config, load_config  # noqa: E402
-from sigmatune.study.spaces import KARRAS_RHO, edm_defaults_description  # noqa: E402
+from sigmatune.models.data import load_dataset
+from sigmatune.models.denoiser import Denoiser
+from sigmatune.models.networks import make_network
+from sigmatune.models.samplers import generate, nfe, steps_for_nfe
+from sigmatune.models.schedules import karras
+from sigmatune.models.training import TrainSettings, train
+from sigmatune.objectives.loss import objective_from_description
+from sigmatune.study.config import Config, load_config
+from sigmatune.study.spaces import KARRAS_RHO, edm_defaults_description
 
 MODES = [  # (precision, compiled)
     ("float32", False),
@@ -162,19 +160,14 @@ def our_train_step(bench: Bench) -> Callable[[int], None]:
     data = bench.data
 
     def steps(n: int) -> None:
-        train(
-            bench.fresh_net(),
-            objective,
-            data,
+        settings = TrainSettings(
             train_nimg=n * bench.batch_size,
             batch_size=bench.batch_size,
             lr=cfg.lr,
             ema_halflife_nimg=cfg.ema_halflife_nimg,
             seed=0,
-            checkpoint_dir=None,
-            progress=False,
-            device=bench.device,
         )
+        train(bench.fresh_net(), objective, data, settings, progress=False, device=bench.device)
 
     return steps
 
@@ -306,6 +299,7 @@ def relative(rows: list[dict]) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
@@ -324,7 +318,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)"
     )
-    parser.add_argument("--out", default=None, help="JSON file (default bench-out/gpu.json)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON file (default benchmarks/results/gpu.json on a GPU, bench-out/gpu-cpu.json on "
+        "the CPU code path)",
+    )
     return parser.parse_args(argv)
 
 
@@ -370,7 +369,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.devi
     result: dict[str, Any] = {
         "benchmark": "gpu",
         "machine": info,
-        "command": "python benchmarks/gpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv),
         "quick": quick,
         "preset": args.preset,
         "network": bench.description,
@@ -430,7 +429,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.devi
             )
         )
     result["tables"] = tables
-    path = write_json("gpu", result, args.out)
+    out = args.out or (None if device.type == "cuda" else BENCH_OUT / "gpu-cpu.json")
+    path = write_json("gpu", result, out)
     print(f"gpu.py: {describe_machine(info)}")
     if device.type == "cuda":
         print(f"card: {torch.cuda.get_device_name(device)}")

@@ -1,0 +1,134 @@
+"""Every figure in the README's Results section comes from a committed JSON file.
+
+The convention (benchmarks/_common.py): a Results block sits between
+``<!-- results: benchmarks/results/<name>.json#<key> -->`` and ``<!-- /results -->``. Where the
+JSON holds README blocks (``"readme": {key: text}``, rendered by the benchmark from its own
+figures), the README's block is exactly that text, and the benchmark's renderer gives the
+same text again from the JSON alone. For a JSON without README blocks, every number in the
+block's table rows must be one of the JSON's numbers, rounded as printed. Every Markdown table
+of the Results section lies inside a block.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks._common import README_KEY, RESULTS_END, ROOT
+
+README = ROOT / "README.md"
+RESULTS = ROOT / "benchmarks" / "results"
+TAG = re.compile(r"<!-- results: (benchmarks/results/[\w.-]+\.json)#([\w-]+) -->")
+RENDERERS = {"overhead": "benchmarks.overhead.__main__"}  # else benchmarks.<benchmark>
+NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?%?(?![\w])")
+
+
+def results_section(text: str) -> str:
+    start = text.index("\n## Results")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def blocks(section: str) -> list[tuple[str, str, str, int, int]]:
+    """(json path, key, text, start, end) of every tagged block."""
+    found = []
+    for m in TAG.finditer(section):
+        end = section.index(RESULTS_END, m.end())
+        found.append((m.group(1), m.group(2), section[m.end() : end].strip(), m.start(), end))
+    return found
+
+
+def numbers(obj: Any) -> list[float]:
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, (int, float)):
+        return [float(obj)]
+    if isinstance(obj, dict):
+        return [v for x in obj.values() for v in numbers(x)]
+    if isinstance(obj, list):
+        return [v for x in obj for v in numbers(x)]
+    return []
+
+
+def printed_as(token: str, values: list[float]) -> bool:
+    """Whether some value, rounded as ``token`` is printed, is ``token``."""
+    text, scale = token.replace(",", ""), 1.0
+    if text.endswith("%"):
+        text, scale = text[:-1], 100.0
+    mantissa = text.split("e")[0]
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    target = float(text)
+    for v in values:
+        v = v * scale
+        if "e" in text:
+            if f"{v:.{decimals}e}" == f"{target:.{decimals}e}":
+                return True
+        elif abs(v - target) <= 0.5 * 10**-decimals * (1 + 1e-9):
+            return True
+    return False
+
+
+def table_numbers(text: str) -> list[str]:
+    """The number tokens of a block's table rows (header and rule rows left out)."""
+    tokens, header = [], True
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = True  # the next table starts with its header
+            continue
+        if not header and not set(line) <= set("|-: "):
+            tokens += NUMBER.findall(line)
+        header = False
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def section() -> str:
+    return results_section(README.read_text(encoding="utf-8"))
+
+
+def test_results_section_has_blocks(section: str) -> None:
+    assert blocks(section), "the Results section has no <!-- results: ... --> block"
+
+
+def test_every_block_is_its_json(section: str) -> None:
+    for path, key, text, *_ in blocks(section):
+        payload = json.loads((ROOT / path).read_text(encoding="utf-8"))
+        if README_KEY in payload:
+            assert key in payload[README_KEY], f"{path} has no README block {key!r}"
+            assert text == payload[README_KEY][key].strip(), f"{path}#{key} differs from the README"
+        else:
+            values = numbers(payload)
+            missing = [t for t in table_numbers(text) if not printed_as(t, values)]
+            assert not missing, f"{path}#{key}: {missing} are not figures of the JSON"
+
+
+def test_every_table_is_in_a_block(section: str) -> None:
+    spans = [(start, end) for *_, start, end in blocks(section)]
+    offset = 0
+    for line in section.splitlines(keepends=True):
+        if line.startswith("|"):
+            assert any(s <= offset < e for s, e in spans), f"a table outside a block: {line!r}"
+        offset += len(line)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in RESULTS.glob("*.json")), ids=lambda p: p.name)
+def test_committed_blocks_are_rendered_from_their_figures(path: Path) -> None:
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if README_KEY not in payload:
+        pytest.skip(f"{path.name} holds no README blocks")
+    module = importlib.import_module(
+        RENDERERS.get(payload["benchmark"], f"benchmarks.{payload['benchmark']}")
+    )
+    assert module.render_readme(payload) == payload[README_KEY]
+
+
+def test_number_matching() -> None:
+    assert printed_as("12,111", [12111.4]) and not printed_as("12,111", [12112.0])
+    assert printed_as("0.985", [0.98512]) and not printed_as("0.985", [0.9856])
+    assert printed_as("9.1%", [0.0912]) and printed_as("1.3e-15", [1.26e-15])
+    assert table_numbers("| a | b |\n|---|---|\n| 5 | 0.25 ± 0.0024 |") == ["5", "0.25", "0.0024"]
