@@ -54,6 +54,14 @@ def original_trial_number(trial: optuna.trial.BaseTrial) -> int:
     return int(failed) if failed is not None else int(trial.number)
 
 
+def set_metric_names(study: optuna.Study, names: Sequence[str]) -> None:
+    """Name the study's objective(s) for optuna-dashboard (experimental in Optuna since 3.2,
+    so its warning is silenced here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(names))
+
+
 def create_or_load(
     name: str,
     storage: optuna.storages.BaseStorage,

@@ -113,7 +113,7 @@ def open_outer_study(ctx: RunContext) -> tuple[optuna.Study, str]:
         directions=["minimize"] * len(objectives),
     )
     if created:
-        study.set_metric_names([f"FID (held-out, NFE {k})" for k in objectives])
+        adapter.set_metric_names(study, [f"FID (held-out, NFE {k})" for k in objectives])
         enqueue_configurations(ctx, study)
         # written last: a process that loads the study meanwhile waits for it (below)
         records.init_outer_study(study, config, kind="bilevel", floors=scorer_floors)

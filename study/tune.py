@@ -26,10 +26,11 @@ from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.config import Config
 from sigmatune.study.context import RunContext, make_context
-from sigmatune.study.inner import density_record, inner_study_name, tune_steps
+from sigmatune.study.inner import inner_study_name, tune_steps
 from sigmatune.study.modelfile import load_model_file, read_model_file
 from sigmatune.study.records import InnerRecord, Schedule
 from sigmatune.study.run import check_stored_config, wait_until_initialised
+from sigmatune.study.schedule import density_record
 from sigmatune.study.scoring import floors, score_schedule
 
 
@@ -217,7 +218,7 @@ def open_sampling_study(ctx: RunContext, prefix: str, source: str) -> optuna.Stu
     )
     if created:
         config = ctx.config.replace(name=prefix)
-        study.set_metric_names([f"FID (held-out, NFE {ctx.config.inner.nfe_budgets[0]})"])
+        adapter.set_metric_names(study, [f"FID (held-out, NFE {ctx.config.inner.nfe_budgets[0]})"])
         records.init_outer_study(
             study, config, kind="sampling", floors=scorer_floors, source=source
         )
