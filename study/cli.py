@@ -41,6 +41,19 @@ Afterwards `sigmatune status`, `export`, `report` and `dashboard` read the resul
 study PREFIX (default NAME-sampling).
 """
 
+SCHEDULE_EPILOG = """\
+examples:
+  sigmatune schedule --method gits --nfe 9 --checkpoint model.pt --preset digits
+      # GITS for a model file of `sigmatune run`, over the digits preset's sigma range
+  sigmatune schedule --method ld3 --nfe 7 --denoiser sigmatune.models.data:gmm2d_mixture
+      # LD3 (started from GITS) for the exact denoiser of the toy data set
+  sigmatune schedule --method karras --nfe 5 --set sigma_min=0.02 --set sigma_max=20
+      # no model needed for karras and loglinear
+It writes METHOD-SAMPLER-nfeK.json, .csv, .pt (k-diffusion: torch.load(path,
+weights_only=True)["sigmas"]) and .diffusers.json into the output folder and prints the
+paths. `tune-sampling` searches on FID instead (and scores GITS and LD3 beside its result).
+"""
+
 STORAGE_HELP = f"Optuna storage URL (default: {DEFAULT_STORAGE_URL})"
 
 
@@ -150,6 +163,43 @@ def cmd_tune_sampling(args: argparse.Namespace) -> int:
         f"results: study {summary.prefix!r} (inner studies {summary.prefix}/nfe-K) in {where}; "
         f"`sigmatune status --storage {where} --study-name {summary.prefix}`"
     )
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from sigmatune.study.config import Config, load_config
+    from sigmatune.study.schedule import make_schedule
+
+    if args.config and args.preset:
+        raise ValueError("give a config file or --preset, not both")
+    overrides = dict(_parse_set(item) for item in args.set or [])
+    if args.device:
+        overrides["device"] = args.device
+    source = args.config or args.preset
+    config = (
+        load_config(source, overrides)
+        if source
+        else Config.from_dict({}, source="defaults").replace(overrides)
+    )
+    settings: dict[str, dict[str, int]] = {}
+    for method in ("gits", "ld3"):
+        for key in ("num_noises", "teacher_steps", "iterations"):
+            value = getattr(args, key)
+            if value is not None and not (method == "gits" and key == "iterations"):
+                settings.setdefault(method, {})[key] = value
+    result = make_schedule(
+        args.method,
+        args.schedule_nfe,
+        config=config,
+        sampler=args.schedule_sampler,
+        checkpoint=args.checkpoint,
+        denoiser=args.denoiser,
+        shape=args.shape,
+        output=args.output,
+        rho=args.rho,
+        settings=settings,
+    )
+    print("\n".join(result.lines()))
     return 0
 
 
@@ -295,6 +345,62 @@ def _parser_tune(sub: Any) -> None:
     p.set_defaults(func=cmd_tune_sampling)
 
 
+def _parser_schedule(sub: Any) -> None:
+    from sigmatune.study.schedule import METHODS
+
+    p = sub.add_parser(
+        "schedule",
+        help="one step schedule for a model in seconds, without a study",
+        description="Compute one step schedule for a model and write it in every export "
+        "format: karras (Karras et al. 2022, rho 7 unless --rho), loglinear (uniform in "
+        "logSNR), gits (Chen et al. 2024: a teacher trajectory, one-step costs, dynamic "
+        "programming) or ld3 (Tong et al. 2025: the sampler's output matched to the "
+        "teacher's by gradient descent on the step locations, started from GITS). The sigma "
+        "range and seed come from the config (default: sigma 0.002 to 80), the sample shape "
+        "from the model file (else --shape, else the config's data set). Prints the sigmas "
+        "and what they cost in denoiser evaluations and seconds. No FID, no storage.",
+        epilog=SCHEDULE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", help="a TOML config file (or --preset; optional)")
+    p.add_argument("--preset", help="a built-in config: toy, digits, mnist, cifar10")
+    p.add_argument("--method", required=True, choices=METHODS, help="the schedule's method")
+    p.add_argument(
+        "--nfe",
+        dest="schedule_nfe",
+        metavar="K",
+        type=int,
+        required=True,
+        help="the NFE budget (one)",
+    )
+    p.add_argument(
+        "--sampler",
+        dest="schedule_sampler",
+        metavar="NAME",
+        default="heun",
+        help="euler, heun or dpmpp_2m (default heun)",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="a model file written by `sigmatune run`")
+    src.add_argument("--denoiser", help="module:function returning D(x, sigma)")
+    p.add_argument("--shape", type=int, nargs="+", help="sample shape for --denoiser, e.g. 3 32 32")
+    p.add_argument("--rho", type=float, default=7.0, help="karras rho (default 7)")
+    p.add_argument("--num-noises", type=int, help="gits/ld3: noises (default 16 / 32)")
+    p.add_argument("--teacher-steps", type=int, help="gits/ld3: the teacher's steps (default 32)")
+    p.add_argument("--iterations", type=int, help="ld3: gradient steps (default 30)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set sigma_min=0.02 (repeatable)",
+    )
+    p.add_argument(
+        "-o", "--output", default=".", help="folder to write the files to (default: here)"
+    )
+    p.set_defaults(func=cmd_schedule)
+
+
 def _parser_status(sub: Any) -> None:
     p = sub.add_parser(
         "status",
@@ -385,6 +491,7 @@ def _parser_report(sub: Any) -> None:
 PARSERS: tuple[Callable[[Any], None], ...] = (
     _parser_run,
     _parser_tune,
+    _parser_schedule,
     _parser_status,
     _parser_export,
     _parser_dashboard,

@@ -20,7 +20,7 @@ stored in ``study/presets/``) with top-level keys and four tables::
                adaptive, piecewise_bins, enqueue_baseline, literature, objectives
     [inner]    inner_trials, nfe_budgets, samplers, sampler, tune_sigma_range, tune_churn,
                fid_num_images, held_out_sets, fid_extractor, fid_inception_weights, kid,
-               batch_size, prune
+               batch_size, prune, peers
 
 Every key has a default (the dataclass fields below), so a file need only state what differs.
 Unknown keys, at any level, are errors; so are wrong types and out-of-range values. All the
@@ -245,6 +245,18 @@ def _literature(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _peers(value: Any) -> tuple[str, ...]:
+    """Step-placement methods of ``models.placement.PLACEMENTS`` (empty: none)."""
+    from sigmatune.models.placement import PLACEMENTS
+
+    what = f"must be a list of distinct names from: {', '.join(PLACEMENTS)} (or [] for none)"
+    if not isinstance(value, (list, tuple)) or any(v not in PLACEMENTS for v in value):
+        raise _Invalid(what)
+    if len(set(value)) != len(value):
+        raise _Invalid(what)
+    return tuple(value)
+
+
 def _nfe_list(value: Any) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)) and not value:
         return ()
@@ -369,6 +381,9 @@ class InnerConfig:
     kid: bool = _field(False, _bool)
     batch_size: int = _field(1000, _positive_int)  # images per generation batch
     prune: bool = _field(True, _bool)
+    # published step-placement methods (models.placement) computed for the model in every
+    # inner study: scored as baselines on held-out seeds and enqueued as starting points
+    peers: tuple[str, ...] = _field(("gits", "ld3"), _peers)
 
 
 @dataclass(frozen=True)

@@ -196,10 +196,11 @@ def _budgets(study: StudyRecord, chosen: TrialRecord, nfe: int | None) -> list[i
     budgets = [k for k in study.nfe_budgets if k in chosen.inner] or sorted(chosen.inner)
     if nfe is None:
         return budgets
-    if nfe not in chosen.inner:
+    if nfe not in chosen.inner and chosen.density is None:
         raise ValueError(
             f"trial {chosen.number} of study {study.name!r} has no inner study at nfe={nfe}; "
-            f"valid: {', '.join(str(k) for k in budgets) or 'none'}"
+            f"valid: {', '.join(str(k) for k in budgets) or 'none'} (and it has no step "
+            "density to derive a schedule at another NFE from)"
         )
     return [nfe]
 
@@ -250,10 +251,47 @@ def schedule_section(record: InnerRecord) -> dict[str, Any]:
         "search_note": "the search's minimum on its own seeds (optimistic; held_out is what "
         "to report)",
         "at_bound": list(record.at_bound),
+        "source": "tuned",
         "inner_study": record.study_name,
         "inner_trial": record.search_trial,
         "params": dict(record.params),
         "baselines": {name: s.to_dict() for name, s in record.schedules.items() if name != "tuned"},
+    }
+
+
+def unscored_section(sampler: str, nfe: int, sigmas: Any, source: str) -> dict[str, Any]:
+    """A schedule without held-out figures of its own (from the step density, or from
+    ``sigmatune schedule``); ``source`` says where it came from."""
+    s = validate(sigmas)
+    return {
+        "nfe": int(nfe),
+        "sampler": sampler,
+        "sampler_kwargs": {},
+        "num_steps": s.numel() - 1,
+        "sigmas": [float(v) for v in s.tolist()],
+        "lam": [float(v) for v in (-2 * torch.log(s[:-1])).tolist()],
+        "held_out": None,
+        "source": source,
+    }
+
+
+def density_section(density: dict[str, Any], nfe: int) -> dict[str, Any]:
+    """A budget that was never tuned: the quantiles of the step density over lam fitted to
+    the trial's tuned schedules (``study.schedule.density_schedule``), with no held-out
+    figures of its own."""
+    from sigmatune.study.schedule import density_schedule
+
+    sampler = str(density["sampler"])
+    sigmas = density_schedule(density, nfe)
+    return {
+        **unscored_section(sampler, nfe, sigmas, "density"),
+        "density": {
+            **density,
+            "note": f"NFE {nfe} was not tuned: these are the quantiles of one density over lam "
+            f"fitted to the tuned schedules at NFE {density.get('nfe')}, between their sigma "
+            "ranges interpolated in the number of steps; not scored",
+        },
+        "baselines": {},
     }
 
 
@@ -264,7 +302,14 @@ def export_document(study: StudyRecord, trial: int | None = None, nfe: int | Non
     chosen = choose_trial(study, trial)
     if chosen.objective is None and study.kind != "sampling":
         raise ValueError(f"trial {chosen.number} of study {study.name!r} has no training weighting")
-    schedules = {str(k): schedule_section(chosen.inner[k]) for k in _budgets(study, chosen, nfe)}
+    schedules = {
+        str(k): (
+            schedule_section(chosen.inner[k])
+            if k in chosen.inner
+            else density_section(dict(chosen.density or {}), k)
+        )
+        for k in _budgets(study, chosen, nfe)
+    }
     config = study.config.to_dict()
     config["storage"] = redact(config["storage"])
     doc = {
@@ -365,8 +410,9 @@ def kdiffusion_payload(doc: dict[str, Any], nfe: int | None, path: str | Path) -
         "k_diffusion_sampler": KDIFFUSION_SAMPLERS.get(sched["sampler"], ""),
         "sampler_kwargs": kdiffusion_kwargs(sched["sampler_kwargs"]),
         "fid": held.get("tuned"),
+        "source": sched.get("source", "tuned"),
         "study": doc["study"],
-        "trial": int(doc["trial"]),
+        "trial": None if doc["trial"] is None else int(doc["trial"]),
         "snippet": kdiffusion_snippet(doc, nfe, path),
     }
 
@@ -386,6 +432,7 @@ def diffusers_document(doc: dict[str, Any], nfe: int | None = None) -> dict[str,
         "sampler": sched["sampler"],
         "sampler_kwargs": sched["sampler_kwargs"],
         "held_out": sched.get("held_out"),
+        "source": sched.get("source", "tuned"),
         "study": doc["study"],
         "trial": doc["trial"],
         "notes": list(DIFFUSERS_NOTES),
@@ -473,7 +520,10 @@ def export(
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     study = read(storage_url, study_name)
-    doc = export_document(study, trial, nfe if fmt in ("json", "csv") else None)
+    # json and csv hold the one budget asked for; the others every tuned budget (and one
+    # from the step density when --nfe names a budget that was not tuned)
+    tuned = nfe is not None and nfe in choose_trial(study, trial).inner
+    doc = export_document(study, trial, None if fmt not in ("json", "csv") and tuned else nfe)
     return render(doc, fmt, nfe=nfe, output=output)
 
 

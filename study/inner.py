@@ -1,8 +1,10 @@
 """One inner study: the step locations of one model at one NFE budget.
 
-:func:`tune_steps` reads top-down: open (or resume) the study with its starting points, run the
-search to its budget of trials on the search seeds, then re-score the best schedule and the
-fair baselines on held-out seeds, and return the :class:`~sigmatune.study.records.InnerRecord`.
+:func:`tune_steps` reads top-down: open (or resume) the study with its starting points (among
+them the schedules of the published methods of ``inner.peers``, computed once for the model
+and stored on the study), run the search to its budget of trials on the search seeds, then
+re-score the best schedule, the fair baselines and the peers on held-out seeds, and return the
+:class:`~sigmatune.study.records.InnerRecord`.
 
 The trial's value is ln FID: the FIDs of a search span orders of magnitude (a bad schedule
 is thousands of times worse than a good one), which a Gaussian process on the FID itself
@@ -20,12 +22,14 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from sigmatune.models.placement import Placement
 from sigmatune.models.samplers import DenoiserFn
 from sigmatune.models.schedules import karras, loglinear
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.context import RunContext
-from sigmatune.study.records import InnerRecord, Schedule
+from sigmatune.study.records import InnerRecord, Peer, Schedule
+from sigmatune.study.schedule import DEFAULT_SETTINGS, LD3_START, compute_schedule, costs
 from sigmatune.study.scoring import held_out, score_schedule
 
 FID_FLOOR = 1e-12  # ln FID of a (clamped) zero distance
@@ -46,7 +50,7 @@ def tune_steps(
 ) -> InnerRecord:
     """Create or resume one inner study, run it to ``inner_trials`` finished trials, and
     return its record with held-out figures (computed once, stored on the study)."""
-    study = open_inner_study(ctx, study_name, nfe, link=link, warm_start=warm_start)
+    study = open_inner_study(ctx, D, study_name, nfe, link=link, warm_start=warm_start)
     run_search(ctx, study, D, nfe)
     return summarise(ctx, study, D, nfe)
 
@@ -55,24 +59,85 @@ def tune_steps(
 # Opening
 
 
-def starting_points(ctx: RunContext, nfe: int) -> dict[str, spaces.InnerChoice]:
+def starting_points(
+    ctx: RunContext, nfe: int, peers: Mapping[str, Peer] | None = None
+) -> dict[str, spaces.InnerChoice]:
     """The first trials of every inner study, by name: the baselines (karras rho=7 and
-    loglinear over the run's range) and karras with other rho."""
+    loglinear over the run's range), the peers' schedules, and karras with other rho."""
     return {
         **spaces.baseline_schedules(ctx.config, nfe),
+        **{
+            name: spaces.InnerChoice(
+                peer.schedule.sampler,
+                torch.tensor(peer.schedule.sigmas, dtype=torch.float64),
+                dict(peer.schedule.sampler_kwargs),
+            )
+            for name, peer in (peers or {}).items()
+        },
         **spaces.starting_schedules(ctx.config, nfe),
     }
 
 
+def compute_peer(
+    ctx: RunContext, D: DenoiserFn, name: str, nfe: int, done: Mapping[str, Peer]
+) -> Peer:
+    """One published method's schedule (``models.placement``: GITS, Chen et al. 2024; LD3,
+    Tong et al. 2025, started from GITS's schedule, reused from ``done`` when there) for the
+    model at ``nfe``, with the inner study's sampler over the run's sigma range."""
+    config = ctx.config
+    sampler = config.inner.samplers[0]
+    start = None
+    if name == "ld3" and LD3_START in done:
+        stored = done[LD3_START]
+        start = Placement(
+            LD3_START,
+            torch.tensor(stored.schedule.sigmas, dtype=torch.float64),
+            int(stored.costs["denoiser_calls"]),
+            int(stored.costs["denoiser_evaluations"]),
+            float(stored.costs["seconds"]),
+            dict(stored.info),
+        )
+    placement = compute_schedule(
+        name,
+        D,
+        ctx.shape,
+        nfe,
+        sampler,
+        sigma_min=float(config.sigma_min),
+        sigma_max=float(config.sigma_max),
+        seed=config.seed,
+        device=ctx.device,
+        settings=DEFAULT_SETTINGS,
+        start=start,
+    )
+    schedule = Schedule(sampler, tuple(float(s) for s in placement.sigmas))
+    return Peer(schedule, costs(placement), dict(placement.info))
+
+
+def peer_schedules(
+    ctx: RunContext, study: optuna.Study, D: DenoiserFn, nfe: int
+) -> dict[str, Peer]:
+    """The schedules of the methods of ``inner.peers`` for this inner study: computed the
+    first time (each stored on the study as soon as it is done) and read back on a resume."""
+    peers = records.read_peers(study)
+    for name in ctx.config.inner.peers:
+        if name not in peers:
+            peers[name] = compute_peer(ctx, D, name, nfe, peers)
+            records.write_peer(study, name, peers[name])
+    return {name: peers[name] for name in ctx.config.inner.peers}
+
+
 def open_inner_study(
     ctx: RunContext,
+    D: DenoiserFn,
     study_name: str,
     nfe: int,
     *,
     link: Mapping[str, Any] | None = None,
     warm_start: Sequence[Mapping[str, Any]] = (),
 ) -> optuna.Study:
-    """Create (with its starting points enqueued) or load an inner study."""
+    """Create or load an inner study; a new one (or one whose process died before it had any
+    trial) gets its starting points enqueued, the peers' schedules among them."""
     config = ctx.config
     study, created = adapter.create_or_load(
         study_name,
@@ -80,14 +145,28 @@ def open_inner_study(
         sampler=ctx.inner_sampler(config, config.seed + nfe),
         pruner=spaces.make_inner_pruner(config),
     )
-    if not created:
-        return study
-    records.init_inner_study(study, nfe, link)
-    study.set_metric_names([f"ln FID (search seeds, NFE {nfe})"])
-    # The baselines always; further starting points and warm starts fill at most the budget
-    # left after them, keeping one trial for the search itself.
+    if created:
+        records.init_inner_study(study, nfe, link)
+        adapter.set_metric_names(study, [f"ln FID (search seeds, NFE {nfe})"])
+    peers = peer_schedules(ctx, study, D, nfe)
+    if created or not study.get_trials(deepcopy=False):
+        enqueue_starting_points(ctx, study, nfe, peers, warm_start)
+    return study
+
+
+def enqueue_starting_points(
+    ctx: RunContext,
+    study: optuna.Study,
+    nfe: int,
+    peers: Mapping[str, Peer],
+    warm_start: Sequence[Mapping[str, Any]],
+) -> None:
+    """Enqueue the baselines always; the peers, further starting points and warm starts fill
+    at most the budget left after them, keeping one trial for the search itself. A schedule
+    the search space cannot express (a narrowed space) is left out quietly."""
+    config = ctx.config
     room = max(0, config.inner.inner_trials - len(spaces.BASELINES) - 1)
-    for name, choice in starting_points(ctx, nfe).items():
+    for name, choice in starting_points(ctx, nfe, peers).items():
         baseline = name in spaces.BASELINES
         if not baseline and room <= 0:
             break
@@ -103,7 +182,6 @@ def open_inner_study(
         study.enqueue_trial(
             dict(params), user_attrs={records.START: "warm_start"}, skip_if_exists=True
         )
-    return study
 
 
 def best_so_far(ctx: RunContext, nfe: int, exclude_prefix: str = "") -> list[InnerRecord]:
@@ -275,8 +353,9 @@ def fair_baselines(ctx: RunContext, tuned: Schedule, nfe: int) -> dict[str, Sche
 
 
 def summarise(ctx: RunContext, study: optuna.Study, D: DenoiserFn, nfe: int) -> InnerRecord:
-    """The inner study's record: its best trial, the fair baselines, and their held-out
-    figures (computed once and stored on the study; recomputed if the best trial changed)."""
+    """The inner study's record: its best trial, the fair baselines, the peers (with their
+    costs), and their held-out figures (computed once and stored on the study; recomputed if
+    the best trial changed)."""
     best = best_trial(study)
     if best is None:
         raise RuntimeError(
@@ -284,7 +363,12 @@ def summarise(ctx: RunContext, study: optuna.Study, D: DenoiserFn, nfe: int) -> 
             f"user attr {records.FAIL_REASON!r}"
         )
     tuned = records.read_inner_schedule(best)
-    schedules = {"tuned": tuned, **fair_baselines(ctx, tuned, nfe)}
+    peers = peer_schedules(ctx, study, D, nfe)
+    schedules = {
+        "tuned": tuned,
+        **fair_baselines(ctx, tuned, nfe),
+        **{name: peer.schedule for name, peer in peers.items()},
+    }
     held = records.read_held_out(study)
     if held is None or held.tuned_trial != best.number or set(schedules) - set(held.scores):
         held = held_out(ctx, D, schedules, tuned_trial=best.number)
@@ -304,4 +388,5 @@ def summarise(ctx: RunContext, study: optuna.Study, D: DenoiserFn, nfe: int) -> 
         search_baselines=search_baselines,
         held_out=held,
         at_bound=params_at_bound(best),
+        costs={name: dict(peer.costs) for name, peer in peers.items()},
     )
