@@ -87,13 +87,30 @@ def _load(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
 # --------------------------------------------------------------------------------------------
 # Notes
 
-DASHBOARD_HELP = (
-    "Reading the built-in panels: the objective is the held-out FID at the primary NFE. "
-    "*History* shows the outer trials' final values; a pruned trial's interim FIDs (reported "
-    "at training checkpoints, x axis = training images) are in *Intermediate values*, not on "
-    "the same footing. *Hyperparameter importance* and *Contour* need several complete "
-    "trials of the same branch of the conditional space; with few trials they stay empty."
-)
+
+def dashboard_help(data: StudyRecord) -> str:
+    """How to read optuna-dashboard's built-in panels for this study (what they show was read
+    from optuna-dashboard 0.21's History and Intermediate-values code)."""
+    primary = data.primary_nfe
+    text = (
+        f"Reading the built-in panels: a complete trial's objective is its held-out FID at NFE "
+        f"{primary}. *Intermediate values* shows the interim FIDs reported at training "
+        'checkpoints; its x axis, labelled "Step", counts **training images**. '
+    )
+    if any(t.state == "PRUNED" and t.values for t in data.trials):
+        text += (
+            "A pruned trial carries its last interim FID as its value (Optuna's rule: a "
+            "partly trained model, a fitted schedule, one held-out seed set), and *History* "
+            "plots it among the final values while its switch *Include PRUNED trials* is on "
+            "(the default): turn it off to compare final values only. "
+        )
+    else:
+        text += "Pruned trials carry no final value and *History* shows complete trials only. "
+    return text + (
+        "*Hyperparameter importance* and *Contour* are empty until several trials are complete "
+        "in the same branch of the conditional space (each parameterisation, density and "
+        "weighting has its own parameters): with few trials there is nothing to fit."
+    )
 
 
 def _floor_text(data: StudyRecord) -> str:
@@ -118,7 +135,7 @@ def study_note(data: StudyRecord) -> str:
         f"`{cfg.inner.fid_extractor}` extractor on {data.seeds.num_images} images, re-scored on "
         f"{data.seeds.held_out_sets} held-out seed sets (mean ± spread).{_floor_text(data)}",
         "",
-        DASHBOARD_HELP,
+        dashboard_help(data),
         "",
     ]
     best, primary = data.best, data.primary_nfe

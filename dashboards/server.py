@@ -6,6 +6,8 @@ the same WSGI app (``optuna_dashboard.wsgi``) in a background thread on a free p
 
 from __future__ import annotations
 
+import errno
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +65,46 @@ class DashboardServer:
         self.shutdown()
 
 
+class ListenError(ValueError):
+    """An address the dashboard cannot listen on (a port out of range or in use, a host that
+    does not resolve here); the message says what to change."""
+
+
+class _IPv6Server(WSGIServer):
+    address_family = socket.AF_INET6
+
+
+def check_port(port: Any, *, allow_free: bool = False) -> int:
+    """A TCP port, 1-65535 (0, "any free port", only where ``allow_free``)."""
+    low = 0 if allow_free else 1
+    if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= 65535:
+        raise ListenError(f"port must be an integer in {low}-65535, but got {port=}")
+    return port
+
+
+def resolve_host(host: str, port: int) -> socket.AddressFamily:
+    """The address family to listen on ``host`` with (IPv6 for ``::`` or ``::1``)."""
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise ListenError(
+            f"cannot listen on host {host!r}: it does not resolve to an address of this machine "
+            f"({reason}); use --host 127.0.0.1 (this machine only), 0.0.0.0 or :: (all IPv4 "
+            "or all IPv6 addresses)"
+        ) from None
+    families = [info[0] for info in infos]
+    return socket.AF_INET if socket.AF_INET in families else families[0]
+
+
+def check_address(host: str, port: Any) -> None:
+    """What ``sigmatune dashboard`` checks before it opens anything: a port in 1-65535 and a
+    host that resolves here (a port in use is found when binding)."""
+    resolve_host(host, check_port(port))
+
+
 def make_dashboard_server(
     storage: optuna.storages.BaseStorage,
     *,
@@ -70,12 +112,22 @@ def make_dashboard_server(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
 ) -> DashboardServer:
-    """Bind optuna-dashboard's WSGI app to ``host:port`` (``port=0``: a free port)."""
+    """Bind optuna-dashboard's WSGI app to ``host:port`` (``port=0``: a free port); an address
+    that cannot be bound is a :class:`ListenError` with one clear paragraph."""
+    port = check_port(port, allow_free=True)
+    family = resolve_host(host, port)
+    server_class = _IPv6Server if family == socket.AF_INET6 else WSGIServer
     app = wsgi(storage, artifact_store=artifact_store)
     try:
-        httpd = make_server(host, port, app, handler_class=_QuietHandler)
+        httpd = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
     except OSError as exc:
-        raise OSError(f"cannot listen on {host}:{port} ({exc}); choose another --port") from exc
+        hint = {
+            errno.EADDRINUSE: "another program listens there; choose another --port",
+            errno.EACCES: "ports below 1024 need privileges; choose a --port above 1024",
+            errno.EADDRNOTAVAIL: "it is not an address of this machine; choose another --host",
+        }.get(exc.errno, "choose another --host or --port")
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(f"cannot listen on {where} ({exc.strerror or exc}): {hint}") from None
     return DashboardServer(httpd)
 
 
@@ -103,7 +155,8 @@ def serve(
     port: int = DEFAULT_PORT,
     log: Callable[[str], None] = print,
 ) -> None:
-    """Serve until interrupted, after printing the URL."""
+    """Serve until interrupted (Ctrl-C), after printing the URL."""
+    check_port(port)
     server = make_dashboard_server(storage, artifact_store=artifact_store, host=host, port=port)
     log(f"optuna-dashboard: {server.url}  (Ctrl-C to stop)")
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -113,5 +166,7 @@ def serve(
         )
     try:
         server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        log("optuna-dashboard: stopped")
     finally:
         server.httpd.server_close()

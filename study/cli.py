@@ -232,12 +232,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from sigmatune.dashboards.server import serve
-    from sigmatune.study.export import open_storage
-    from sigmatune.study.storage import artifact_store_for
+    import optuna
 
+    from sigmatune.dashboards.server import check_address, serve
+    from sigmatune.study.export import open_storage
+    from sigmatune.study.storage import artifact_dir_for
+
+    check_address(args.host, args.port)  # a bad --host or --port fails before anything opens
     storage = open_storage(args.storage)
-    artifact_store, _ = artifact_store_for(args.storage, args.artifact_dir or "")
+    # a viewer creates nothing: the store reads the artifact folder where it exists
+    folder = artifact_dir_for(args.storage, args.artifact_dir or "")
+    artifact_store = optuna.artifacts.FileSystemArtifactStore(folder)
     serve(storage, artifact_store=artifact_store, host=args.host, port=args.port)
     return 0
 
@@ -464,7 +469,10 @@ def _parser_dashboard(sub: Any) -> None:
     )
     p.add_argument("storage", nargs="?", default=DEFAULT_STORAGE_URL, help=STORAGE_HELP)
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 or :: listen on "
+        "every IPv4 or IPv6 address, without authentication)",
     )
     p.add_argument("--port", type=int, default=8080, help="port, 1-65535 (default 8080)")
     p.add_argument(

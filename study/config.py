@@ -62,6 +62,7 @@ INNER_SAMPLERS = ("gp", "tpe", "random")
 MIN_STEPS = 2  # an inner study needs at least one free step location (one gap in lam)
 MAX_PIECEWISE_BINS = 64
 MIN_HELD_OUT_SETS = 3  # a held-out figure is a mean with a spread over at least 3 seed sets
+MAX_NAME_LENGTH = 256  # study names; file names made from them are shortened further
 
 
 class ConfigError(ValueError):
@@ -195,6 +196,11 @@ def _name(value: Any) -> str:
         raise _Invalid(
             "must be a non-empty study name without '/' or surrounding spaces (inner studies "
             "are named NAME/trial-NNNN/nfe-K)"
+        )
+    if len(value) > MAX_NAME_LENGTH:
+        raise _Invalid(
+            f"must be at most {MAX_NAME_LENGTH} characters long (this one has {len(value)}; "
+            "inner study names NAME/trial-NNNN/nfe-K must fit Optuna's study names)"
         )
     return value
 

@@ -40,6 +40,7 @@ from sigmatune.models.schedules import validate
 from sigmatune.objectives.curves import LAM_POINTS, lam_grid, weighting_curves
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records
+from sigmatune.study.errors import WriteError
 from sigmatune.study.records import InnerRecord, StudyRecord, TrialRecord
 from sigmatune.study.storage import redact_url as redact
 
@@ -91,6 +92,9 @@ DIFFUSERS_NOTES = (
     "EulerDiscreteScheduler is a first-order (Euler) sampler; the schedule was tuned for the "
     "sampler named in 'sampler' and NFE counts model evaluations of that sampler.",
 )
+# Bytes of a study name in a file name: the longest stem plus "-export.json", "-nfe-K.pt" or a
+# temporary file's affixes stays far below the 255 bytes a file name may have.
+NAME_BYTES = 120
 TABLE_NOTE = (
     "over lam = -2 ln sigma: p_lam = noise-level density per unit lam; w = loss weight in the "
     "parameterisation's space; W = p_lam*w*sigma^2/c_out^2, the effective eps-space weight per "
@@ -107,30 +111,68 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it onto
     ``path``: readers see the old file or the new one, never half of one."""
     path = Path(path)
-    if path.is_dir():
+    if _is_dir(path):
         raise ValueError(f"output {str(path)!r} is a folder; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:80]}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{shorten_bytes(path.name, NAME_BYTES)}."
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(
+                f"cannot write {str(path)!r} ({exc.strerror or exc}); "
+                + ("the previous file is unchanged" if _exists(path) else "nothing was written")
+            ) from None
         raise
     return path
+
+
+def _is_dir(path: str | Path) -> bool:
+    """``Path.is_dir``, False where the name cannot even be looked up (too long)."""
+    try:
+        return Path(path).is_dir()
+    except OSError:
+        return False
+
+
+def _exists(path: str | Path) -> bool:
+    try:
+        return Path(path).exists()
+    except OSError:
+        return False
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def torch_bytes(payload: Any) -> bytes:
+    """``torch.save`` into memory: written to a file by Python, a full disk is an OSError
+    (torch's own file writer raises a RuntimeError without the cause)."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def shorten_bytes(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` bytes of UTF-8, never inside a character (file
+    systems limit a file name to 255 bytes, not characters)."""
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+
+
 def file_stem(study: str, trial: int) -> str:
-    """A file name stem for a study's trial: the safe name, shortened, with a hash of the
-    full name so that two names never share a file."""
+    """A file name stem for a study's trial: the safe name, shortened (to 60 characters and
+    NAME_BYTES bytes), with a hash of the full name so that two names never share a file."""
     from sigmatune.study.context import safe_name, short_hash
 
-    return f"{safe_name(study)[:60]}-{short_hash(study)[:8]}-trial-{int(trial):04d}"
+    short = shorten_bytes(safe_name(study)[:60], NAME_BYTES)
+    return f"{short}-{short_hash(study)[:8]}-trial-{int(trial):04d}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,7 +502,7 @@ def _kdiffusion(doc: dict[str, Any], nfe: int | None, output: str | Path | None)
     written, or the folder when several are (default: the current folder)."""
     result = ExportResult(document=doc, format="k-diffusion")
     budgets = [int(nfe)] if nfe is not None else [int(k) for k in doc["schedules"]]
-    single = len(budgets) == 1 and output is not None and not Path(output).is_dir()
+    single = len(budgets) == 1 and output is not None and not _is_dir(output)
     folder = Path(output) if output is not None and not single else Path(".")
     messages = []
     for k in budgets:
@@ -471,7 +513,7 @@ def _kdiffusion(doc: dict[str, Any], nfe: int | None, output: str | Path | None)
             else folder / f"{file_stem(doc['study'], doc['trial'])}-nfe-{k}.pt"
         )
         payload = kdiffusion_payload(doc, k, path)
-        atomic_write(path, lambda tmp, payload=payload: torch.save(payload, tmp))
+        atomic_write(path, lambda tmp, payload=payload: Path(tmp).write_bytes(torch_bytes(payload)))
         result.paths.append(path)
         messages.append(
             f"# NFE {k} ({sched['sampler']}, held-out FID "
@@ -533,11 +575,11 @@ def check_report_output(output: str | Path) -> Path:
     from sigmatune.dashboards.report import GENERATOR_MARK
 
     path = Path(output)
-    if path.is_dir():
+    if _is_dir(path):
         raise ValueError(
             f"report output {str(path)!r} is a folder; give a file name (-o report.html)"
         )
-    if path.exists():
+    if _exists(path):
         try:
             with path.open("rb") as f:
                 head = f.read(4096).decode("utf-8", errors="replace")

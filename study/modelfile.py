@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -69,6 +70,13 @@ def save_model_file(
         raise
 
 
+def refused_global(exc: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` refused (e.g. "GLOBAL posix.system"), without
+    torch's own advice, which is to load the file unsafely."""
+    found = re.search(r"GLOBAL [\w.]+", str(exc))
+    return f"it asks for {found.group(0)}" if found else "objects torch's safe loader refuses"
+
+
 def read_model_file(path: str | Path) -> dict[str, Any]:
     """The checked contents of a model file (cheap: no network is built). Raises
     ``FileNotFoundError`` or :class:`ModelFileError` with one clear paragraph."""
@@ -88,15 +96,18 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(
-            f"checkpoint {where!r} holds Python objects beyond tensors and plain values, so "
-            f"sigmatune refuses to load it (loading it could run code; {first}). Pass a model "
-            "file written by `sigmatune run`, or wrap your model as a module:function denoiser"
+            f"checkpoint {where!r} holds Python objects beyond tensors and plain values "
+            f"({refused_global(exc)}), so sigmatune refuses to load it: loading it could run "
+            "code. Pass a model file written by `sigmatune run`, or wrap your model as a "
+            "module:function denoiser"
         ) from None
     except Exception as exc:  # truncated or corrupt archives
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if "weights_only" in first:  # torch's advice to load unsafely is never passed on
+            first = refused_global(exc)
         raise ModelFileError(
-            f"checkpoint {where!r} cannot be read ({type(exc).__name__}: {exc})"
+            f"checkpoint {where!r} cannot be read ({type(exc).__name__}: {first})"
         ) from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(payload, dict) or k not in payload]
     if missing:
