@@ -26,6 +26,7 @@ examples:
   sigmatune run --preset toy                 # a one-minute look on a 2-D Gaussian mixture
   sigmatune run --preset digits              # 8x8 digits, small U-Net, classifier FID
   sigmatune run my.toml --outer-trials 20    # your own config; resumes if the study exists
+  sigmatune run my.toml --devices cuda:0,cuda:1   # one worker per GPU, one study
 Several processes started with the same command and storage share the work.
 """
 
@@ -125,13 +126,40 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"({config.outer.outer_trials} outer x {config.inner.inner_trials} inner trials, "
         f"NFE {list(config.inner.nfe_budgets)})"
     )
-    summary = run(
-        config,
-        progress=not args.no_progress,
-        heartbeat_interval=args.heartbeat_interval,
-        grace_period=args.grace_period,
-    )
-    best = summary.best
+    if args.workers is not None or args.devices:
+        import torch
+
+        from sigmatune.study.workers import run_workers, worker_devices
+
+        devices = worker_devices(
+            args.workers,
+            args.devices.split(",") if args.devices else None,
+            config.device,
+            torch.cuda.device_count(),
+        )
+        result = run_workers(
+            config,
+            devices,
+            heartbeat_interval=args.heartbeat_interval,
+            grace_period=args.grace_period,
+            progress=not args.no_progress,
+        )
+        if result.exit_code != 0:
+            failed = [f"w{k} (exit {c})" for k, c in enumerate(result.codes) if c != 0]
+            print(
+                f"sigmatune: worker(s) {', '.join(failed)} did not finish; run the same "
+                "command again to resume",
+                file=sys.stderr,
+            )
+            return result.exit_code
+        best = result.best
+    else:
+        best = run(
+            config,
+            progress=not args.no_progress,
+            heartbeat_interval=args.heartbeat_interval,
+            grace_period=args.grace_period,
+        ).best
     if best is None:
         print("sigmatune: no outer trial completed; see `sigmatune status`", file=sys.stderr)
         return 1
@@ -314,6 +342,21 @@ def _parser_run(sub: Any) -> None:
         default=None,
         help="seconds without heartbeat before a trial of a dead process is "
         "failed and retried (default 30)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N worker processes on this machine, all on the same storage: one per GPU "
+        "(cuda:0 ... with device auto or cuda; round robin when N exceeds the GPUs), else all "
+        "on the config's device. The command waits for them, forwards Ctrl-C and SIGTERM, "
+        "prefixes each output line with [wK] and fails if any worker fails. SQLite "
+        "serialises writers: fine for a few workers on one machine; use PostgreSQL for many",
+    )
+    p.add_argument(
+        "--devices",
+        metavar="LIST",
+        help="one worker per device, comma-separated, e.g. cuda:0,cuda:1 (as --workers)",
     )
     p.set_defaults(func=cmd_run)
 

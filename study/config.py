@@ -12,6 +12,7 @@ stored in ``study/presets/``) with top-level keys and four tables::
     sigma_max = 80.0              # it, schedules start and end at its ends
     storage = "sqlite:///sigmatune.db"
     artifact_dir = ""             # default: "<db stem>-artifacts" beside a SQLite file
+    artifact_store = ""           # "": artifact_dir is shared; s3://BUCKET/PREFIX, file:///PATH
     device = "auto"               # auto | cpu | cuda | cuda:N
 
     [network]  name, params       # models.networks.make_network(name, params, shape)
@@ -232,6 +233,19 @@ def _storage(value: Any) -> str:
     return value
 
 
+def _artifact_store(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid('must be a string: "", s3://BUCKET/PREFIX or file:///PATH')
+    from sigmatune.study.artifacts import parse_artifact_store_url
+    from sigmatune.study.storage import StorageError
+
+    try:
+        parse_artifact_store_url(value)
+    except StorageError as exc:
+        raise _Invalid(f"must be a valid artifact store URL ({exc})") from None
+    return value.strip()
+
+
 def _literature_names() -> list[str]:
     from sigmatune.objectives.literature import literature_names
 
@@ -404,6 +418,9 @@ class Config:
     sigma_max: float = _field(80.0, _positive_float)
     storage: str = _field(DEFAULT_STORAGE_URL, _storage)
     artifact_dir: str = _field("", _str)
+    # "": artifact_dir is the store (a folder every worker mounts); "s3://BUCKET/PREFIX"
+    # (Optuna's Boto3ArtifactStore) or "file:///PATH": a bucket, artifact_dir its local cache
+    artifact_store: str = _field("", _artifact_store)
     device: str = _field("auto", _device)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

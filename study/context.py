@@ -22,13 +22,9 @@ import torch
 from sigmatune.models.data import Dataset, load_dataset
 from sigmatune.objectives.fid import Scorer, ScorerSettings
 from sigmatune.study import records, spaces
+from sigmatune.study.artifacts import Artifacts, open_artifacts, scorer_series, share_scorer_cache
 from sigmatune.study.config import Config
-from sigmatune.study.storage import (
-    artifact_dir_for,
-    artifact_store_for,
-    make_storage,
-    parse_storage_url,
-)
+from sigmatune.study.storage import artifact_dir_for, make_storage, parse_storage_url
 
 InnerSamplerFactory = Callable[[Config, int], optuna.samplers.BaseSampler]
 
@@ -38,13 +34,15 @@ class RunContext:
     """What every trial of one run process shares (built once per process).
 
     ``inner_sampler`` makes each inner study's sampler (``spaces.make_inner_sampler`` unless a
-    caller, such as a benchmark, measures another one).
+    caller, such as a benchmark, measures another one). ``artifacts`` is the store every worker
+    shares (``artifact_dir`` its folder on this machine, ``artifact_store`` its Optuna view).
     """
 
     config: Config
     storage: optuna.storages.BaseStorage
     artifact_store: Any
     artifact_dir: Path
+    artifacts: Artifacts
     data: Dataset
     scorer: Scorer
     device: torch.device
@@ -134,7 +132,9 @@ def make_context(
     parse_storage_url(config.storage)  # a malformed URL fails here, before anything exists
     artifact_dir = artifact_dir_for(config.storage, config.artifact_dir)
     data = load_dataset(config.dataset, root=config.data_root or None, seed=config.seed)
+    seeds = records.SeedPlan.for_config(config)
     with undo_on_error(config.storage, artifact_dir):
+        artifacts = open_artifacts(config.artifact_store, artifact_dir, config.storage)
         if storage is None:
             kwargs = {}
             if heartbeat_interval is not None:
@@ -142,17 +142,22 @@ def make_context(
             if grace_period is not None:
                 kwargs["grace_period"] = grace_period
             storage = make_storage(config.storage, **kwargs)
-        artifact_store, artifact_dir = artifact_store_for(config.storage, config.artifact_dir)
-        scorer = make_scorer(config, data, artifact_dir / "fid-cache", device)
+        scorer = share_scorer_cache(  # a cache another machine computed is fetched, not redone
+            artifacts,
+            scorer_series(config),
+            lambda: make_scorer(config, data, artifacts.local_dir / "fid-cache", device),
+            seeds.held_out_sets,
+        )
     return RunContext(
         config=config,
         storage=storage,
-        artifact_store=artifact_store,
-        artifact_dir=Path(artifact_dir),
+        artifact_store=artifacts.optuna_store,
+        artifact_dir=artifacts.local_dir,
+        artifacts=artifacts,
         data=data,
         scorer=scorer,
         device=device,
-        seeds=records.SeedPlan.for_config(config),
+        seeds=seeds,
         progress=progress,
         log=log,
         inner_sampler=inner_sampler or spaces.make_inner_sampler,

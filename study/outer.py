@@ -21,6 +21,7 @@ from sigmatune.models.training import TrainSettings, train
 from sigmatune.objectives.loss import objective_from_description
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
+from sigmatune.study.artifacts import checkpoint_uploader, fetch_checkpoint
 from sigmatune.study.context import RunContext, short_hash
 from sigmatune.study.inner import best_so_far, inner_study_name, tune_steps, warm_start_params
 from sigmatune.study.modelfile import save_model_file
@@ -82,14 +83,19 @@ def train_model(
     run_key = short_hash(
         study_uid, original, config.to_dict()["network"], config.dataset, description
     )
+    # the store holds every checkpoint: a retry on another machine resumes the newest
+    checkpoint_dir = trial_dir / "checkpoints"
+    fetch_checkpoint(ctx.artifacts, checkpoint_dir)
     result = train(
         net,
         objective,
         ctx.data.x,
         settings,
-        checkpoint_dir=trial_dir / "checkpoints",
+        checkpoint_dir=checkpoint_dir,
         run_key=run_key,
-        callback=interim_pruning(ctx, trial, description),
+        callback=checkpoint_uploader(
+            ctx.artifacts, checkpoint_dir, then=interim_pruning(ctx, trial, description)
+        ),
         device=ctx.device,
         progress=ctx.progress,
         desc=f"trial {trial.number} train",
