@@ -574,8 +574,13 @@ class Scorer:
             return None
         try:
             state = torch.load(self.cache_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated file: recompute and overwrite it
-            warnings.warn(f"ignoring unreadable FID cache {self.cache_path}: {exc}", stacklevel=3)
+        except Exception as exc:  # a truncated or foreign file: recompute and overwrite it
+            # (only the exception's type: torch's message advises loading it unsafely)
+            warnings.warn(
+                f"ignoring unreadable FID cache {self.cache_path} ({type(exc).__name__}); "
+                "recomputing it",
+                stacklevel=3,
+            )
             return None
         stored = state.get("key") if isinstance(state, dict) else None
         if stored != self._key:

@@ -114,18 +114,38 @@ def _load_config(args: argparse.Namespace):
 # Commands
 
 
+def _storage_notes(config: Any) -> None:
+    """What a run should know about its storage: no heartbeats, or an artifact folder that is
+    local to each machine under a storage that many machines share."""
+    from sigmatune.study.storage import storage_capabilities
+
+    caps = storage_capabilities(config.storage)
+    if caps.note:
+        print(f"sigmatune: note: {caps.note}")
+    if caps.many_machines and not config.artifact_dir and not config.artifact_store:
+        print(
+            "sigmatune: note: the artifact folder is ./sigmatune-artifacts on this machine; "
+            "workers on other machines need the same shared folder (--set "
+            "artifact_dir=/shared/path) to resume each other's checkpoints"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sigmatune.study.records import held_out_line
     from sigmatune.study.run import run
     from sigmatune.study.storage import redact_url
 
     config = _load_config(args)
+    from sigmatune.study.context import resolve_device
+
+    resolve_device(config.device)  # a device this machine lacks fails before anything is said
     where = redact_url(config.storage)
     print(
         f"sigmatune: study {config.name!r} in {where} "
         f"({config.outer.outer_trials} outer x {config.inner.inner_trials} inner trials, "
         f"NFE {list(config.inner.nfe_budgets)})"
     )
+    _storage_notes(config)
     if args.workers is not None or args.devices:
         import torch
 
@@ -272,6 +292,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     folder = artifact_dir_for(args.storage, args.artifact_dir or "")
     artifact_store = optuna.artifacts.FileSystemArtifactStore(folder)
     serve(storage, artifact_store=artifact_store, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_storage_proxy(args: argparse.Namespace) -> int:
+    from sigmatune.study.proxy import serve_storage_proxy
+
+    serve_storage_proxy(args.storage, args.host, args.port, threads=args.threads)
     return 0
 
 
@@ -539,6 +566,37 @@ def _parser_report(sub: Any) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def _parser_storage_proxy(sub: Any) -> None:
+    p = sub.add_parser(
+        "storage-proxy",
+        help="Optuna's gRPC storage proxy in front of the study database",
+        description="Serve a database storage (PostgreSQL, MySQL or SQLite) to many workers "
+        "through Optuna's gRPC storage proxy (run_grpc_proxy_server); start the workers with "
+        "--storage grpc://HOST:PORT. The proxy holds the database connections (at most "
+        "--threads), so thousands of workers do not exhaust the server's max_connections; "
+        "trials of a killed worker are failed by heartbeats the workers record (their clocks "
+        "must agree within the grace period).",
+    )
+    p.add_argument(
+        "--storage",
+        required=True,
+        help="the database URL it serves, e.g. postgresql+psycopg://USER:PASSWORD@HOST/DB",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)",
+    )
+    p.add_argument("--port", type=int, default=13000, help="port (default 13000, Optuna's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=8,
+        help="server threads, and so the most database connections (default 8)",
+    )
+    p.set_defaults(func=cmd_storage_proxy)
+
+
 PARSERS: tuple[Callable[[Any], None], ...] = (
     _parser_run,
     _parser_tune,
@@ -547,6 +605,7 @@ PARSERS: tuple[Callable[[Any], None], ...] = (
     _parser_export,
     _parser_dashboard,
     _parser_report,
+    _parser_storage_proxy,
 )
 
 

@@ -125,13 +125,17 @@ def make_context(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     inner_sampler: InnerSamplerFactory | None = None,
+    check_data: Callable[[Dataset], None] | None = None,
 ) -> RunContext:
     """Check, then open the storage, load the data set and build the scorer (reference
-    statistics and floors computed once and cached in the artifact folder)."""
+    statistics and floors computed once and cached in the artifact folder). ``check_data``
+    (e.g. a model's sample shape against the data's) runs before anything is created."""
     device = resolve_device(config.device)
     parse_storage_url(config.storage)  # a malformed URL fails here, before anything exists
     artifact_dir = artifact_dir_for(config.storage, config.artifact_dir)
     data = load_dataset(config.dataset, root=config.data_root or None, seed=config.seed)
+    if check_data is not None:
+        check_data(data)
     seeds = records.SeedPlan.for_config(config)
     with undo_on_error(config.storage, artifact_dir):
         artifacts = open_artifacts(config.artifact_store, artifact_dir, config.storage)

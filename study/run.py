@@ -113,7 +113,7 @@ def open_outer_study(ctx: RunContext) -> tuple[optuna.Study, str]:
         directions=["minimize"] * len(objectives),
     )
     if created:
-        adapter.set_metric_names(study, [f"FID (held-out, NFE {k})" for k in objectives])
+        adapter.set_metric_names(study, metric_names(objectives))
         enqueue_configurations(ctx, study)
         # written last: a process that loads the study meanwhile waits for it (below)
         records.init_outer_study(study, config, kind="bilevel", floors=scorer_floors)
@@ -123,7 +123,9 @@ def open_outer_study(ctx: RunContext) -> tuple[optuna.Study, str]:
     return study, records.study_uid(study)
 
 
-INIT_WAIT_S = 600  # how long a process waits for another to finish creating the study
+# How long a process waits for another to finish creating the study: the creator computes
+# the floors before it creates the study, so what is left takes seconds.
+INIT_WAIT_S = 60
 
 
 def wait_until_initialised(study: optuna.Study, poll_seconds: float) -> None:
@@ -135,11 +137,19 @@ def wait_until_initialised(study: optuna.Study, poll_seconds: float) -> None:
     deadline = time.monotonic() + INIT_WAIT_S
     while records.UID not in study.user_attrs:
         if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"study {study.study_name!r} exists but was never initialised (its creator "
-                f"died within its first minutes?); delete it (optuna delete-study) and run again"
+            raise records.StudyLayoutError(
+                f"study {study.study_name!r} exists but was never set up (its creating process "
+                f"died within seconds of creating it, or it is not a sigmatune study): delete "
+                f"it with `optuna delete-study --study-name {study.study_name!r} --storage URL` "
+                "and run again, or choose another --study-name"
             )
         time.sleep(min(poll_seconds, 1.0))
+
+
+def metric_names(objectives: tuple[int, ...]) -> list[str]:
+    """The outer objectives' names for optuna-dashboard. A pruned trial carries its last
+    interim FID as its value (Optuna's rule), which the name says."""
+    return [f"FID NFE {k} (held-out; pruned trials: last interim)" for k in objectives]
 
 
 def enqueue_configurations(ctx: RunContext, study: optuna.Study) -> None:

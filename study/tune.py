@@ -256,13 +256,18 @@ def tune_sampling(
     else:
         source = denoiser if isinstance(denoiser, str) else getattr(denoiser, "__name__", "D")
     D = load_denoiser_spec(denoiser) if isinstance(denoiser, str) else denoiser
-    ctx = context or make_context(config, progress=progress, log=log)
-    if checkpoint is not None:
-        if tuple(payload["shape"]) != ctx.shape:
+
+    def check_shape(data: Any) -> None:
+        if checkpoint is not None and tuple(payload["shape"]) != tuple(data.shape):
             raise ValueError(
                 f"checkpoint {source!r} makes samples of shape {tuple(payload['shape'])}, but "
-                f"dataset {config.dataset!r} has shape {ctx.shape}"
+                f"dataset {config.dataset!r} has shape {tuple(data.shape)}"
             )
+
+    ctx = context or make_context(config, progress=progress, log=log, check_data=check_shape)
+    if context is not None:
+        check_shape(ctx.data)
+    if checkpoint is not None:
         D, _ = load_model_file(checkpoint, device=ctx.device)
     study = open_sampling_study(ctx, prefix, source)
     results: dict[int, InnerRecord] = {}

@@ -168,11 +168,6 @@ def test_a_bad_checkpoint_is_refused_before_any_expensive_work(in_tmp, capsys, m
     assert snapshot(in_tmp) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="study/tune.py compares the model's shape with the data set's after make_context "
-    "has created the database and the FID cache (issue 15 item 8; fix reported to the lead)",
-)
 def test_a_model_file_of_another_shape_writes_nothing(in_tmp, capsys):
     from sigmatune.models.networks import make_network
     from sigmatune.study.modelfile import save_model_file

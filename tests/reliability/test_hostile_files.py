@@ -166,11 +166,6 @@ def test_a_crafted_scorer_cache_runs_nothing_and_is_replaced(
     assert again["key"] == good["key"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="objectives/fid.py warns 'ignoring unreadable FID cache ...' with torch's message, "
-    "which advises weights_only=False (fix reported to the lead)",
-)
 def test_the_scorer_never_advises_loading_a_cache_unsafely(tmp_path, recwarn):
     from sigmatune.objectives.fid import Scorer, ScorerSettings
 

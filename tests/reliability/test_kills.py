@@ -171,11 +171,6 @@ def test_a_writer_killed_mid_write_leaves_the_previous_file_whole(tmp_path, name
     assert all(p.startswith(f".{name}.") and p.endswith(".tmp") for p in temporary), left
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="study/run.py's wait_until_initialised raises a RuntimeError (a traceback, not one "
-    "paragraph) when the study's creator died before initialising it (fix reported to the lead)",
-)
 def test_a_study_whose_creator_died_before_setting_it_up_is_one_paragraph(
     in_tmp, capsys, monkeypatch
 ):
