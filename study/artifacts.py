@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Artifacts",
     "FolderBucket",
+    "bucket_store",
     "ObjectStore",
     "SharedFolder",
     "checkpoint_uploader",
@@ -148,6 +149,11 @@ class _Prefixed:
         self.backend.remove(self.prefix + artifact_id)
 
 
+def _with_prefix(bucket: Any, prefix: str) -> Any:
+    prefix = prefix.strip("/")
+    return _Prefixed(bucket, f"{prefix}/") if prefix else bucket
+
+
 class ObjectStore(Artifacts):
     """A bucket shared by every worker (any Optuna artifact store: ``Boto3ArtifactStore``, a
     :class:`FolderBucket`), with ``local_dir`` as this machine's cache of it. Object keys are
@@ -156,21 +162,20 @@ class ObjectStore(Artifacts):
     shared = False
 
     def __init__(self, bucket: Any, local_dir: str | Path, prefix: str = "", url: str = "") -> None:
-        self.bucket = bucket
+        self.bucket = _with_prefix(bucket, prefix)
+        self.optuna_store = self.bucket
         self.local_dir = Path(local_dir)
-        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-        self.optuna_store = _Prefixed(bucket, self.prefix) if self.prefix else bucket
         self.url = url
 
     def put(self, path: str | Path, series: str) -> None:
         key = self.key(path)
         with open(path, "rb") as f:
-            self.bucket.write(self.prefix + key, f)
+            self.bucket.write(key, f)
         previous = self._pointer(series)
         self.bucket.write(self._pointer_id(series), io.BytesIO(key.encode()))
         if previous is not None and previous != key:
             try:
-                self.bucket.remove(self.prefix + previous)
+                self.bucket.remove(previous)
             except ArtifactNotFound:
                 pass  # removed already (by another worker that put the same series)
 
@@ -181,7 +186,7 @@ class ObjectStore(Artifacts):
                 return None
             path = self.local_dir / key
             try:
-                with self.bucket.open_reader(self.prefix + key) as f:
+                with self.bucket.open_reader(key) as f:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     _write_atomically(path, f)
                 return path
@@ -190,7 +195,7 @@ class ObjectStore(Artifacts):
         return None
 
     def _pointer_id(self, series: str) -> str:
-        return f"{self.prefix}{series.strip('/')}/{LATEST}"
+        return f"{series.strip('/')}/{LATEST}"
 
     def _pointer(self, series: str) -> str | None:
         try:
@@ -248,7 +253,25 @@ def open_artifacts(url: str, local_dir: str | Path, storage_url: str | None = No
     that cannot be used is a :class:`~sigmatune.study.storage.StorageError`, raised before
     the local folder is created."""
     kind, where, prefix = parse_artifact_store_url(url)
-    bucket: Any = None
+    bucket = _bucket(url, kind, where)
+    _check_local_dir(Path(local_dir), storage_url)
+    _, folder = artifact_store_for(storage_url, local_dir)
+    if bucket is None:
+        return SharedFolder(folder)
+    return ObjectStore(bucket, folder, prefix, url=str(url).strip())
+
+
+def bucket_store(url: str) -> Any | None:
+    """The Optuna artifact store of an ``artifact_store`` URL, its prefix applied (what the
+    runs attached, e.g. model files, is there), or None for ``""`` (the artifact folder is
+    the store). Creates nothing: for readers such as optuna-dashboard."""
+    kind, where, prefix = parse_artifact_store_url(url)
+    bucket = _bucket(url, kind, where)
+    return None if bucket is None else _with_prefix(bucket, prefix)
+
+
+def _bucket(url: str, kind: str, where: str) -> Any | None:
+    """The bucket itself (an Optuna artifact store), or None for a shared folder."""
     if kind == "s3":
         try:
             import boto3  # noqa: F401
@@ -257,19 +280,15 @@ def open_artifacts(url: str, local_dir: str | Path, storage_url: str | None = No
                 f"cannot use the artifact store {url!r}: boto3, which Optuna's "
                 f"Boto3ArtifactStore needs, is not installed; install it: {BOTO3_HINT}"
             ) from None
-        bucket = optuna.artifacts.Boto3ArtifactStore(where)
-    elif kind == "file":
+        return optuna.artifacts.Boto3ArtifactStore(where)
+    if kind == "file":
         if not Path(where).is_dir() or not os.access(where, os.W_OK | os.X_OK):
             raise StorageError(
                 f"cannot use the artifact store {url!r}: {where!r} is not a writable folder "
                 "(create it, or mount the shared bucket there, on every machine)"
             )
-        bucket = FolderBucket(where)
-    _check_local_dir(Path(local_dir), storage_url)
-    _, folder = artifact_store_for(storage_url, local_dir)
-    if bucket is None:
-        return SharedFolder(folder)
-    return ObjectStore(bucket, folder, prefix, url=str(url).strip())
+        return FolderBucket(where)
+    return None
 
 
 def _check_local_dir(folder: Path, storage_url: str | None) -> None:

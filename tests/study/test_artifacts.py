@@ -30,6 +30,7 @@ from sigmatune.study.artifacts import (
     FolderBucket,
     ObjectStore,
     SharedFolder,
+    bucket_store,
     checkpoint_uploader,
     fetch_checkpoint,
     open_artifacts,
@@ -207,6 +208,20 @@ def test_a_prefix_holds_the_series_and_optunas_own_artifacts(tmp_path):
         artifact_store=b.optuna_store, artifact_id=artifact_id, file_path=str(tmp_path / "m.pt")
     )
     assert (tmp_path / "m.pt").read_bytes() == b"weights"
+    assert bucket_store("") is None
+
+
+def test_a_reader_opens_the_bucket_with_its_prefix_and_creates_nothing(tmp_path, monkeypatch):
+    bucket, a, _ = machines(tmp_path)
+    a.optuna_store.write("model-1", io.BytesIO(b"weights"))
+    reader = bucket_store(f"file://{bucket}")
+    assert reader.open_reader("model-1").read() == b"weights"
+    monkeypatch.setattr(optuna.artifacts, "Boto3ArtifactStore", lambda name: FolderBucket(bucket))
+    monkeypatch.setitem(sys.modules, "boto3", object())  # as if installed; no network
+    prefixed = bucket_store("s3://my-bucket/team/run")
+    prefixed.write("model-2", io.BytesIO(b"more"))
+    assert (bucket / "team" / "run" / "model-2").read_bytes() == b"more"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bucket"]  # no local folder
 
 
 class Breaks(io.RawIOBase):
@@ -410,8 +425,14 @@ def test_a_killed_worker_is_resumed_by_a_worker_that_sees_only_the_bucket(tmp_pa
     retry = study.trials[1]
     assert retry.retry_of == 0 and retry.original_trial == 0
     assert retry.train["resumed_from_nimg"] == saved, (retry.train, saved)
-    # the model file is in the bucket, under Optuna's artifact id
+    # the model file is in the bucket, under Optuna's artifact id, where a reader finds it
     assert (bucket / retry.model_artifact).is_file()
+    optuna.artifacts.download_artifact(
+        artifact_store=bucket_store(f"file://{bucket}"),
+        artifact_id=retry.model_artifact,
+        file_path=str(tmp_path / "model.pt"),
+    )
+    assert (tmp_path / "model.pt").read_bytes() == (bucket / retry.model_artifact).read_bytes()
     # machine B fetched the reference cache (with its floors) and did not write it again
     (local,) = (tmp_path / "machine-b" / "fid-cache").glob("*.pt")
     assert local.name == cache.name and local.read_bytes() == cache_bytes
