@@ -58,7 +58,7 @@ __all__ = [
 
 LATEST = "LATEST"  # the pointer object of a series: SERIES/LATEST holds the newest file's key
 FETCH_ATTEMPTS = 3  # a pointer read just before its object was replaced: read it again
-BOTO3_HINT = "pip install boto3"
+BOTO3_HINT = 'pip install "sigmatune[s3]" (boto3)'
 ACCEPTED = (
     'accepted: "" (the artifact folder is the store: a folder every worker mounts), '
     '"s3://BUCKET" or "s3://BUCKET/PREFIX" (Optuna\'s Boto3ArtifactStore; credentials from '

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
@@ -138,7 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load_config(args)
     from sigmatune.study.context import resolve_device
 
-    resolve_device(config.device)  # a device this machine lacks fails before anything is said
+    if args.workers is None and not args.devices:  # (each of --devices is checked by workers)
+        resolve_device(config.device)  # a device this machine lacks fails before anything else
     where = redact_url(config.storage)
     print(
         f"sigmatune: study {config.name!r} in {where} "
@@ -283,14 +283,17 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna
 
     from sigmatune.dashboards.server import check_address, serve
+    from sigmatune.study.artifacts import bucket_store
     from sigmatune.study.export import open_storage
     from sigmatune.study.storage import artifact_dir_for
 
     check_address(args.host, args.port)  # a bad --host or --port fails before anything opens
     storage = open_storage(args.storage)
-    # a viewer creates nothing: the store reads the artifact folder where it exists
-    folder = artifact_dir_for(args.storage, args.artifact_dir or "")
-    artifact_store = optuna.artifacts.FileSystemArtifactStore(folder)
+    # a viewer creates nothing: the store reads the bucket, or the folder where it exists
+    artifact_store = bucket_store(args.artifact_store or "")
+    if artifact_store is None:
+        folder = artifact_dir_for(args.storage, args.artifact_dir or "")
+        artifact_store = optuna.artifacts.FileSystemArtifactStore(folder)
     serve(storage, artifact_store=artifact_store, host=args.host, port=args.port)
     return 0
 
@@ -548,6 +551,11 @@ def _parser_dashboard(sub: Any) -> None:
     p.add_argument(
         "--artifact-dir", help="artifact folder (default: <db stem>-artifacts beside a SQLite file)"
     )
+    p.add_argument(
+        "--artifact-store",
+        help="the runs' artifact_store, when they used a bucket (s3://BUCKET/PREFIX or "
+        "file:///PATH): model files and exports are read from there",
+    )
     p.set_defaults(func=cmd_dashboard)
 
 
@@ -627,25 +635,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    import warnings
+    from sigmatune.study.errors import run_command
 
-    import optuna
-
-    # sigmatune prints its own line per trial (a failed one with its reason, which is also
-    # stored in the trial's user attrs), so Optuna's per-trial log and tracebacks are noise.
-    logging.getLogger("optuna").setLevel(logging.ERROR)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    from sigmatune.study.errors import USER_ERRORS
-
-    try:
-        return int(args.func(args))
-    except USER_ERRORS as exc:
-        print(f"sigmatune: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sigmatune: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    return run_command(lambda: args.func(args), "interrupted; run the same command again to resume")
 
 
 if __name__ == "__main__":

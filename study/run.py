@@ -26,7 +26,9 @@ from sigmatune.study.outer import train_trial
 from sigmatune.study.scoring import floors
 
 # Keys of a stored config that a resumed study may change.
-RESUMABLE_KEYS = frozenset({"outer.outer_trials", "storage", "artifact_dir", "device"})
+RESUMABLE_KEYS = frozenset(
+    {"outer.outer_trials", "storage", "artifact_dir", "artifact_store", "device"}
+)
 
 
 class StudyConfigMismatch(ValueError):

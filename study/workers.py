@@ -226,20 +226,13 @@ def exit_with_parent(stream: TextIO) -> threading.Thread:
 
 def worker_main() -> int:
     """``python -m sigmatune.study.workers``: one worker of :func:`run_workers`."""
-    import logging
-    import warnings
-
-    import optuna
-
-    from sigmatune.study.errors import USER_ERRORS
+    from sigmatune.study.errors import run_command
     from sigmatune.study.run import run
 
     job = json.loads(sys.stdin.readline())
     exit_with_parent(sys.stdin)
-    logging.getLogger("optuna").setLevel(logging.ERROR)  # as `sigmatune run`: one line a trial
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
+
+    def work() -> int:
         config = Config.from_dict(job["config"], source="sigmatune run --workers")
         print(f"sigmatune: worker on {config.device}, pid {os.getpid()}", flush=True)
         run(
@@ -248,13 +241,9 @@ def worker_main() -> int:
             heartbeat_interval=job["heartbeat_interval"],
             grace_period=job["grace_period"],
         )
-    except USER_ERRORS as exc:
-        print(f"sigmatune: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sigmatune: worker interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_command(work, "worker interrupted")
 
 
 if __name__ == "__main__":

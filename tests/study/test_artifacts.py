@@ -108,7 +108,7 @@ def test_s3_without_boto3_is_one_clear_error_and_creates_nothing(tmp_path, monke
     with pytest.raises(StorageError) as info:
         open_artifacts("s3://my-bucket/runs", local)
     text = str(info.value)
-    assert "'s3://my-bucket/runs'" in text and "pip install boto3" in text
+    assert "'s3://my-bucket/runs'" in text and "sigmatune[s3]" in text
     assert not local.exists()
 
 
@@ -131,7 +131,7 @@ def test_run_with_an_s3_store_and_no_boto3_fails_before_writing_anything(tmp_pat
         timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
-    assert "s3://my-bucket/sigmatune" in proc.stderr and "pip install boto3" in proc.stderr
+    assert "s3://my-bucket/sigmatune" in proc.stderr and "sigmatune[s3]" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert list(work.iterdir()) == []  # no database, no artifact folder
 
