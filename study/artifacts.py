@@ -333,7 +333,7 @@ def checkpoint_uploader(
 def scorer_series(config: Config) -> str:
     """The series of a config's FID reference cache, named as the scorer names its file (data
     set, extractor, reference images) and by the seed that picks the reference images."""
-    from sigmatune.study.context import safe_name
+    from sigmatune.study.storage import safe_name
 
     inner = config.inner
     name = f"{safe_name(config.dataset)}-{inner.fid_extractor}-n{inner.fid_num_images}"

@@ -9,7 +9,6 @@ created is removed again, so a failed command leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +23,13 @@ from sigmatune.objectives.fid import Scorer, ScorerSettings
 from sigmatune.study import records, spaces
 from sigmatune.study.artifacts import Artifacts, open_artifacts, scorer_series, share_scorer_cache
 from sigmatune.study.config import Config
-from sigmatune.study.storage import artifact_dir_for, make_storage, parse_storage_url
+from sigmatune.study.storage import (
+    artifact_dir_for,
+    check_storage_location,
+    make_storage,
+    parse_storage_url,
+    safe_name,
+)
 
 InnerSamplerFactory = Callable[[Config, int], optuna.samplers.BaseSampler]
 
@@ -65,17 +70,6 @@ class RunContext:
         and its unique id, so two studies never share a folder (a new database with an old
         name, or two names that read alike once made safe for a file system)."""
         return self.artifact_dir / "runs" / f"{safe_name(self.config.name)[:60]}-{study_uid[:12]}"
-
-
-def safe_name(name: str) -> str:
-    """A name made safe for a file name (the result may be shared by several names: pair it
-    with something unique)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def short_hash(*parts: Any) -> str:
-    digest = hashlib.sha256(repr(parts).encode()).hexdigest()
-    return digest[:16]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,7 +125,7 @@ def make_context(
     statistics and floors computed once and cached in the artifact folder). ``check_data``
     (e.g. a model's sample shape against the data's) runs before anything is created."""
     device = resolve_device(config.device)
-    parse_storage_url(config.storage)  # a malformed URL fails here, before anything exists
+    check_storage_location(config.storage)  # a bad URL or a missing folder fails here, first
     artifact_dir = artifact_dir_for(config.storage, config.artifact_dir)
     data = load_dataset(config.dataset, root=config.data_root or None, seed=config.seed)
     if check_data is not None:

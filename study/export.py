@@ -169,7 +169,7 @@ def shorten_bytes(text: str, max_bytes: int) -> str:
 def file_stem(study: str, trial: int) -> str:
     """A file name stem for a study's trial: the safe name, shortened (to 60 characters and
     NAME_BYTES bytes), with a hash of the full name so that two names never share a file."""
-    from sigmatune.study.context import safe_name, short_hash
+    from sigmatune.study.storage import safe_name, short_hash
 
     short = shorten_bytes(safe_name(study)[:60], NAME_BYTES)
     return f"{short}-{short_hash(study)[:8]}-trial-{int(trial):04d}"

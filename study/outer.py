@@ -22,11 +22,12 @@ from sigmatune.objectives.loss import objective_from_description
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.artifacts import checkpoint_uploader, fetch_checkpoint
-from sigmatune.study.context import RunContext, short_hash
+from sigmatune.study.context import RunContext
 from sigmatune.study.inner import best_so_far, inner_study_name, tune_steps, warm_start_params
 from sigmatune.study.modelfile import save_model_file
 from sigmatune.study.records import InnerRecord, ObjectiveDescription
 from sigmatune.study.scoring import score_schedule
+from sigmatune.study.storage import short_hash
 
 
 def train_trial(trial: optuna.trial.Trial, ctx: RunContext, study_uid: str) -> float | list[float]:

@@ -27,6 +27,7 @@ empty database file, and nothing is written to a server that refused the connect
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from collections.abc import Callable
@@ -483,6 +484,15 @@ def _remove_if_created(path: Path | None, existed: bool) -> None:
         pass
 
 
+def check_storage_location(url: str | None = None) -> StorageLocation:
+    """For commands that create a study: the URL parses and a SQLite or journal file's
+    folder exists (checked before anything, the artifact folder included, is created)."""
+    loc = parse_storage_url(url)
+    if loc.kind in ("sqlite", "journal"):
+        _check_parent(loc)
+    return loc
+
+
 def check_storage_exists(url: str | None = None) -> None:
     """For commands that read a study (status, export, dashboard): a SQLite or journal file
     that does not exist is a :class:`StorageError`, and nothing is created. Server URLs are
@@ -524,3 +534,17 @@ def artifact_store_for(
             f"{redact_url(url or DEFAULT_STORAGE_URL)!r}: {exc}"
         ) from exc
     return optuna.artifacts.FileSystemArtifactStore(path), path
+
+
+# ----------------------------------------------------------------------------- file names
+
+
+def safe_name(name: str) -> str:
+    """A name made safe for a file name (the result may be shared by several names: pair it
+    with something unique)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def short_hash(*parts: Any) -> str:
+    digest = hashlib.sha256(repr(parts).encode()).hexdigest()
+    return digest[:16]
