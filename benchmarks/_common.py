@@ -62,6 +62,7 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
         "torch": torch.__version__,
         "device": str(device),
         "date": time.strftime("%Y-%m-%d"),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -78,6 +79,8 @@ def describe_machine(info: Mapping[str, Any]) -> str:
         f"{'' if threads == 1 else 's'}), Python {info['python']}, torch {info['torch']}, "
         f"device {where}"
     )
+    if info.get("load_average_1min") is not None:  # other processes sharing the CPUs
+        line += f", load average {info['load_average_1min']:.1f} at the start"
     return line + (f", {info['date']}" if info.get("date") else "")
 
 
@@ -110,8 +113,9 @@ def git_state() -> dict[str, Any]:
 
 
 def fmt(value: Any, digits: int = 4) -> str:
-    """A figure as every table prints it: floats to ``digits`` significant digits (thousands
-    separated), None as '-', the rest as ``str``."""
+    """A figure as every table prints it: floats to ``digits`` significant digits, trailing
+    zeros kept (thousands separated from ``10**(digits-1)`` on), None as '-', the rest as
+    ``str``."""
     if value is None:
         return "-"
     if isinstance(value, bool) or not isinstance(value, float):
@@ -122,7 +126,7 @@ def fmt(value: Any, digits: int = 4) -> str:
         return str(value)
     if value != 0 and abs(value) >= 10 ** (digits - 1):
         return f"{value:,.0f}"
-    return f"{value:.{digits}g}"
+    return f"{value:#.{digits}g}".rstrip(".")  # '1.00', not '1': the digits are significant
 
 
 def fmt_spread(mean: float | None, spread: float | None, digits: int = 3) -> str:

@@ -66,12 +66,25 @@ class QualityRow:
     placement_ratio: float | None  # tuned / karras same range; None at the floor
     range_ratio: float | None  # karras same range / karras full range; None at the floor
     sliced_wasserstein: dict[str, Figure] = field(default_factory=dict)  # independent check
+    tuned_from: str = "search"  # the starting point the best trial was (a baseline, a peer)
 
     def at_floor(self, name: str) -> bool:
         return self.fid[name].mean <= self.floor + 2 * self.floor_spread
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Where the tuned schedule came from: a trial the search proposed, or a starting point.
+ORIGIN = {
+    "search": "a search trial",
+    "karras_rho7": "karras ρ=7 (start)",
+    "loglinear": "loglinear (start)",
+    "gits": "GITS (start)",
+    "ld3": "LD3 (start)",
+    "karras_rho7_same_range": "karras ρ=7 on its range (polish)",
+    "loglinear_same_range": "loglinear on its range (polish)",
+}
 
 
 def held_out_scores(ctx: RunContext, D: Any, schedule: Schedule) -> list[float]:
@@ -110,6 +123,9 @@ def row_from_record(
         placement_ratio=held.ratio("tuned", "karras_rho7_same_range"),
         range_ratio=held.ratio("karras_rho7_same_range", "karras_rho7"),
         sliced_wasserstein={k: Figure.of(v) for k, v in (sliced_wasserstein or {}).items()},
+        tuned_from=next(
+            (k for k, v in record.search_baselines.items() if v == record.search_fid), "search"
+        ),
     )
 
 
@@ -142,6 +158,9 @@ def fid_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "σ range (karras same / full range)",
         "tuned σ range",
     ]
+    origin = any("tuned_from" in r for r in rows)  # files written before it lack the column
+    if origin:
+        headers.append("tuned is")
     body = []
     for r in rows:
         sigmas = r["tuned_sigmas"]
@@ -155,6 +174,7 @@ def fid_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 ratio_text(r["placement_ratio"]),
                 ratio_text(r["range_ratio"]),
                 f"[{fmt(sigmas[-2], 3)}, {fmt(sigmas[0], 3)}]{bound}",
+                *([ORIGIN.get(r.get("tuned_from"), r.get("tuned_from"))] if origin else []),
             ]
         )
     return format_table(headers, body)

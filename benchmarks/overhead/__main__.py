@@ -169,6 +169,11 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     def cells(key: str, text: Callable[[Mapping[str, Any]], str]) -> list[str]:
         return [text(by[key][p]) if p in by[key] else "-" for p in presets]
 
+    def spread(r: Mapping[str, Any], a: str, b: str) -> str:
+        """The median ratio over the rounds, and its range."""
+        ratios = [x / y for x, y in zip(r[a], r[b], strict=True)]
+        return f"{fmt(r['ratio'])} (rounds {fmt(min(ratios), 3)}–{fmt(max(ratios), 3)})"
+
     def targets(key: str, target: str) -> str:
         rows = [by[key][p] for p in presets if p in by[key] and by[key][p]["met"] is not None]
         verdicts = ", ".join(f"{r['preset']} {'met' if r['met'] else 'missed'}" for r in rows)
@@ -182,10 +187,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
                 "time ratio",
                 *cells(
                     "training",
-                    lambda r: (
-                        f"{fmt(r['ratio'])} ({fmt(r['ours_images_per_s'])} vs "
-                        f"{fmt(r['plain_images_per_s'])} img/s)"
-                    ),
+                    lambda r: spread(r, "ours_seconds_all", "plain_seconds_all"),
                 ),
                 targets("training", "≤ 1.05"),
             ]
@@ -195,7 +197,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
         rows.append(
             [
                 f"our `generate` + `{r0['sampler']}` vs a bare loop, NFE {r0['nfe']}, time ratio",
-                *cells("sampling", lambda r: fmt(r["ratio"])),
+                *cells("sampling", lambda r: spread(r, "generate_seconds_all", "bare_seconds_all")),
                 targets("sampling", "≤ 1.05"),
             ]
         )
@@ -208,7 +210,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
                     "scoring",
                     lambda r: (
                         f"{fmt_percent(r['ratio'])} ({fmt(r['score_seconds'])} "
-                        f"s vs {fmt(r['generate_seconds'])} s)"
+                        f"s vs {fmt(r['generate_seconds'])} s, medians)"
                     ),
                 ),
                 targets("scoring", "< 10%"),
@@ -233,8 +235,9 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
         )
     table = format_table(["what", *presets, "target"], rows)
     caption = (
-        f"Ratios measured in one process, the two sides interleaved, median of "
-        f"{payload['sizes']['repeats']}–{payload['sizes']['sample_repeats']} rounds; untrained "
+        f"Ratios measured in one process, the two sides interleaved, the median of the per-round "
+        f"ratios over {payload['sizes']['repeats']}–{payload['sizes']['sample_repeats']} rounds "
+        f"(their range in brackets: other processes shared the CPUs); untrained "
         f"networks of the presets, {payload['machine']['torch_threads']} torch thread(s). "
         f"{machine_line(payload['machine'])}"
     )

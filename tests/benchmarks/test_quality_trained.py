@@ -21,6 +21,9 @@ def test_raw_frechet_of_gaussians() -> None:
     c = np.array([0.5, -1.0, 0.0, 2.0])
     assert qt.raw_frechet(x, x) == pytest.approx(0.0, abs=1e-8)
     assert qt.raw_frechet(x + c, x) == pytest.approx(float(c @ c), rel=1e-8)
+    x[:, 2] = -1.0  # a constant pixel (a digit's border): a singular covariance
+    c[2] = 0.0
+    assert qt.raw_frechet(x + c, x) == pytest.approx(float(c @ c), rel=1e-6)
 
 
 def test_cached_models_are_found_by_their_images(tmp_path) -> None:
@@ -48,6 +51,9 @@ def test_quick_run(tmp_path) -> None:
     (row,) = d["rows"]
     assert row["nfe"] == 5 and row["range_ratio"] in (None, pytest.approx(1.0))  # range fixed
     assert d["target"]["measured"] is False and d["target"]["met"] is None  # NFE 9 not run
+    check = d["independent_check"]["raw_frechet"]
+    assert set(check) == {"5"} and set(check["5"]) == {"tuned", "karras_rho7_same_range"}
+    assert d["independent_check"]["real_vs_real"]["mean"] > 0
     assert qt.render_readme(payload) == payload[README_KEY] == returned[README_KEY]
     # a second run finds the model in the cache and the studies in the storage
     again = qt.main([*args, "--no-check"])
