@@ -266,12 +266,16 @@ def run_search(ctx: RunContext, study: optuna.Study, D: DenoiserFn, nfe: int) ->
             adapter.optimize_until(
                 study, objective, target, poll_seconds=ctx.poll_seconds, on_trial=on_trial
             )
-            finished = adapter.count_finished(study.get_trials(deepcopy=False))
+            trials = study.get_trials(deepcopy=False)
+            finished = adapter.count_finished(trials)
             if finished >= budget:
                 return
-            # the polish of the best so far, or (where it is in the study already) one more
-            # search trial, and again, so that the last trials polish the final best
-            target = finished + max(1, enqueue_polish(ctx, study, nfe, budget - finished))
+            # the polish of the best so far (or, in a resumed study, the polish waiting), or
+            # where it is in the study already one more search trial, and again, so that the
+            # last trials polish the final best
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            added = waiting or enqueue_polish(ctx, study, nfe, budget - finished)
+            target = finished + max(1, added)
 
 
 # The last trials of a search that tunes the sigma range: the fair baselines on the best
@@ -288,7 +292,10 @@ def enqueue_polish(ctx: RunContext, study: optuna.Study, nfe: int, room: int) ->
     best = best_trial(study)
     if best is None:
         return 0
-    known = [t.params for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
+    known_params = [t.params for t in trials]
+    # the same schedule from other params (the gaps are ratios: equal gaps are loglinear)
+    known = [records.read_inner_schedule(t) for t in trials if t.state == TrialState.COMPLETE]
     schedules = fair_baselines(ctx, records.read_inner_schedule(best), nfe)
     enqueued = 0
     for name in POLISH:
@@ -299,7 +306,13 @@ def enqueue_polish(ctx: RunContext, study: optuna.Study, nfe: int, room: int) ->
             )
         except ValueError:  # outside the space (a gap ratio below its bound)
             continue
-        if enqueued < room and params not in known:
+        same = any(
+            k.sampler == sched.sampler
+            and len(k.sigmas) == len(sched.sigmas)
+            and all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(k.sigmas, sched.sigmas))
+            for k in known
+        )
+        if enqueued < room and params not in known_params and not same:
             study.enqueue_trial(params, user_attrs={records.START: name})
             enqueued += 1
     return enqueued

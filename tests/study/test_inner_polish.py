@@ -3,6 +3,8 @@ range so far (study.inner.enqueue_polish): the search never ends worse than them
 
 from __future__ import annotations
 
+from functools import partial
+
 import optuna
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from sigmatune.models.data import gmm2d_mixture
 from sigmatune.models.schedules import karras, loglinear
 from sigmatune.study import inner, records
+from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study.config import load_config
 from sigmatune.study.context import make_context
 
@@ -97,3 +100,16 @@ def test_no_polish_when_the_range_is_fixed(ctx) -> None:
     inner.tune_steps(fixed, gmm2d_mixture(), "fixed/nfe-7", NFE)
     study = optuna.load_study(study_name="fixed/nfe-7", storage=ctx.storage)
     assert not _polished(study)
+
+
+def test_a_study_stopped_with_polish_waiting_runs_it_and_adds_none(ctx) -> None:
+    """A process killed after enqueueing the polish: the resumed search runs what waits."""
+    name = "stopped/nfe-7"
+    D = gmm2d_mixture()
+    study = inner.open_inner_study(ctx, D, name, NFE)
+    objective = partial(inner.sample_trial, ctx=ctx, D=D, nfe=NFE)
+    adapter.optimize_until(study, objective, 8, poll_seconds=0.1)
+    assert inner.enqueue_polish(ctx, study, NFE, 2) >= 1
+    inner.run_search(ctx, study, D, NFE)  # the resumed search
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 10 and not any(t.state.name == "WAITING" for t in trials)
