@@ -26,9 +26,9 @@ from sigmatune.models.networks import make_network
 from sigmatune.models.training import TrainSettings, train
 from sigmatune.objectives.loss import objective_from_description
 from sigmatune.study.config import Config, load_config
-from sigmatune.study.context import short_hash
 from sigmatune.study.modelfile import load_model_file, save_model_file
 from sigmatune.study.spaces import edm_defaults_description
+from sigmatune.study.storage import short_hash
 
 DEFAULT_CACHE = BENCH_OUT / "digits-model"
 CHECKPOINT_NIMG = 200_000
