@@ -215,8 +215,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def _save_atomically(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, then ``os.replace`` it into place."""
+def save_atomically(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into
+    place: a reader sees the previous file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -570,7 +571,7 @@ def _save(run: _Run) -> None:
     }
     if run.cuda:
         state["cuda_rng"] = torch.cuda.get_rng_state(run.device)
-    _save_atomically(state, path)
+    save_atomically(state, path)
     if run.checkpoint is not None and run.checkpoint != path:
         run.checkpoint.unlink(missing_ok=True)
     run.checkpoint = path

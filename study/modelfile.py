@@ -7,10 +7,8 @@ that needs more (a pickle of arbitrary objects, which could run code) is refused
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 
 from sigmatune.models.denoiser import Denoiser
 from sigmatune.models.networks import make_network
+from sigmatune.models.training import save_atomically
 
 MODEL_FILE_SCHEMA = 1
 REQUIRED_KEYS = (
@@ -59,15 +58,7 @@ def save_model_file(
         "nimg": int(nimg),
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomically(payload, path)
 
 
 def refused_global(exc: BaseException) -> str:
