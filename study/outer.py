@@ -26,6 +26,7 @@ from sigmatune.study.context import RunContext
 from sigmatune.study.inner import best_so_far, inner_study_name, tune_steps, warm_start_params
 from sigmatune.study.modelfile import save_model_file
 from sigmatune.study.records import InnerRecord, ObjectiveDescription
+from sigmatune.study.schedule import density_record
 from sigmatune.study.scoring import score_schedule
 from sigmatune.study.storage import short_hash
 
@@ -46,6 +47,7 @@ def train_trial(trial: optuna.trial.Trial, ctx: RunContext, study_uid: str) -> f
         denoiser = Denoiser(ema.to(ctx.device), description["parameterisation"], ctx.sigma_data)
         inner = tune_all_budgets(ctx, denoiser.eval(), trial, original)
         records.write_inner_records(trial, inner)
+        records.write_density(trial, density_record(inner))  # export --nfe K at any K
         values = [inner[k].value for k in spaces.outer_objectives(config)]
         return values[0] if len(values) == 1 else values
     except optuna.TrialPruned:
