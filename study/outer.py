@@ -112,8 +112,8 @@ def train_model(
 
 # The GITS fit behind an interim score: a fit, not a measurement, so fewer noises and a
 # coarser teacher grid than GITS's defaults (256, 100) do; its cost is O(grid^2) calls.
-INTERIM_GITS_NOISES = 128
-INTERIM_GITS_GRID = 40
+INTERIM_GITS_NOISES = 32
+INTERIM_GITS_GRID = 32
 
 
 def interim_score(ctx: RunContext, D: Denoiser, nfe: int) -> tuple[float, records.Schedule]:
