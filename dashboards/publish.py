@@ -224,9 +224,7 @@ def trial_note(data: StudyRecord, t: TrialRecord) -> str:
             best = f"#{r.search_trial}"
             if sid is not None:
                 best = f"[{best}]({trial_link(sid, r.search_trial)})"
-            lines.append(
-                f"| {k} | {link} | {best} | {_md(held_out_line(r))} | {r.tuned.sampler} |"
-            )
+            lines.append(f"| {k} | {link} | {best} | {_md(held_out_line(r))} | {r.tuned.sampler} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -5,7 +5,6 @@ features: test_fid_toy.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -32,9 +31,6 @@ from sigmatune.objectives.fid import (
     frechet_distance_from_stats,
     gaussian_stats,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 # -- independent references (numpy/scipy, not the module's code) -------------------------------
 
@@ -719,22 +715,3 @@ def test_every_extractor_scores_finite_and_repeatably(name, classifier_cache, di
     assert [n for n, _ in results[0]] == [112, 225, 450]  # round(450/4) = 112, half to even
     assert results[0] == results[1]
     assert all(math.isfinite(v) and v >= 0 for _, v in results[0])
-
-
-# -- the benchmark script ----------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_benchmark_runs_at_tiny_size(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "fid_overhead", ROOT / "benchmarks" / "fid_overhead.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path / "out.json"
-    module.main(["--num-images", "64", "--repeats", "1", "--batch-size", "32", "--out", str(out)])
-    result = json.loads(out.read_text())
-    assert result["num_images"] == 64 and result["nfe"] == 10
-    assert result["score_seconds"] > 0 and result["generate_seconds"] > 0
-    assert result["ratio"] == pytest.approx(result["score_seconds"] / result["generate_seconds"])
-    assert {"platform", "cpu_count", "torch", "device"} <= set(result)

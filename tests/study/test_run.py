@@ -175,7 +175,11 @@ def test_run_stores_outer_and_inner_studies_links_and_artifacts(tmp_path):
         # the trial's value is the held-out mean of the tuned schedule, with its fair baselines
         held = record.held_out
         assert t.value == pytest.approx(held.mean("tuned"))
-        assert set(held.export()) == set(records.EXPORT_HELD_OUT_KEYS)
+        # the export contract: the fixed keys, plus one per peer method the config names
+        # the export contract (issue 10), plus a key per peer method (issue 11: GITS, LD3)
+        peers = study.config.inner.peers
+        assert peers == ("gits", "ld3")  # the default
+        assert set(held.export()) == set(records.EXPORT_HELD_OUT_KEYS) | set(peers)
         assert held.seeds[0] >= 256 and held.seeds[1:] == (256, 3)  # disjoint from the search
         assert len(held.scores["tuned"]) == 3
         assert record.schedules["karras_rho7_same_range"].sigma_range == pytest.approx(

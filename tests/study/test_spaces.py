@@ -361,6 +361,7 @@ def test_outer_start_up_is_the_enqueued_configurations():
         assert 2 <= tpe._n_startup_trials <= enqueued
         assert tpe._n_startup_trials < config.outer.outer_trials
 
+
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 def test_outer_sampler_draws_depend_on_the_trial_number_not_the_process(sampler):
     """Workers that share a study each build the sampler with the config's seed; their draws
