@@ -142,7 +142,22 @@ def run_arm(config: Config) -> StudyRecord:
     return read_study(open_storage(config.storage), config.name)
 
 
-def render(payload: Mapping[str, Any]) -> dict[str, str]:
+def w_table(curves: Mapping[str, Any], every: int = 4) -> str:
+    """W(lambda), normalised to unit area, of the study's winner beside EDM's defaults at
+    every ``every``-th point of the stored grid (empty where either is missing)."""
+    winner, edm = curves.get("winner"), curves.get("edm")
+    if not winner or not edm:
+        return ""
+    idx = range(0, len(winner["lam"]), every)
+    header = ["W(λ), normalised", *(f"λ = {winner['lam'][i]:.1f}" for i in idx)]
+    rows = [
+        ["study's winner", *(fmt(winner["W"][i]) for i in idx)],
+        ["EDM's defaults", *(fmt(edm["W"][i]) for i in idx)],
+    ]
+    return format_table(header, rows) + "\n\n"
+
+
+def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     c = payload["comparison"]
     nfe = payload["nfe"]
     rows = []
@@ -174,8 +189,9 @@ def render(payload: Mapping[str, Any]) -> dict[str, str]:
     )
     best = c.get("best_study") or {}
     floor = f"{fmt(c.get('floor'))} ± {fmt(c.get('floor_spread'), 2)}"
+    text = f"{table}\n\n{summary}\n\n{w_table(payload.get('W') or {})}"
     text = (
-        f"{table}\n\n{summary}\n\n"
+        f"{text}"
         f"Best of the study: trial {best.get('trial')} ({best.get('label')}); EDM's defaults "
         f"{fmt(edm)}; floor (real vs real) {floor}; '<= 1' allows the spread over held-out "
         f"seed sets. {machine_line(payload['machine'])}"
@@ -190,6 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--outer-trials", type=int, default=12, help="trials of the study arm")
     parser.add_argument("--train-nimg", type=int, default=None, help="default: the preset's")
     parser.add_argument("--inner-trials", type=int, default=None, help="default: the preset's")
+    parser.add_argument(
+        "--checkpoint-nimg",
+        type=int,
+        default=None,
+        help="training images between checkpoints (the Hyperband rungs); default: the preset's",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=BENCH_OUT / NAME)
@@ -202,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["train.train_nimg"] = args.train_nimg
     if args.inner_trials:
         overrides["inner.inner_trials"] = args.inner_trials
+    if args.checkpoint_nimg:
+        overrides["train.checkpoint_nimg"] = args.checkpoint_nimg
     if args.quick:
         overrides.update(
             {
@@ -244,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "edm": None if not edm else w_curve(lit, edm["trial"]),
     }
     payload["wall_seconds"] = time.perf_counter() - t0
-    publish(NAME, payload, render, args.out)
+    publish(NAME, payload, render_readme, args.out)
     return 0
 
 

@@ -90,7 +90,7 @@ def run_preset(preset: str, folder: Path, extra: Sequence[str]) -> dict[str, Any
     }
 
 
-def render(payload: Mapping[str, Any]) -> dict[str, str]:
+def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     rows = []
     for r in payload["runs"]:
         t = r.get("targets") or {}
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             payload["runs"].append(run_preset(preset, Path(d), args.extra))
             log(f"{preset}: {payload['runs'][-1]['seconds']:.0f} s")
     payload["wall_seconds"] = time.perf_counter() - t0
-    publish(NAME, payload, render, args.out)
+    publish(NAME, payload, render_readme, args.out)
     return 0
 
 
