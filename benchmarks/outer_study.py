@@ -157,6 +157,95 @@ def w_table(curves: Mapping[str, Any], every: int = 4) -> str:
     return format_table(header, rows) + "\n\n"
 
 
+INDEPENDENT_SEED = 78_000_000  # the independent check's torch seed
+INDEPENDENT_SETS = 3
+
+
+def bare_heun(D: Any, x: Any, sigmas: Sequence[float]) -> Any:
+    """Heun (Karras et al. 2022, Algorithm 1, no churn; the step into 0 is Euler), written
+    here on the model's ``D(x, sigma)``: none of sigmatune's sampler code."""
+    import torch
+
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        d = (x - D(x, torch.full((x.shape[0],), s, dtype=x.dtype))) / s
+        x_next = x + (s_next - s) * d
+        if s_next > 0:
+            sn = torch.full((x.shape[0],), s_next, dtype=x.dtype)
+            x_next = x + (s_next - s) * 0.5 * (d + (x_next - D(x_next, sn)) / s_next)
+        x = x_next
+    return x
+
+
+def independent_check(folder: Path, lit: StudyRecord, nfe: int) -> dict[str, Any]:
+    """Raw-pixel Fréchet distance to real digits (``benchmarks.quality_trained.raw_frechet``)
+    of each literature model's tuned schedule at ``nfe``, drawn by :func:`bare_heun` from its
+    own noise and clamped to [-1, 1], on ``INDEPENDENT_SETS`` random halvings of the data set
+    (generated vs one half; the other half vs it: real vs real). Neither the classifier
+    features nor the product's sampler are used: a second opinion on the ranking."""
+    import torch
+
+    from benchmarks.quality_trained import raw_frechet
+    from sigmatune.models.data import load_dataset
+    from sigmatune.study.modelfile import load_model_file
+
+    data = load_dataset(lit.config.dataset)
+    x_real = data.x.reshape(len(data), -1).double().numpy()
+    out: dict[str, Any] = {"real_vs_real": [], "trials": {}}
+    models = {}
+    for t in lit.trials:
+        record = t.inner.get(nfe)
+        files = sorted(folder.glob(f"*/runs/{lit.name}-*/trial-{t.number:04d}/model.pt"))
+        if t.state != "COMPLETE" or record is None or not files:
+            continue
+        tuned = record.tuned
+        if tuned.sampler != "heun" or tuned.sampler_kwargs.get("s_churn", 0):
+            continue
+        D, _ = load_model_file(files[-1])
+        models[t.number] = (D, [float(v) for v in tuned.sigmas])
+        out["trials"][str(t.number)] = {"name": t.name, "values": []}
+    for k in range(INDEPENDENT_SETS):
+        g = torch.Generator().manual_seed(INDEPENDENT_SEED + k)
+        perm = torch.randperm(len(data), generator=g).numpy()
+        half = len(perm) // 2
+        a, b = x_real[perm[:half]], x_real[perm[half:]]
+        out["real_vs_real"].append(raw_frechet(a, b))
+        eps = torch.randn(half, *data.x.shape[1:], generator=g)
+        for number, (D, sigmas) in models.items():
+            with torch.no_grad():
+                x = bare_heun(D, sigmas[0] * eps, sigmas)
+            x = x.clamp(-1, 1).reshape(half, -1).double().numpy()
+            out["trials"][str(number)]["values"].append(raw_frechet(x, b))
+            log(f"independent check: set {k}, trial {number}: {out['trials'][str(number)]}")
+    return out
+
+
+def independent_text(check: Mapping[str, Any] | None) -> str:
+    """The independent check as a table, ranked like the classifier-feature FIDs above."""
+    if not check or not check.get("trials"):
+        return ""
+    rows = []
+    for number, r in sorted(check["trials"].items(), key=lambda kv: int(kv[0])):
+        v = r["values"]
+        rows.append([number, r["name"], fmt_spread(mean(v), spread(v))])
+    rr = check["real_vs_real"]
+    table = format_table(["literature trial", "configuration", "raw-pixel Fréchet distance"], rows)
+    return (
+        "Independent check: each literature model's tuned schedule drawn by a bare Heun loop "
+        "written in the benchmark (its own noise), Fréchet distance on raw pixels to a random "
+        f"half of the data set (real vs real, the other half: {fmt_spread(mean(rr), spread(rr))})"
+        f":\n\n{table}\n\n"
+    )
+
+
+def mean(v: Sequence[float]) -> float:
+    return sum(v) / len(v)
+
+
+def spread(v: Sequence[float]) -> float:
+    m = mean(v)
+    return (sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5
+
+
 def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     c = payload["comparison"]
     nfe = payload["nfe"]
@@ -190,6 +279,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     best = c.get("best_study") or {}
     floor = f"{fmt(c.get('floor'))} ± {fmt(c.get('floor_spread'), 2)}"
     text = f"{table}\n\n{summary}\n\n{w_table(payload.get('W') or {})}"
+    text += independent_text(payload.get("independent"))
     text = (
         f"{text}"
         f"Best of the study: trial {best.get('trial')} ({best.get('label')}); EDM's defaults "
@@ -216,7 +306,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=BENCH_OUT / NAME)
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
+    parser.add_argument(
+        "--check-only",
+        action="store_true",
+        help="no training: add the independent check to the JSON of a finished run (--out) "
+        "from its storage in --dir, and render it again",
+    )
     args = parser.parse_args(argv)
+    if args.check_only:
+        return check_only(args)
     payload = new_payload(NAME, argv)
     base = load_config(args.preset)
     overrides: dict[str, Any] = {"inner.nfe_budgets": [args.nfe]}
@@ -269,6 +367,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     payload["wall_seconds"] = time.perf_counter() - t0
     publish(NAME, payload, render_readme, args.out)
+    return 0
+
+
+def check_only(args: argparse.Namespace) -> int:
+    import json
+
+    from benchmarks._common import RESULTS_DIR, write_json
+
+    path = Path(args.out) if args.out else RESULTS_DIR / f"{NAME}.json"
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    from sigmatune.study.export import open_storage
+
+    storage = open_storage(f"sqlite:///{args.dir / 'outer_study.db'}")
+    lit = read_study(storage, "literature")
+    payload["independent"] = independent_check(args.dir, lit, int(payload["nfe"]))
+    payload["readme"] = render_readme(payload)
+    write_json(NAME, payload, path)
+    print(payload["readme"]["outer_study"])
     return 0
 
 
