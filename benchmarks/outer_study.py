@@ -21,6 +21,7 @@ arm spent, and the W(lambda) of the winner beside EDM's.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 from benchmarks._common import (
     BENCH_OUT,
+    RESULTS_DIR,
     fmt,
     fmt_spread,
     format_table,
@@ -36,9 +38,12 @@ from benchmarks._common import (
     machine_line,
     new_payload,
     publish,
+    write_json,
 )
+from benchmarks.quality import Figure
 from sigmatune.objectives.curves import lam_grid, weighting_curves
 from sigmatune.study.config import Config, load_config
+from sigmatune.study.export import open_storage
 from sigmatune.study.records import StudyRecord, TrialRecord, read_study
 from sigmatune.study.run import run
 
@@ -137,8 +142,6 @@ def run_arm(config: Config) -> StudyRecord:
     t0 = time.perf_counter()
     run(config, progress=False, log=log)
     log(f"{config.name}: {time.perf_counter() - t0:.0f} s")
-    from sigmatune.study.export import open_storage
-
     return read_study(open_storage(config.storage), config.name)
 
 
@@ -226,24 +229,15 @@ def independent_text(check: Mapping[str, Any] | None) -> str:
     rows = []
     for number, r in sorted(check["trials"].items(), key=lambda kv: int(kv[0])):
         v = r["values"]
-        rows.append([number, r["name"], fmt_spread(mean(v), spread(v))])
+        rows.append([number, r["name"], Figure.of(v).text()])
     rr = check["real_vs_real"]
     table = format_table(["literature trial", "configuration", "raw-pixel Fréchet distance"], rows)
     return (
         "Independent check: each literature model's tuned schedule drawn by a bare Heun loop "
         "written in the benchmark (its own noise), Fréchet distance on raw pixels to a random "
-        f"half of the data set (real vs real, the other half: {fmt_spread(mean(rr), spread(rr))})"
+        f"half of the data set (real vs real, the other half: {Figure.of(rr).text()})"
         f":\n\n{table}\n\n"
     )
-
-
-def mean(v: Sequence[float]) -> float:
-    return sum(v) / len(v)
-
-
-def spread(v: Sequence[float]) -> float:
-    m = mean(v)
-    return (sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5
 
 
 def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
@@ -371,14 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def check_only(args: argparse.Namespace) -> int:
-    import json
-
-    from benchmarks._common import RESULTS_DIR, write_json
-
     path = Path(args.out) if args.out else RESULTS_DIR / f"{NAME}.json"
     payload = json.loads(path.read_text(encoding="utf-8"))
-    from sigmatune.study.export import open_storage
-
     storage = open_storage(f"sqlite:///{args.dir / 'outer_study.db'}")
     lit = read_study(storage, "literature")
     payload["independent"] = independent_check(args.dir, lit, int(payload["nfe"]))

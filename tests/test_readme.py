@@ -193,12 +193,6 @@ def _kdiffusion_standin(recorder: _Recorder) -> types.ModuleType:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    '["sigmas"][:-1]' in README.read_text(encoding="utf-8"),
-    strict=True,
-    reason="README.md still holds the usage snippet of issue 15 item 11 (it drops the final 0 "
-    "and loads a file name export does not write); the README rewrite replaces it",
-)
 def test_the_readmes_python_snippets_run_on_an_exported_schedule(readme_study, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be downloaded
     from diffusers import EulerDiscreteScheduler

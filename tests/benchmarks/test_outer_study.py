@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from benchmarks import independent
-from benchmarks.outer_study import bare_heun, independent_text, mean, spread
+from benchmarks.outer_study import bare_heun, independent_text
+from benchmarks.quality import Figure
 from sigmatune.models.data import gmm2d_mixture
 
 
@@ -33,4 +34,5 @@ def test_independent_table_lists_each_trial_with_mean_and_spread():
     assert "| 2 | rectified_flow | 1.20 ± 0.20 |" in text
     assert "0.270 ± 0.020" in text
     assert independent_text(None) == "" and independent_text({"trials": {}}) == ""
-    assert mean([1, 2, 3]) == 2 and spread([1, 2, 3]) == pytest.approx(1.0)
+    figure = Figure.of([1, 2, 3])
+    assert figure.mean == 2 and figure.spread == pytest.approx(1.0)
