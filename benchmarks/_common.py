@@ -12,6 +12,7 @@ Scratch (caches, trained models, logs) goes to ``bench-out/`` (ignored).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import json
@@ -153,6 +154,18 @@ def machine_line(info: Mapping[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- output
+
+
+def benchmark_parser(name: str, doc: str, epilog_from: int = -1) -> argparse.ArgumentParser:
+    """The parser of ``python -m benchmarks.<name>``: its docstring's first paragraph as the
+    description, the paragraphs from ``epilog_from`` on (e.g. the usage lines) as the epilog."""
+    paragraphs = doc.split("\n\n")
+    return argparse.ArgumentParser(
+        prog=f"python -m benchmarks.{name}",
+        description=paragraphs[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(paragraphs[epilog_from:]),
+    )
 
 
 def log(msg: str) -> None:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from benchmarks._common import (
     BENCH_OUT,
+    benchmark_parser,
     describe_machine,
     format_table,
     machine_info,
@@ -298,12 +299,7 @@ def relative(rows: list[dict]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gpu",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
+    parser = benchmark_parser("gpu", __doc__, 1)
     parser.add_argument("--quick", action="store_true", help="a smoke run at tiny sizes")
     parser.add_argument("--preset", default="cifar10", help="whose network (default cifar10)")
     parser.add_argument("--device", default="cuda", help="default cuda")

@@ -60,6 +60,7 @@ import torch
 from benchmarks._common import (
     BENCH_OUT,
     RESULTS_DIR,
+    benchmark_parser,
     fmt,
     fmt_spread,
     format_table,
@@ -567,12 +568,7 @@ def settings_text(settings: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.peers",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[-1:]),
-    )
+    p = benchmark_parser("peers", __doc__)
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     p.add_argument("--nfe", nargs="+", type=int, help=f"NFE budgets (default {FULL['nfe']})")

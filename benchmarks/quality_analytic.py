@@ -43,6 +43,7 @@ import torch
 
 from benchmarks import independent
 from benchmarks._common import (
+    benchmark_parser,
     fmt,
     fmt_spread,
     limited_threads,
@@ -245,12 +246,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.quality_analytic",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[-1:]),
-    )
+    p = benchmark_parser("quality_analytic", __doc__)
     p.add_argument("--mixtures", nargs="+", choices=MIXTURES, default=list(MIXTURES))
     p.add_argument("--sampler", default="heun", choices=("heun",), help="the sampler (Heun)")
     p.add_argument("--nfe", nargs="+", type=int, help=f"NFE budgets (default {FULL['nfe']})")

@@ -39,6 +39,7 @@ import torch
 
 from benchmarks._common import (
     BENCH_OUT,
+    benchmark_parser,
     fmt,
     fmt_spread,
     format_table,
@@ -311,12 +312,7 @@ def independent_text(check: Mapping[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.quality_trained",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[-1:]),
-    )
+    p = benchmark_parser("quality_trained", __doc__)
     p.add_argument("--train-nimg", type=int, help=f"training images ({FULL['train_nimg']:,})")
     p.add_argument("--nfe", nargs="+", type=int, help=f"NFE budgets ({FULL['nfe']})")
     p.add_argument("--trials", type=int, help="trials per inner study (default: the preset's)")

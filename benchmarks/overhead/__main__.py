@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks._common import (
     BENCH_OUT,
+    benchmark_parser,
     fmt,
     fmt_percent,
     format_table,
@@ -245,12 +246,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.overhead",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
+    parser = benchmark_parser("overhead", __doc__, 1)
     parser.add_argument("--quick", action="store_true", help="a smoke run at tiny sizes")
     parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated: digits, toy")
     parser.add_argument(
