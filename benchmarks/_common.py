@@ -88,23 +88,15 @@ def describe_machine(info: Mapping[str, Any]) -> str:
 def git_state() -> dict[str, Any]:
     """The checkout's commit and its modified tracked files (read-only git; {} without git)."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not rewrite the index
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=10
+        ).stdout
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.splitlines()
+        commit = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain", "--untracked-files=no").splitlines()
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"commit": commit, "modified": [line[3:] for line in status if line.strip()]}
