@@ -36,6 +36,7 @@ tiny_toml = run_tests.tiny_toml
 sigmatune = run_tests.sigmatune  # sigmatune(*args, cwd=...) -> CompletedProcess
 start = run_tests.start  # start(*args, cwd=..., log=...) -> Popen
 wait_for = run_tests.wait_for
+kill_after_first_checkpoint = run_tests.kill_after_first_checkpoint  # (tmp_path, log) -> [Path]
 RUN = run_tests.RUN  # run config.toml --no-progress, 1 s heartbeats, 2 s grace
 NAME = run_tests.NAME  # the tiny config's study name
 

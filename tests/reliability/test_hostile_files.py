@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import signal
 from pathlib import Path
 
 import optuna
@@ -22,12 +21,11 @@ from .conftest import (  # noqa: TID252 - the suite's own helpers
     RUN,
     UNSAFE_ADVICE,
     hostile_pickle,
+    kill_after_first_checkpoint,
     one_paragraph,
     sigmatune,
     snapshot,
-    start,
     tiny_toml,
-    wait_for,
 )
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # a name sigmatune looks for
@@ -192,15 +190,8 @@ def test_a_crafted_training_checkpoint_is_set_aside_and_never_run(tmp_path):
         tiny_toml(outer__outer_trials="1", inner__inner_trials="2", train__train_nimg="65_536")
     )
 
-    def checkpoints() -> list[Path]:
-        return sorted((tmp_path / "run-artifacts" / "runs").glob("*/trial-0000/checkpoints/*.pt"))
-
     log = tmp_path / "first.log"
-    proc = start(*RUN, cwd=tmp_path, log=log)
-    wait_for(lambda: len(checkpoints()) >= 1, proc, log)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    newest = checkpoints()[-1]
+    newest = kill_after_first_checkpoint(tmp_path, log)[-1]
     marker = tmp_path / "code-ran"
     hostile_pickle(newest, marker)
     out = sigmatune(*RUN, cwd=tmp_path)

@@ -116,6 +116,21 @@ def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 240)
         time.sleep(0.05)
 
 
+def trial0_checkpoints(tmp_path: Path) -> list[Path]:
+    """The training checkpoints of outer trial 0 of a run in ``tmp_path``, oldest first."""
+    return sorted((tmp_path / "run-artifacts" / "runs").glob("*/trial-0000/checkpoints/*.pt"))
+
+
+def kill_after_first_checkpoint(tmp_path: Path, log: Path) -> list[Path]:
+    """Start ``run`` in ``tmp_path``, SIGKILL it once trial 0 has written a checkpoint;
+    returns the checkpoints it left."""
+    proc = start(*RUN, cwd=tmp_path, log=log)
+    wait_for(lambda: len(trial0_checkpoints(tmp_path)) >= 1, proc, log)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return trial0_checkpoints(tmp_path)
+
+
 def _inner_complete(tmp_path: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     try:
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'run.db'}")
@@ -225,16 +240,9 @@ def test_killed_in_training_and_in_an_inner_study_the_same_command_finishes(tmp_
     (tmp_path / "config.toml").write_text(toml)
     inner_name = f"{NAME}/trial-0000/nfe-5"
 
-    def checkpoints() -> list[Path]:
-        return sorted((tmp_path / "run-artifacts" / "runs").glob("*/trial-0000/checkpoints/*.pt"))
-
     # 1. kill while training: after the first checkpoint, before the last
     log = tmp_path / "first.log"
-    proc = start(*RUN, cwd=tmp_path, log=log)
-    wait_for(lambda: len(checkpoints()) >= 1, proc, log)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    saved = checkpoints()
+    saved = kill_after_first_checkpoint(tmp_path, log)
     saved_nimg = max(int(p.stem.split("-")[1]) for p in saved)
     assert 0 < saved_nimg < 131_072, "the kill was meant to land in the middle of training"
     assert _inner_complete(tmp_path, inner_name) == []
