@@ -456,16 +456,17 @@ def _create_rdb(
     rdb_url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any]
 ) -> optuna.storages.RDBStorage:
     """RDBStorage, retried when another process creates the same new database's tables at
-    the same moment (the loser sees "table ... already exists" or a unique-constraint error
-    on the schema version)."""
+    the same moment: the loser sees "table ... already exists" (SQLite's OperationalError,
+    PostgreSQL's DuplicateTable, a ProgrammingError) or a unique-constraint error (a row of
+    the schema version, or PostgreSQL's catalogue of type names)."""
     import time
 
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(SCHEMA_RACE_RETRIES):
         try:
             return optuna.storages.RDBStorage(rdb_url, engine_kwargs=engine_kwargs, **heartbeat)
-        except (IntegrityError, OperationalError) as exc:
+        except (IntegrityError, OperationalError, ProgrammingError) as exc:
             race = isinstance(exc, IntegrityError) or "already exists" in str(exc)
             if not race or attempt == SCHEMA_RACE_RETRIES - 1:
                 raise
