@@ -7,7 +7,9 @@ Two studies of the ``digits`` preset in one storage, both run by the product (``
   sigmoid, Laplace, eps-cosine), each trained alone at the full budget ``train_nimg``, no
   pruning — what a user gets by trying the published weightings one by one;
 - ``study``: the outer study as the preset runs it (the same configurations enqueued first,
-  then TPE), multi-fidelity (Hyperband over training images, rungs at checkpoints).
+  then TPE), multi-fidelity (the preset's Hyperband over training images, rungs at
+  checkpoints; ``--study-pruner`` and ``--study-checkpoint-nimg`` change the study arm alone,
+  and ``--study-name`` runs it beside the literature arm already stored).
 
 Every model gets its own tuned schedule (its inner study) and every figure is its held-out FID
 (mean ± spread over the held-out seed sets) at the benchmark's NFE. Reported: the study's best
@@ -16,6 +18,8 @@ arm spent, and the W(lambda) of the winner beside EDM's.
 
     python -m benchmarks.outer_study                 # the full benchmark (hours on 2 CPUs)
     python -m benchmarks.outer_study --quick         # a smoke run at tiny sizes
+    python -m benchmarks.outer_study --study-pruner successive_halving \
+        --study-checkpoint-nimg 25000 --study-name study_sha    # one bracket, rungs 25k, 75k
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from sigmatune.study.config import Config, load_config
 from sigmatune.study.export import open_storage
 from sigmatune.study.records import StudyRecord, TrialRecord, read_study
 from sigmatune.study.run import run
+from sigmatune.study.spaces import OUTER_REDUCTION_FACTOR
 
 NAME = "outer_study"
 TARGET_IMAGES = 0.6  # the study may spend at most this fraction of the literature's images
@@ -138,11 +143,13 @@ def compare(lit: list[dict], stu: list[dict], floors: Mapping[str, Any] | None) 
     return out
 
 
-def run_arm(config: Config) -> StudyRecord:
+def run_arm(config: Config) -> tuple[StudyRecord, float]:
+    """Run (or resume; a finished arm returns at once) one arm; its record and seconds."""
     t0 = time.perf_counter()
     run(config, progress=False, log=log)
-    log(f"{config.name}: {time.perf_counter() - t0:.0f} s")
-    return read_study(open_storage(config.storage), config.name)
+    seconds = time.perf_counter() - t0
+    log(f"{config.name}: {seconds:.0f} s")
+    return read_study(open_storage(config.storage), config.name), seconds
 
 
 def w_table(curves: Mapping[str, Any], every: int = 4) -> str:
@@ -240,6 +247,29 @@ def independent_text(check: Mapping[str, Any] | None) -> str:
     )
 
 
+def study_arm(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The study arm's pruner, first rung and trials (an older JSON: the preset's, as run),
+    and its rungs: the checkpoints where a trial can be stopped, below ``train_nimg``."""
+    config = payload["config"]
+    arm = dict(
+        payload.get("study_arm")
+        or {
+            "pruner": config["outer"]["pruner"],
+            "checkpoint_nimg": config["train"]["checkpoint_nimg"],
+            "outer_trials": max(r["trial"] for r in payload["study"]) + 1,
+        }
+    )
+    rungs, nimg = [], arm["checkpoint_nimg"]
+    if arm["pruner"] in ("hyperband", "successive_halving"):
+        while nimg < payload["train_nimg"]:
+            rungs.append(nimg)
+            nimg *= OUTER_REDUCTION_FACTOR
+    elif arm["pruner"] == "median":
+        rungs = [payload["train_nimg"] // 2]
+    arm["rungs"] = rungs
+    return arm
+
+
 def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     c = payload["comparison"]
     nfe = payload["nfe"]
@@ -272,7 +302,14 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     )
     best = c.get("best_study") or {}
     floor = f"{fmt(c.get('floor'))} ± {fmt(c.get('floor_spread'), 2)}"
-    text = f"{table}\n\n{summary}\n\n{w_table(payload.get('W') or {})}"
+    arm = study_arm(payload)
+    rungs = ", ".join(f"{n:,}" for n in arm["rungs"]) or "none"
+    head = (
+        f"Study arm: {arm['outer_trials']} trials, pruner `{arm['pruner']}` over training "
+        f"images (a trial can be stopped at {rungs} of {payload['train_nimg']:,} images; "
+        f"reduction factor {OUTER_REDUCTION_FACTOR})."
+    )
+    text = f"{head}\n\n{table}\n\n{summary}\n\n{w_table(payload.get('W') or {})}"
     text += independent_text(payload.get("independent"))
     text = (
         f"{text}"
@@ -295,6 +332,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=None,
         help="training images between checkpoints (the Hyperband rungs); default: the preset's",
+    )
+    parser.add_argument(
+        "--study-pruner",
+        choices=("hyperband", "successive_halving", "median", "none"),
+        default=None,
+        help="the study arm's outer.pruner; default: the preset's",
+    )
+    parser.add_argument(
+        "--study-checkpoint-nimg",
+        type=int,
+        default=None,
+        help="the study arm's train.checkpoint_nimg (its first rung); default: --checkpoint-nimg",
+    )
+    parser.add_argument(
+        "--study-name",
+        default="study",
+        help="the study arm's study name (another name runs another study arm beside the "
+        "literature arm already in --dir, which is reused)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--threads", type=int, default=1)
@@ -337,17 +392,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     literature = arm_config(
         base, "literature", storage, **{"outer.pruner": "none", "outer.outer_trials": enqueued}
     )
-    study = arm_config(base, "study", storage, **{"outer.outer_trials": args.outer_trials})
+    study_overrides: dict[str, Any] = {"outer.outer_trials": args.outer_trials}
+    if args.study_pruner:
+        study_overrides["outer.pruner"] = args.study_pruner
+    if args.study_checkpoint_nimg:
+        study_overrides["train.checkpoint_nimg"] = args.study_checkpoint_nimg
+    study = arm_config(base, args.study_name, storage, **study_overrides)
     t0 = time.perf_counter()
     with limited_threads(args.threads):
-        lit = run_arm(literature)
-        stu = run_arm(study)
+        lit, lit_seconds = run_arm(literature)
+        stu, stu_seconds = run_arm(study)
     payload.update(
         {
             "preset": args.preset,
             "nfe": args.nfe,
             "train_nimg": base.train.train_nimg,
             "config": base.to_dict(),
+            "study_arm": {
+                "name": study.name,
+                "pruner": study.outer.pruner,
+                "checkpoint_nimg": study.train.checkpoint_nimg,
+                "outer_trials": study.outer.outer_trials,
+            },
+            "arm_seconds": {"literature": lit_seconds, "study": stu_seconds},
             "literature": arm_rows(lit, args.nfe),
             "study": arm_rows(stu, args.nfe),
         }

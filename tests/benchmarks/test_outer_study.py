@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks import independent
-from benchmarks.outer_study import bare_heun, independent_text
+from benchmarks.outer_study import bare_heun, independent_text, study_arm
 from benchmarks.quality import Figure
 from sigmatune.models.data import gmm2d_mixture
 
@@ -36,3 +36,30 @@ def test_independent_table_lists_each_trial_with_mean_and_spread():
     assert independent_text(None) == "" and independent_text({"trials": {}}) == ""
     figure = Figure.of([1, 2, 3])
     assert figure.mean == 2 and figure.spread == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "pruner, first, rungs",
+    [
+        ("successive_halving", 25_000, [25_000, 75_000]),  # 225,000 > train_nimg: no third
+        ("hyperband", 50_000, [50_000, 150_000]),
+        ("median", 50_000, [100_000]),  # from half of train_nimg
+        ("none", 50_000, []),
+    ],
+)
+def test_the_study_arm_line_names_where_its_pruner_can_stop_a_trial(pruner, first, rungs):
+    payload = {
+        "train_nimg": 200_000,
+        "config": {"outer": {"pruner": "hyperband"}, "train": {"checkpoint_nimg": 50_000}},
+        "study": [{"trial": 0}, {"trial": 11}],
+        "study_arm": {"pruner": pruner, "checkpoint_nimg": first, "outer_trials": 12},
+    }
+    assert study_arm(payload)["rungs"] == rungs
+    # an older JSON without "study_arm": the preset's pruner as stored in its config
+    del payload["study_arm"]
+    old = study_arm(payload)
+    assert (old["pruner"], old["outer_trials"], old["rungs"]) == (
+        "hyperband",
+        12,
+        [50_000, 150_000],
+    )
