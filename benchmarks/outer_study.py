@@ -204,13 +204,13 @@ def independent_check(folder: Path, lit: StudyRecord, nfe: int) -> dict[str, Any
     models = {}
     for t in lit.trials:
         record = t.inner.get(nfe)
-        files = sorted(folder.glob(f"*/runs/{lit.name}-*/trial-{t.number:04d}/model.pt"))
-        if t.state != "COMPLETE" or record is None or not files:
+        file = model_file(folder, lit.name, t.number)
+        if t.state != "COMPLETE" or record is None or file is None:
             continue
         tuned = record.tuned
         if tuned.sampler != "heun" or tuned.sampler_kwargs.get("s_churn", 0):
             continue
-        D, _ = load_model_file(files[-1])
+        D, _ = load_model_file(file)
         models[t.number] = (D, [float(v) for v in tuned.sigmas])
         out["trials"][str(t.number)] = {"name": t.name, "values": []}
     for k in range(INDEPENDENT_SETS):
@@ -227,6 +227,56 @@ def independent_check(folder: Path, lit: StudyRecord, nfe: int) -> dict[str, Any
             out["trials"][str(number)]["values"].append(raw_frechet(x, b))
             log(f"independent check: set {k}, trial {number}: {out['trials'][str(number)]}")
     return out
+
+
+def model_file(folder: Path, study: str, number: int) -> Path | None:
+    """The model file of trial ``number`` of study ``study`` under ``folder`` (the last one
+    written, should there be several runs' folders), or None."""
+    files = sorted(folder.glob(f"*/runs/{study}-*/trial-{number:04d}/model.pt"))
+    return files[-1] if files else None
+
+
+def same_model(folder: Path, payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Whether the study's best is the very model the literature arm trained for the same
+    configuration: the largest difference of any weight between the two model files (0.0:
+    the same configuration, seed and thread count give the same model). None when the
+    winner is no literature configuration or a file is missing."""
+    from sigmatune.study.modelfile import read_model_file
+
+    best = payload["comparison"].get("best_study")
+    twin = next(
+        (r for r in payload["literature"] if best and best["name"] and r["name"] == best["name"]),
+        None,
+    )
+    arm = study_arm(payload).get("name", "study")
+    if twin is None:
+        return None
+    files = model_file(folder, arm, best["trial"]), model_file(folder, "literature", twin["trial"])
+    if None in files:
+        return None
+    a, b = (read_model_file(f)["state_dict"] for f in files)
+    diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a) if a else 0.0
+    return {
+        "name": best["name"],
+        "study_trial": best["trial"],
+        "literature_trial": twin["trial"],
+        "max_abs_weight_difference": diff,
+    }
+
+
+def same_model_text(check: Mapping[str, Any] | None) -> str:
+    if not check:
+        return ""
+    d = check["max_abs_weight_difference"]
+    verdict = (
+        "the same weights: the same model"
+        if d == 0
+        else f"weights that differ by up to {d:.3g}: a different model"
+    )
+    return (
+        f"The study's best (trial {check['study_trial']}, {check['name']}) and the literature "
+        f"arm's trial {check['literature_trial']} have {verdict}.\n\n"
+    )
 
 
 def independent_text(check: Mapping[str, Any] | None) -> str:
@@ -254,6 +304,7 @@ def study_arm(payload: Mapping[str, Any]) -> dict[str, Any]:
     arm = dict(
         payload.get("study_arm")
         or {
+            "name": "study",
             "pruner": config["outer"]["pruner"],
             "checkpoint_nimg": config["train"]["checkpoint_nimg"],
             "outer_trials": max(r["trial"] for r in payload["study"]) + 1,
@@ -310,6 +361,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
         f"reduction factor {OUTER_REDUCTION_FACTOR})."
     )
     text = f"{head}\n\n{table}\n\n{summary}\n\n{w_table(payload.get('W') or {})}"
+    text += same_model_text(payload.get("same_model"))
     text += independent_text(payload.get("independent"))
     text = (
         f"{text}"
@@ -437,6 +489,7 @@ def check_only(args: argparse.Namespace) -> int:
     storage = open_storage(f"sqlite:///{args.dir / 'outer_study.db'}")
     lit = read_study(storage, "literature")
     payload["independent"] = independent_check(args.dir, lit, int(payload["nfe"]))
+    payload["same_model"] = same_model(args.dir, payload)
     payload["readme"] = render_readme(payload)
     write_json(NAME, payload, path)
     print(payload["readme"]["outer_study"])

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from benchmarks import independent
-from benchmarks.outer_study import bare_heun, independent_text, study_arm
+from benchmarks.outer_study import (
+    bare_heun,
+    independent_text,
+    same_model,
+    same_model_text,
+    study_arm,
+)
 from benchmarks.quality import Figure
 from sigmatune.models.data import gmm2d_mixture
 
@@ -63,3 +69,57 @@ def test_the_study_arm_line_names_where_its_pruner_can_stop_a_trial(pruner, firs
         12,
         [50_000, 150_000],
     )
+
+
+def _write_model(folder, study, number, net):
+    from sigmatune.study.modelfile import save_model_file
+
+    path = folder / "artifacts" / "runs" / f"{study}-0123abcd" / f"trial-{number:04d}" / "model.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model_file(
+        path,
+        net=net,
+        network="mlp",
+        network_params={},
+        shape=(2,),
+        parameterisation="edm",
+        sigma_data=0.5,
+        dataset="gmm2d",
+        nimg=256,
+    )
+
+
+def test_same_model_compares_the_winners_weights_with_its_literature_twin(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 2)
+    payload = {
+        "train_nimg": 200_000,
+        "config": {"outer": {"pruner": "none"}, "train": {"checkpoint_nimg": 50_000}},
+        "study_arm": {"name": "arm", "pruner": "none", "checkpoint_nimg": 1, "outer_trials": 3},
+        "study": [{"trial": 2}],
+        "literature": [{"trial": 0, "name": "edm"}, {"trial": 1, "name": "edm2"}],
+        "comparison": {"best_study": {"trial": 2, "name": "edm2"}},
+    }
+    _write_model(tmp_path, "literature", 1, net)
+    _write_model(tmp_path, "arm", 2, net)
+    same = same_model(tmp_path, payload)
+    assert same == {
+        "name": "edm2",
+        "study_trial": 2,
+        "literature_trial": 1,
+        "max_abs_weight_difference": 0.0,
+    }
+    assert "have the same weights" in same_model_text(same)
+    # one weight moved by 0.25: a different model, and by how much
+    with torch.no_grad():
+        net.bias[1] += 0.25
+    _write_model(tmp_path, "arm", 2, net)  # replaces the study's model file
+    moved = same_model(tmp_path, payload)
+    assert moved["max_abs_weight_difference"] == pytest.approx(0.25)
+    assert "differ by up to 0.25" in same_model_text(moved)
+    # a TPE winner (no name) has no twin; nor has a winner whose file is missing
+    payload["comparison"]["best_study"] = {"trial": 2, "name": None}
+    assert same_model(tmp_path, payload) is None
+    payload["comparison"]["best_study"] = {"trial": 5, "name": "edm"}
+    assert same_model(tmp_path, payload) is None
+    assert same_model_text(None) == ""
