@@ -50,7 +50,7 @@ from sigmatune.study.config import Config, load_config
 from sigmatune.study.export import open_storage
 from sigmatune.study.records import StudyRecord, TrialRecord, read_study
 from sigmatune.study.run import run
-from sigmatune.study.spaces import OUTER_REDUCTION_FACTOR
+from sigmatune.study.spaces import OUTER_REDUCTION_FACTOR, outer_stop_points
 
 NAME = "outer_study"
 TARGET_IMAGES = 0.6  # the study may spend at most this fraction of the literature's images
@@ -61,6 +61,11 @@ IMAGES, BEST, EDM = (
     "best <= best literature within spread",
     "best <= 0.85 x EDM",
 )
+
+
+def storage_url(folder: Path) -> str:
+    """The SQLite storage that holds both arms' studies."""
+    return f"sqlite:///{folder / 'outer_study.db'}"
 
 
 def arm_config(base: Config, name: str, storage: str, **overrides: Any) -> Config:
@@ -244,14 +249,15 @@ def same_model(folder: Path, payload: Mapping[str, Any]) -> dict[str, Any] | Non
     from sigmatune.study.modelfile import read_model_file
 
     best = payload["comparison"].get("best_study")
-    twin = next(
-        (r for r in payload["literature"] if best and best["name"] and r["name"] == best["name"]),
-        None,
-    )
-    arm = study_arm(payload).get("name", "study")
+    if not best or not best["name"]:
+        return None
+    twin = next((r for r in payload["literature"] if r["name"] == best["name"]), None)
     if twin is None:
         return None
-    files = model_file(folder, arm, best["trial"]), model_file(folder, "literature", twin["trial"])
+    files = (
+        model_file(folder, study_arm(payload)["name"], best["trial"]),
+        model_file(folder, "literature", twin["trial"]),
+    )
     if None in files:
         return None
     a, b = (read_model_file(f)["state_dict"] for f in files)
@@ -310,14 +316,7 @@ def study_arm(payload: Mapping[str, Any]) -> dict[str, Any]:
             "outer_trials": max(r["trial"] for r in payload["study"]) + 1,
         }
     )
-    rungs, nimg = [], arm["checkpoint_nimg"]
-    if arm["pruner"] in ("hyperband", "successive_halving"):
-        while nimg < payload["train_nimg"]:
-            rungs.append(nimg)
-            nimg *= OUTER_REDUCTION_FACTOR
-    elif arm["pruner"] == "median":
-        rungs = [payload["train_nimg"] // 2]
-    arm["rungs"] = rungs
+    arm["rungs"] = outer_stop_points(arm["pruner"], arm["checkpoint_nimg"], payload["train_nimg"])
     return arm
 
 
@@ -439,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     base = base.replace(**overrides)
     args.dir.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{args.dir / 'outer_study.db'}"
+    storage = storage_url(args.dir)
     enqueued = int(base.outer.enqueue_baseline) + len(base.outer.literature)
     literature = arm_config(
         base, "literature", storage, **{"outer.pruner": "none", "outer.outer_trials": enqueued}
@@ -486,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def check_only(args: argparse.Namespace) -> int:
     path = Path(args.out) if args.out else RESULTS_DIR / f"{NAME}.json"
     payload = json.loads(path.read_text(encoding="utf-8"))
-    storage = open_storage(f"sqlite:///{args.dir / 'outer_study.db'}")
+    storage = open_storage(storage_url(args.dir))
     lit = read_study(storage, "literature")
     payload["independent"] = independent_check(args.dir, lit, int(payload["nfe"]))
     payload["same_model"] = same_model(args.dir, payload)

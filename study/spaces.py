@@ -553,7 +553,9 @@ def make_outer_pruner(config: Config) -> optuna.pruners.BasePruner:
     if config.outer.pruner == "none" or len(outer_objectives(config)) > 1:
         return optuna.pruners.NopPruner()
     if config.outer.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=train.train_nimg // 2)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=1, n_warmup_steps=_median_warmup(train.train_nimg)
+        )
     if config.outer.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=train.checkpoint_nimg, reduction_factor=OUTER_REDUCTION_FACTOR
@@ -563,6 +565,25 @@ def make_outer_pruner(config: Config) -> optuna.pruners.BasePruner:
         max_resource=train.train_nimg,
         reduction_factor=OUTER_REDUCTION_FACTOR,
     )
+
+
+def _median_warmup(train_nimg: int) -> int:
+    return train_nimg // 2
+
+
+def outer_stop_points(pruner: str, checkpoint_nimg: int, train_nimg: int) -> list[int]:
+    """The training images at which :func:`make_outer_pruner`'s pruner may first stop an outer
+    trial, below ``train_nimg``: the rungs ``checkpoint_nimg * 3**k`` of successive halving
+    (and of Hyperband's brackets together), the median pruner's warm-up (it may stop at any
+    checkpoint after), none for ``none``."""
+    if pruner == "median":
+        return [_median_warmup(train_nimg)]
+    rungs, nimg = [], checkpoint_nimg
+    if pruner in ("hyperband", "successive_halving"):
+        while nimg < train_nimg:
+            rungs.append(nimg)
+            nimg *= OUTER_REDUCTION_FACTOR
+    return rungs
 
 
 def inner_pruning(config: Config) -> bool:
