@@ -558,6 +558,57 @@ def _check_network_params(net: dict[str, Any], errors: list[str]) -> None:
             )
 
 
+# GITS chooses its steps among the points of a teacher grid, so the grid's size bounds the NFE
+# budgets: the grid of GITS in every inner study (``study.schedule.DEFAULT_SETTINGS``; LD3
+# starts from GITS) and that of the outer pruner's interim GITS fit (``study.outer``).
+PEER_TEACHER_STEPS = 32
+INTERIM_GITS_GRID = 32
+
+
+def _nfe_bounds(
+    budgets: Sequence[int],
+    samplers: Sequence[str],
+    peers: Sequence[str] | None,
+    pruner: str | None,
+    errors: list[str],
+) -> None:
+    """NFE budgets against the settings that bound them, checked before anything is created:
+    GITS (and LD3, which starts from GITS) chooses its steps among a teacher grid of
+    ``teacher_steps`` points, and the outer pruner's interim score fits GITS on a grid of
+    ``INTERIM_GITS_GRID`` points at the primary budget."""
+    from sigmatune.models.samplers import nfe as nfe_of
+    from sigmatune.models.samplers import steps_for_nfe
+
+    bounds: list[tuple[int, str, Sequence[int]]] = []
+    methods = list(peers if peers is not None else InnerConfig().peers)
+    if {"gits", "ld3"} & set(methods):  # LD3 starts from GITS
+        why = f"inner.peers {methods} compute GITS"
+        bounds.append((PEER_TEACHER_STEPS, why, budgets))
+    if (pruner or OuterConfig().pruner) != "none":
+        bounds.append(
+            (
+                INTERIM_GITS_GRID,
+                f"outer.pruner = {pruner or OuterConfig().pruner!r} scores the primary budget "
+                "with GITS",
+                budgets[:1],
+            )
+        )
+    for grid, why, checked in bounds:
+        for s in samplers:
+            over = [b for b in checked if steps_for_nfe(s, b) > grid]
+            if over:
+                errors.append(
+                    f"inner.nfe_budgets {over} are too large for sampler {s!r}: {why} on a "
+                    f"teacher grid of {grid} steps, which allows at most NFE "
+                    f"{nfe_of(s, grid)} ({grid} steps) with {s!r}; use smaller budgets, or "
+                    + (
+                        "set outer.pruner = 'none'"
+                        if "pruner" in why
+                        else "leave gits and ld3 out of inner.peers"
+                    )
+                )
+
+
 def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
     """Checks between keys, run only where the keys involved are valid on their own."""
     top, outer, inner, net = values[""], values["outer"], values["inner"], values["network"]
@@ -582,6 +633,8 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
                 f"inner.nfe_budgets must allow at least {MIN_STEPS} steps of every sampler in "
                 f"inner.samplers ({least}), but got {list(budgets)}"
             )
+    if budgets is not None and samplers is not None and not bad:
+        _nfe_bounds(budgets, samplers, inner.get("peers"), outer.get("pruner"), errors)
     if inner.get("tune_churn") and samplers is not None and "heun" not in samplers:
         errors.append(
             "inner.tune_churn = true tunes S_churn of 'heun' only, so inner.samplers must "

@@ -115,7 +115,6 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         raise ValueError(f"output {str(path)!r} is a folder; give a file name")
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         prefix = f".{shorten_bytes(path.name, NAME_BYTES)}."
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
         os.close(fd)
@@ -144,6 +143,100 @@ def _is_dir(path: str | Path) -> bool:
 def _exists(path: str | Path) -> bool:
     try:
         return Path(path).exists()
+    except OSError:
+        return False
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+CSV_HEADER = "nfe,sampler,step,sigmas,lam"
+OURS_MAX_BYTES = 64 << 20  # a file of ours is far smaller; a larger one is not read to check
+
+
+def _json_is_ours(raw: bytes) -> bool:
+    """An export or schedule document, or a diffusers sigma list, that sigmatune wrote."""
+    from sigmatune.study.schedule import DOCUMENT_FORMAT
+
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(doc, dict):
+        return False
+    if doc.get("format") in (EXPORT_FORMAT, DOCUMENT_FORMAT):
+        return True
+    return {"sigmas", "scheduler", "notes", "study", "trial"} <= set(doc)  # diffusers_document
+
+
+def _torch_is_ours(path: Path) -> bool:
+    """A k-diffusion tensor file of :func:`kdiffusion_payload` (read with
+    ``weights_only=True``: nothing in the file runs)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(payload, dict) and {"sigmas", "k_diffusion_sampler", "snippet"} <= set(
+        payload
+    )
+
+
+def written_by_sigmatune(path: str | Path) -> bool:
+    """Whether the existing file ``path`` is one that sigmatune writes (an export in any
+    format, a schedule file, a report) or empty, and so may be replaced by a new one. A
+    database (SQLite's header), another program's JSON, CSV or tensor file is not."""
+    from sigmatune.dashboards.report import GENERATOR_MARK
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return True
+        if size > OURS_MAX_BYTES:
+            return False
+        with path.open("rb") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    if raw.startswith(SQLITE_MAGIC):
+        return False
+    if raw.startswith(b"PK\x03\x04"):  # a zip: torch.save's format
+        return _torch_is_ours(path)
+    head = raw[:8192].decode("utf-8", errors="replace")
+    if GENERATOR_MARK in head:
+        return True
+    if head.lstrip().startswith("{"):
+        return _json_is_ours(raw)
+    return head.splitlines()[0].strip() == CSV_HEADER if head else False
+
+
+def check_output(path: str | Path, command: str, example: str) -> Path:
+    """The one rule for a file a command writes (``export``, ``report``, ``schedule``): its
+    folder exists (nothing is created), and it is a new file or one that sigmatune wrote
+    before; a folder, the study's database or anyone else's file is refused with one
+    paragraph, before anything is read or written."""
+    path = Path(path)
+    if _is_dir(path):
+        raise ValueError(
+            f"{command} output {str(path)!r} is a folder; give a file name (-o {example})"
+        )
+    parent = path.parent
+    if not _is_dir(parent):
+        raise ValueError(
+            f"the folder {str(parent)!r} of {command} output {str(path)!r} does not exist; "
+            f"create it first, or give a file in an existing folder (-o {example})"
+        )
+    if _exists(path) and not written_by_sigmatune(path):
+        what = "a SQLite database" if _is_sqlite(path) else "not a file that sigmatune wrote"
+        raise ValueError(
+            f"{str(path)!r} exists and is {what}, so `{command}` will not replace it; "
+            f"nothing was written. Choose another output file (-o {example})"
+        )
+    return path
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
     except OSError:
         return False
 
@@ -185,7 +278,7 @@ def open_storage(storage_url: str) -> optuna.storages.BaseStorage:
     from sigmatune.study.storage import check_storage_exists, make_storage
 
     check_storage_exists(storage_url)
-    return make_storage(storage_url, heartbeat_interval=None)
+    return make_storage(storage_url, heartbeat_interval=None, create=False)
 
 
 def read(storage_url: str, study_name: str | None) -> StudyRecord:
@@ -499,19 +592,31 @@ class ExportResult:
 
 def _kdiffusion(doc: dict[str, Any], nfe: int | None, output: str | Path | None) -> ExportResult:
     """One tensor file per NFE (or only ``nfe``): ``output`` names the file when one NFE is
-    written, or the folder when several are (default: the current folder)."""
+    written, or the (existing) folder when several are (default: the current folder). Every
+    path is checked (:func:`check_output`) before any is written."""
     result = ExportResult(document=doc, format="k-diffusion")
     budgets = [int(nfe)] if nfe is not None else [int(k) for k in doc["schedules"]]
     single = len(budgets) == 1 and output is not None and not _is_dir(output)
     folder = Path(output) if output is not None and not single else Path(".")
-    messages = []
-    for k in budgets:
-        sched = _one_schedule(doc, k)
-        path = (
+    if not single and not _is_dir(folder):
+        raise ValueError(
+            f"the export output folder {str(folder)!r} does not exist; the k-diffusion format "
+            f"writes one file per NFE ({', '.join(map(str, budgets))}) into a folder: create "
+            "it first, or give --nfe K and a file name (-o sigmas.pt)"
+        )
+    paths = {
+        k: check_output(
             Path(output)
             if single
-            else folder / f"{file_stem(doc['study'], doc['trial'])}-nfe-{k}.pt"
+            else folder / f"{file_stem(doc['study'], doc['trial'])}-nfe-{k}.pt",
+            "export",
+            "sigmas.pt",
         )
+        for k in budgets
+    }
+    messages = []
+    for k, path in paths.items():
+        sched = _one_schedule(doc, k)
         payload = kdiffusion_payload(doc, k, path)
         atomic_write(path, lambda tmp, payload=payload: Path(tmp).write_bytes(torch_bytes(payload)))
         result.paths.append(path)
@@ -543,7 +648,8 @@ def render(
     else:
         text = dumps(diffusers_document(doc, nfe))
     if output:
-        result.paths.append(write_text_atomic(output, text))
+        example = "export.csv" if fmt == "csv" else "export.json"
+        result.paths.append(write_text_atomic(check_output(output, "export", example), text))
     else:
         result.text = text
     return result
@@ -561,6 +667,8 @@ def export(
     """``sigmatune export``: the best (or ``trial``'s) weighting and schedules in ``fmt``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if output and fmt != "k-diffusion":  # refused before the storage is opened
+        check_output(output, "export", "export.csv" if fmt == "csv" else "export.json")
     study = read(storage_url, study_name)
     # json and csv hold the one budget asked for; the others every tuned budget (and one
     # from the step density when --nfe names a budget that was not tuned)
@@ -570,31 +678,8 @@ def export(
 
 
 def check_report_output(output: str | Path) -> Path:
-    """A path ``report`` may write: a new file, or a report it wrote before (it never
-    replaces another file, such as the study's database)."""
-    from sigmatune.dashboards.report import GENERATOR_MARK
-
-    path = Path(output)
-    if _is_dir(path):
-        raise ValueError(
-            f"report output {str(path)!r} is a folder; give a file name (-o report.html)"
-        )
-    if _exists(path):
-        try:
-            with path.open("rb") as f:
-                head = f.read(4096).decode("utf-8", errors="replace")
-        except OSError as exc:
-            raise ValueError(f"cannot read {str(path)!r} to check it ({exc})") from None
-        if GENERATOR_MARK not in head:
-            raise ValueError(
-                f"{str(path)!r} exists and is not a sigmatune report, so `report` will not "
-                "replace it; choose another output file (-o report.html)"
-            )
-    if not path.parent.is_dir():
-        raise ValueError(
-            f"the folder {str(path.parent)!r} of report output {str(path)!r} does not exist"
-        )
-    return path
+    """A path ``report`` may write (:func:`check_output`: the same rule as ``export``)."""
+    return check_output(output, "report", "report.html")
 
 
 def export_report(storage_url: str, study_name: str | None, output: str | Path) -> Path:
@@ -639,6 +724,7 @@ def attach_export(
             except Exception:  # already gone
                 pass
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)  # the run's own artifact folder
     stem = f"{file_stem(study.name, chosen.number)}-export"
     files = {
         "json": (directory / f"{stem}.json", dumps(doc), "application/json"),

@@ -22,6 +22,7 @@ from sigmatune.objectives.loss import objective_from_description
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.artifacts import checkpoint_uploader, fetch_checkpoint
+from sigmatune.study.config import INTERIM_GITS_GRID
 from sigmatune.study.context import RunContext
 from sigmatune.study.inner import best_so_far, inner_study_name, tune_steps, warm_start_params
 from sigmatune.study.modelfile import save_model_file
@@ -113,7 +114,6 @@ def train_model(
 # The GITS fit behind an interim score: a fit, not a measurement, so fewer noises and a
 # coarser teacher grid than GITS's defaults (256, 100) do; its cost is O(grid^2) calls.
 INTERIM_GITS_NOISES = 32
-INTERIM_GITS_GRID = 32
 
 
 def interim_score(ctx: RunContext, D: Denoiser, nfe: int) -> tuple[float, records.Schedule]:

@@ -553,13 +553,24 @@ def init_outer_study(
     study.set_user_attr(SCHEMA_KEY, SCHEMA)
     study.set_user_attr(ROLE, "outer")
     study.set_user_attr(KIND, kind)
-    study.set_user_attr(CONFIG, config.to_dict())
+    study.set_user_attr(CONFIG, stored_config_dict(config))
     study.set_user_attr(SEEDS, SeedPlan.for_config(config).to_dict())
     if floors is not None:
         study.set_user_attr(FLOORS, dict(floors))
     if source is not None:
         study.set_user_attr(SOURCE, source)
     study.set_user_attr(UID, uuid.uuid4().hex)  # last: its presence means "initialised"
+
+
+def stored_config_dict(config: Config) -> dict[str, Any]:
+    """The config as a study stores it: the storage URL without its password (anyone who
+    can read the study, or its dashboard, could read it; nothing needs it back: a study is
+    always reopened with the URL given on the command line, ``storage`` being resumable)."""
+    from sigmatune.study.storage import redact_url
+
+    out = config.to_dict()
+    out["storage"] = redact_url(out["storage"])
+    return out
 
 
 def study_uid(study: optuna.Study) -> str:

@@ -103,28 +103,41 @@ class StorageLocation:
     port: int | None = None  # the proxy's port for grpc
 
 
-def redact_url(url: str) -> str:
-    """The storage URL with its password replaced by ``***`` (for messages and reports)."""
-    url = str(url)
-    if "://" not in url or "@" not in url.split("://", 1)[1]:
-        return url
-    try:
-        from sqlalchemy.engine import make_url
+def _userinfo_end(rest: str) -> int:
+    """Where the ``user:password`` part of a URL's remainder (after ``scheme://``) ends: the
+    index of its last ``@``, or -1 when there is none or the remainder starts with ``/`` (no
+    host part). The last ``@``, so that a password with unescaped reserved characters is
+    hidden whole (at worst, more than the password is hidden, never less)."""
+    if not rest or rest.startswith("/"):
+        return -1
+    return rest.rfind("@")
 
-        parsed = make_url(url)
-    except Exception:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
+
+def redact_url(url: str) -> str:
+    """The storage URL with its password replaced by ``***`` (for messages, reports and
+    what a study stores); everything between the user name and the host is hidden, also a
+    password with reserved characters that were not percent-encoded."""
+    url = str(url)
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    end = _userinfo_end(rest)
+    if end < 0:
+        return url
+    userinfo = rest[:end]
+    if ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{rest[end + 1 :]}"
 
 
 def _password(url: str) -> str | None:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).password
-    except Exception:
+    url = str(url)
+    if "://" not in url:
         return None
+    rest = url.split("://", 1)[1]
+    end = _userinfo_end(rest)
+    userinfo = rest[:end] if end >= 0 else ""
+    return userinfo.split(":", 1)[1] if ":" in userinfo else None
 
 
 def _error(url: str, what: str, *, accepted: bool = True) -> StorageError:
@@ -164,6 +177,17 @@ def parse_storage_url(url: str | None = None) -> StorageLocation:
     import sqlalchemy.engine
     import sqlalchemy.exc
 
+    rest = given.split("://", 1)[1]
+    end = _userinfo_end(rest)
+    if end >= 0 and any(c in rest[:end] for c in "@/?#"):
+        raise _error(
+            given,
+            "the user name or password holds a character that a URL reserves (@ / ? #) "
+            "without percent-encoding, so where the host starts cannot be told; write them "
+            "percent-encoded (@ as %40, / as %2F, ? as %3F, # as %23, : as %3A, % as %25), "
+            "e.g. with Python's urllib.parse.quote(password, safe='')",
+            accepted=False,
+        )
     try:
         parsed = sqlalchemy.engine.make_url(given)
     except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
@@ -209,6 +233,109 @@ def _reason(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+OPTUNA_TABLES = frozenset({"studies", "version_info"})  # what every Optuna RDB schema has
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _listing(tables: list[str]) -> str:
+    shown = ", ".join(sorted(tables)[:5])
+    return shown + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+
+
+def _foreign(loc: StorageLocation, tables: list[str], create: bool) -> None:
+    """Refuse a database that is not an Optuna one (another program's tables), and, for a
+    command that only reads (``create`` False), one that holds no study at all."""
+    if tables and not OPTUNA_TABLES <= set(tables):
+        raise _error(
+            loc.url,
+            f"the database holds another program's tables ({_listing(tables)}) and no Optuna "
+            "study tables; sigmatune never adds its tables to another program's database, so "
+            "nothing was written. Give a new file (e.g. sqlite:///sigmatune.db) or the "
+            "database of a sigmatune study",
+            accepted=False,
+        )
+    if not create and not tables:
+        raise _error(
+            loc.url,
+            "the database is empty: it holds no study, and a command that only reads does "
+            "not create one. Run `sigmatune run` first, or give the storage URL a study was "
+            "run with",
+            accepted=False,
+        )
+
+
+def check_sqlite_file(loc: StorageLocation, *, create: bool) -> None:
+    """An existing SQLite file must be an Optuna database (read through a read-only
+    connection, so checking never changes it); an empty file counts as a new database."""
+    import sqlite3
+
+    assert loc.path is not None
+    try:
+        if not loc.path.is_file() or loc.path.stat().st_size == 0:
+            if not create and loc.path.is_file():
+                _foreign(loc, [], create)
+            return
+        with loc.path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise _error(loc.url, f"cannot read {str(loc.path)!r} ({exc})", accepted=False) from None
+    if head != SQLITE_MAGIC:
+        raise _error(
+            loc.url,
+            f"{str(loc.path)!r} is not a SQLite database (its first bytes are not SQLite's "
+            "header); sigmatune will not write into it, so nothing was written. Give a new "
+            "file or the database of a sigmatune study",
+        )
+    uri = loc.path.resolve().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=SQLITE_LOCK_TIMEOUT_S)
+        try:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _error(loc.url, f"cannot read the database ({exc})", accepted=False) from None
+    _foreign(loc, [r[0] for r in rows], create)
+
+
+def check_journal_file(loc: StorageLocation) -> None:
+    """An existing, non-empty journal file must be an Optuna journal (its first line a JSON
+    operation with an ``op_code``): another program's log is never appended to."""
+    import json
+
+    assert loc.path is not None
+    try:
+        if not loc.path.is_file() or loc.path.stat().st_size == 0:
+            return
+        with loc.path.open("rb") as f:
+            first = f.readline(1 << 20)
+    except OSError as exc:
+        raise _error(loc.url, f"cannot read {str(loc.path)!r} ({exc})", accepted=False) from None
+    try:
+        op = json.loads(first.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        op = None
+    if not (isinstance(op, dict) and "op_code" in op):
+        raise _error(
+            loc.url,
+            f"{str(loc.path)!r} is not an Optuna journal file (its first line is no journal "
+            "operation); sigmatune will not append to it, so nothing was written. Give a new "
+            "file or the journal of a sigmatune study",
+            accepted=False,
+        )
+
+
+def _server_tables(rdb_url: str, engine_kwargs: dict[str, Any]) -> list[str]:
+    """The tables of a database server's database (read; nothing is created)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(rdb_url, **engine_kwargs)
+    try:
+        return list(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
 def _check_parent(loc: StorageLocation) -> None:
     assert loc.path is not None
     if loc.path.is_dir():
@@ -225,9 +352,12 @@ def make_storage(
     grace_period: int | None = DEFAULT_GRACE_PERIOD,
     max_retry: int = DEFAULT_MAX_RETRY,
     max_connections: int = WORKER_MAX_CONNECTIONS,
+    create: bool = True,
 ) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the Optuna storage at ``url`` (default
-    ``sqlite:///sigmatune.db``).
+    ``sqlite:///sigmatune.db``). A database or journal of another program is refused before
+    anything is written to it; with ``create`` False (the commands that only read) so is one
+    that holds no Optuna study tables, so reading never creates them.
 
     For SQLite, database servers and the gRPC proxy, ``heartbeat_interval`` (None: no
     heartbeats) and ``grace_period`` in seconds make a trial whose process died stale, and
@@ -237,6 +367,7 @@ def make_storage(
     loc = parse_storage_url(url)
     if loc.kind == "journal":
         _check_parent(loc)
+        check_journal_file(loc)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         existed = loc.path.exists()
@@ -262,15 +393,20 @@ def make_storage(
     engine_kwargs: dict[str, Any] = {}
     if loc.kind == "sqlite":
         _check_parent(loc)
+        check_sqlite_file(loc, create=create)
     if loc.kind in ("sqlite", "memory"):
         engine_kwargs["connect_args"] = {"timeout": SQLITE_LOCK_TIMEOUT_S}
     else:
         engine_kwargs.update(_server_engine_kwargs(loc, max_connections))
     existed = loc.path.exists() if loc.path is not None else True
     try:
+        if loc.kind == "server":
+            _foreign(loc, _server_tables(loc.rdb_url, engine_kwargs), create)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return _create_rdb(loc.rdb_url, engine_kwargs, heartbeat)
+    except StorageError:
+        raise
     except ImportError as exc:
         raise _error(
             loc.url,
@@ -491,6 +627,10 @@ def check_storage_location(url: str | None = None) -> StorageLocation:
     loc = parse_storage_url(url)
     if loc.kind in ("sqlite", "journal"):
         _check_parent(loc)
+    if loc.kind == "sqlite":
+        check_sqlite_file(loc, create=True)
+    elif loc.kind == "journal":
+        check_journal_file(loc)
     return loc
 
 
@@ -501,12 +641,14 @@ def check_storage_exists(url: str | None = None) -> None:
     loc = parse_storage_url(url)
     if loc.kind == "memory":
         raise StorageError(
-            f"storage {loc.url!r} is an in-memory database, which holds no saved study; "
+            f"storage {redact_url(loc.url)!r} is an in-memory database, which holds no saved "
+            "study; "
             "give the storage URL a study was run with (e.g. sqlite:///sigmatune.db)"
         )
     if loc.path is not None and not loc.path.is_file():
         raise StorageError(
-            f"no study database at {str(loc.path)!r} (storage {loc.url!r}): the file does not "
+            f"no study database at {str(loc.path)!r} (storage {redact_url(loc.url)!r}): the "
+            "file does not "
             "exist. Run `sigmatune run` first, or give the storage URL a study was run with."
         )
 

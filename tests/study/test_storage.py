@@ -92,7 +92,7 @@ def test_jsonl_suffix_is_a_journal(tmp_path):
         ("results", "neither a URL with a scheme"),
         ("redis://localhost:6379", "scheme 'redis' is not supported"),
         ("sqlite:///{tmp}/no/such/dir/x.db", "does not exist"),
-        ("{tmp}/notadb.db", "file is not a database"),
+        ("{tmp}/notadb.db", "is not a SQLite database"),
         ("journal:", "needs a file path"),
     ],
 )
