@@ -9,7 +9,8 @@ After each outer trial (``study.run.after_outer_trial``):
 - on the finished outer trial: a note with its training weighting and, per NFE budget, a link
   to its inner study, its best FID and the baselines';
 - on each of its inner studies: the step locations of its trials against the baselines, and
-  a note linking back to the outer study and trial.
+  a note linking back to the outer study and trial; on each inner trial, a note with its
+  schedule (where it came from, its search FID, sampler and sigmas).
 
 Links are optuna-dashboard's own paths (``/dashboard/studies/<id>``,
 ``/dashboard/studies/<id>/trials?numbers=<n>``).
@@ -17,6 +18,7 @@ Links are optuna-dashboard's own paths (``/dashboard/studies/<id>``,
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -30,6 +32,7 @@ from sigmatune.dashboards.figures import (
     trial_title,
 )
 from sigmatune.study.records import (
+    InnerTrialRecord,
     StudyRecord,
     TrialRecord,
     fid_text,
@@ -39,6 +42,8 @@ from sigmatune.study.records import (
 )
 
 INNER_FIGURE_ID = "sigmatune-inner-steps"
+# Fewer complete outer trials than this: the study note says importances are not findings yet.
+FEW_TRIALS = 30
 
 
 def study_link(study_id: int) -> str:
@@ -106,10 +111,36 @@ def dashboard_help(data: StudyRecord) -> str:
         )
     else:
         text += "Pruned trials carry no final value and *History* shows complete trials only. "
+    return text + _importance_help(len(data.complete))
+
+
+def _importance_help(complete: int) -> str:
+    """What *Hyperparameter importance* and *Contour* show with ``complete`` complete trials
+    (optuna-dashboard 0.21 fits importances, PED-ANOVA, from two complete trials on)."""
+    trials = f"{complete} complete trial{'' if complete == 1 else 's'}"
+    if complete < 2:
+        return (
+            f"*Hyperparameter importance* and *Contour* are empty while the study has "
+            f"{trials}: they need at least two."
+        )
+    text = (
+        f"*Hyperparameter importance* and *Contour* are drawn from the {trials} so far. "
+        "Each parameterisation, density and weighting has its own parameters, so a parameter "
+        "is compared over the trials that have it. "
+    )
+    if complete < FEW_TRIALS:
+        top = math.ceil(0.1 * complete)  # PED-ANOVA's default top quantile
+        best = "the best trial" if top == 1 else f"the {top} best trials"
+        text += (
+            f"The importances (PED-ANOVA: where the best tenth of the trials lies in each "
+            f"parameter's range, against all trials) fitted on {complete} trials say where "
+            f"{best} happen{'s' if top == 1 else ''} to differ from the rest, not which "
+            f"parameters matter: they are not reliable before some {FEW_TRIALS} complete "
+            "trials. "
+        )
     return text + (
-        "*Hyperparameter importance* and *Contour* are empty until several trials are complete "
-        "in the same branch of the conditional space (each parameterisation, density and "
-        "weighting has its own parameters): with few trials there is nothing to fit."
+        "The contour is a surface interpolated between the trials' points, one point per "
+        "trial: away from the points it shows the interpolation, not measured FIDs."
     )
 
 
@@ -258,6 +289,50 @@ def inner_note(data: StudyRecord, t: TrialRecord, nfe: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _kwargs_text(kwargs: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(kwargs.items())
+    )
+
+
+def inner_trial_note(data: StudyRecord, t: TrialRecord, nfe: int, it: InnerTrialRecord) -> str:
+    """An inner trial's note: where its schedule came from (a starting point or the search),
+    its FID on the search seeds, its sampler and its step locations."""
+    r = t.inner[nfe]
+    sid = data.study_ids.get(r.study_name)
+    if it.start:
+        label = SCHEDULE_LABELS.get(it.start, it.start)
+        title = f"{label} (starting point)"
+        origin = f"enqueued as the starting point `{it.start}` before the search"
+    else:
+        title = "searched schedule" + (" (the best)" if it.number == r.search_trial else "")
+        origin = "proposed by the search"
+    study = f"[{r.study_name}]({study_link(sid)})" if sid is not None else f"`{r.study_name}`"
+    lines = [
+        f"## Inner trial {it.number}: {title}",
+        "",
+        f"A schedule of NFE {nfe} in {study}, for the model of [trial {t.number}]"
+        f"({trial_link(data.study_id, t.number)}) ({_md(t.label)}), {origin}. Its value is "
+        "ln FID on the search seeds.",
+        "",
+        f"- state: {it.state}",
+        f"- FID on the search seeds: {fid_text(it.fid)}",
+    ]
+    if it.number == r.search_trial:
+        lines.append(
+            f"- the best of the search, the inner study's tuned schedule; held-out: "
+            f"{_md(held_out_line(r))}"
+        )
+    s = it.schedule
+    if s is None:
+        lines.append("- no schedule stored (the trial ended before its schedule was made)")
+    else:
+        kwargs = f" ({_kwargs_text(s.sampler_kwargs)})" if s.sampler_kwargs else ""
+        sig = ", ".join(f"{x:.4g}" for x in s.sigmas)
+        lines += [f"- sampler `{s.sampler}`{kwargs}", f"- σ ({len(s.sigmas)} values) = [{sig}]"]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------
 # Publishing
 
@@ -279,7 +354,8 @@ def publish_outer(storage: optuna.storages.BaseStorage, data: StudyRecord) -> li
 
 
 def publish_trial(storage: optuna.storages.BaseStorage, data: StudyRecord, number: int) -> None:
-    """An outer trial's note, and the figure and note of each of its inner studies."""
+    """An outer trial's note, the figure and note of each of its inner studies, and the notes
+    of their trials."""
     t = data.trial(number)
     outer = _load(storage, data.name)
     save_trial_note(outer, t.trial_id, trial_note(data, t))
@@ -287,12 +363,17 @@ def publish_trial(storage: optuna.storages.BaseStorage, data: StudyRecord, numbe
         if r.study_name not in data.study_ids:
             continue
         inner = _load(storage, r.study_name)
+        inner_trials = read_inner_trials(storage, r.study_name)
         fig = figure_inner_trials(
-            read_inner_trials(storage, r.study_name),
+            inner_trials,
             title=f"{r.study_name}: step locations of the trials, best first, with baselines",
         )
         save_plotly_graph_object(inner, dashboard_layout(fig), graph_object_id=INNER_FIGURE_ID)
         save_note(inner, inner_note(data, t, nfe))
+        trial_ids = {ft.number: ft._trial_id for ft in inner.get_trials(deepcopy=False)}
+        for it in inner_trials:
+            if it.number in trial_ids:
+                save_trial_note(inner, trial_ids[it.number], inner_trial_note(data, t, nfe, it))
 
 
 def publish_after_trial(
