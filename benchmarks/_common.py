@@ -8,6 +8,20 @@ under ``"readme"`` (one block per key); the README holds each block between
 ``<!-- results: benchmarks/results/<name>.json#<key> -->`` and ``<!-- /results -->``, and
 ``tests/benchmarks/test_readme_results.py`` checks that the two are the same text.
 Scratch (caches, trained models, logs) goes to ``bench-out/`` (ignored).
+
+Results come from committed code: a benchmark refuses to write into ``benchmarks/results/``
+from a checkout with uncommitted changes (:func:`results_path`, checked before it measures
+anything, and :func:`write_json`, checked again when it writes), naming the files. What
+counts (:func:`git_state`): every tracked file with uncommitted changes (a commit and an empty
+list then say exactly which tree ran), and the untracked files that are not ignored under the
+folders a benchmark imports from (:data:`SOURCE_PATHS`: a new module or preset there changes
+what runs; a scratch file elsewhere cannot). The results in ``benchmarks/results/`` are the
+benchmarks' outputs, read by none of them as an input, and count in neither: a benchmark
+rewriting its JSON, or several run one after another before one commit, is the normal way.
+``--allow-dirty`` (trying things) writes the JSON to ``benchmarks/results/dirty/`` instead
+(ignored by git; the same file name), never over the committed results; its ``git`` entry
+keeps the list of changed files. An ``--out`` outside ``benchmarks/results/`` (the tests'
+temporary folders, ``bench-out/``) is written as it is, clean tree or not.
 """
 
 from __future__ import annotations
@@ -35,6 +49,10 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` (storage_overhead.py) 
 
 BENCH_OUT = ROOT / "bench-out"  # scratch: caches, trained models, logs (ignored)
 RESULTS_DIR = ROOT / "benchmarks" / "results"  # the committed JSON behind the README
+DIRTY_DIR = RESULTS_DIR / "dirty"  # --allow-dirty's JSON (ignored): never the committed ones
+# Where an untracked file can change what a benchmark runs (it imports these packages and
+# reads the presets under study/); untracked files elsewhere do not block a result.
+SOURCE_PATHS = ("benchmarks", "dashboards", "models", "objectives", "study", "sigmatune")
 README_KEY = "readme"  # JSON key of the README blocks: {block key: markdown}
 
 
@@ -86,20 +104,122 @@ def describe_machine(info: Mapping[str, Any]) -> str:
 
 
 def git_state() -> dict[str, Any]:
-    """The checkout's commit and its modified tracked files (read-only git; {} without git)."""
+    """The checkout's commit, its tracked files with uncommitted changes (``modified``) and its
+    untracked files that are not ignored under :data:`SOURCE_PATHS` (``untracked``); files
+    under ``benchmarks/results/`` (outputs) count in neither. Read-only git; {} without git."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # status must not rewrite the index
 
     def git(*args: str) -> str:
-        return subprocess.run(
+        done = subprocess.run(
             ["git", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=10
-        ).stdout
+        )
+        if done.returncode != 0:
+            raise subprocess.SubprocessError(done.stderr.strip())
+        return done.stdout
 
     try:
         commit = git("rev-parse", "HEAD").strip()
-        status = git("status", "--porcelain", "--untracked-files=no").splitlines()
+        status = git("status", "--porcelain", "-z", "--untracked-files=no").split("\0")
+        untracked = git("ls-files", "-z", "--others", "--exclude-standard", "--", *SOURCE_PATHS)
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {"commit": commit, "modified": [line[3:] for line in status if line.strip()]}
+    modified, skip = [], False
+    for entry in status:  # "XY path", a rename's or copy's source path in the next entry
+        if skip or len(entry) < 4:
+            skip = False
+            continue
+        skip = "R" in entry[:2] or "C" in entry[:2]
+        modified.append(entry[3:])
+    return {
+        "commit": commit,
+        "modified": sorted(p for p in modified if not _is_output(p)),
+        "untracked": sorted(p for p in untracked.split("\0") if p and not _is_output(p)),
+    }
+
+
+def _is_output(path: str) -> bool:
+    """A path (relative to the checkout) under ``benchmarks/results/``: a benchmark's output."""
+    return path.startswith(f"{RESULTS_DIR.relative_to(ROOT).as_posix()}/")
+
+
+def uncommitted(state: Mapping[str, Any]) -> list[str]:
+    """The files of a :func:`git_state` that make it not a commit's tree, untracked ones
+    marked so."""
+    return [*state.get("modified", ()), *(f"{p} (untracked)" for p in state.get("untracked", ()))]
+
+
+class DirtyTreeError(SystemExit):
+    """Refused: results into ``benchmarks/results/`` from a checkout with uncommitted changes
+    (a ``SystemExit``: the command prints the message alone and exits with status 1)."""
+
+
+def is_committed_results(path: str | Path) -> bool:
+    """Whether ``path`` is in ``benchmarks/results/`` (the committed results), not in its
+    ignored ``dirty/``."""
+    p = Path(path).resolve()
+    return p.is_relative_to(RESULTS_DIR.resolve()) and not p.is_relative_to(DIRTY_DIR.resolve())
+
+
+def dirty_path(path: str | Path) -> Path:
+    """Where ``--allow-dirty`` puts a JSON meant for ``benchmarks/results/``."""
+    return DIRTY_DIR / Path(path).resolve().relative_to(RESULTS_DIR.resolve())
+
+
+def _refusal(path: Path, recorded: Mapping[str, Any] | None = None) -> str | None:
+    """Why ``path`` (in the committed results) may not be written now, or None: the checkout
+    has uncommitted changes, or ``recorded`` (the payload's ``git``, taken when the benchmark
+    started) says its figures were measured on such a tree."""
+    where = _shown(path)
+    state = git_state()
+    if not state:
+        return (
+            f"refusing to write {where}: git cannot tell whether this checkout has uncommitted "
+            "changes; results come from committed code. Run from a git checkout, or rerun with "
+            f"--allow-dirty (writes {_shown(dirty_path(path))}, ignored by git)."
+        )
+    files = uncommitted(state)
+    when = "has"
+    if not files and recorded is not None:
+        files, when = uncommitted(recorded), "had, when the run started,"
+    if not files:
+        return None
+    return (
+        f"refusing to write {where}: the checkout {when} uncommitted changes "
+        f"({', '.join(files)}); results come from committed code. Commit first, or rerun with "
+        f"--allow-dirty (writes {_shown(dirty_path(path))}, ignored by git)."
+    )
+
+
+def _shown(path: Path) -> str:
+    p = Path(path).resolve()
+    return p.relative_to(ROOT).as_posix() if p.is_relative_to(ROOT) else str(p)
+
+
+def results_path(name: str, out: str | Path | None = None, allow_dirty: bool = False) -> Path:
+    """Where a benchmark's JSON goes, decided before it measures anything: ``out``, else
+    ``benchmarks/results/<name>.json``. A path in the committed results needs a checkout
+    without uncommitted changes (else :class:`DirtyTreeError`, naming the files); with
+    ``allow_dirty`` it becomes the same name under ``benchmarks/results/dirty/``, clean tree
+    or not. Any other path is returned as it is."""
+    path = Path(out) if out else RESULTS_DIR / f"{name}.json"
+    if not is_committed_results(path):
+        return path
+    if allow_dirty:
+        return dirty_path(path)
+    reason = _refusal(path)
+    if reason:
+        raise DirtyTreeError(reason)
+    return path
+
+
+def add_allow_dirty(parser: argparse.ArgumentParser) -> None:
+    """The ``--allow-dirty`` option (:func:`benchmark_parser` adds it)."""
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="trying things on a checkout with uncommitted changes: the JSON goes to "
+        "benchmarks/results/dirty/ (ignored by git), never over the committed results",
+    )
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -150,14 +270,17 @@ def machine_line(info: Mapping[str, Any]) -> str:
 
 def benchmark_parser(name: str, doc: str, epilog_from: int = -1) -> argparse.ArgumentParser:
     """The parser of ``python -m benchmarks.<name>``: its docstring's first paragraph as the
-    description, the paragraphs from ``epilog_from`` on (e.g. the usage lines) as the epilog."""
+    description, the paragraphs from ``epilog_from`` on (e.g. the usage lines) as the epilog;
+    with ``--allow-dirty`` (:func:`add_allow_dirty`)."""
     paragraphs = doc.split("\n\n")
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog=f"python -m benchmarks.{name}",
         description=paragraphs[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(paragraphs[epilog_from:]),
     )
+    add_allow_dirty(parser)
+    return parser
 
 
 def log(msg: str) -> None:
@@ -195,8 +318,24 @@ def publish(
 
 
 def write_json(name: str, payload: dict[str, Any], out: str | Path | None = None) -> Path:
-    """Write ``payload`` to ``out`` or ``benchmarks/results/<name>.json``; returns the path."""
+    """Write ``payload`` to ``out`` or ``benchmarks/results/<name>.json``; returns the path.
+
+    Into the committed results only when the checkout has no uncommitted changes now and had
+    none when the run started (the payload's ``git``, added here if the benchmark did not
+    record it): else the JSON goes to ``benchmarks/results/dirty/`` (so that a long run is not
+    lost) and :class:`DirtyTreeError` says so."""
     path = Path(out) if out else RESULTS_DIR / f"{name}.json"
+    if "git" not in payload:
+        payload["git"] = git_state()
+    if is_committed_results(path):
+        reason = _refusal(path, payload["git"])
+        if reason:
+            kept = _dump(dirty_path(path), payload)
+            raise DirtyTreeError(f"{reason} This run's JSON was written to {_shown(kept)}.")
+    return _dump(path, payload)
+
+
+def _dump(path: Path, payload: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     return path

@@ -38,8 +38,10 @@ from benchmarks._common import (
     benchmark_parser,
     describe_machine,
     format_table,
+    git_state,
     machine_info,
     median_seconds,
+    results_path,
     write_json,
 )
 from sigmatune.models.data import load_dataset
@@ -333,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
             "Run it on a machine with a GPU (or with --device cpu to try the code path)."
         )
         return None
+    default = None if device.type == "cuda" else BENCH_OUT / "gpu-cpu.json"
+    args.out = results_path("gpu", args.out or default, args.allow_dirty)
 
     threads = torch.get_num_threads()
     if args.threads > 0:
@@ -366,6 +370,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.devi
         "benchmark": "gpu",
         "machine": info,
         "command": "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv),
+        "git": git_state(),
         "quick": quick,
         "preset": args.preset,
         "network": bench.description,
@@ -425,8 +430,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None, device: torch.devi
             )
         )
     result["tables"] = tables
-    out = args.out or (None if device.type == "cuda" else BENCH_OUT / "gpu-cpu.json")
-    path = write_json("gpu", result, out)
+    path = write_json("gpu", result, args.out)
     print(f"gpu.py: {describe_machine(info)}")
     if device.type == "cuda":
         print(f"card: {torch.cuda.get_device_name(device)}")

@@ -34,6 +34,7 @@ from typing import Any
 from benchmarks._common import (
     BENCH_OUT,
     RESULTS_DIR,
+    add_allow_dirty,
     fmt,
     fmt_spread,
     format_table,
@@ -42,6 +43,7 @@ from benchmarks._common import (
     machine_line,
     new_payload,
     publish,
+    results_path,
     write_json,
 )
 from benchmarks.quality import Figure
@@ -412,9 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="no training: add the independent check to the JSON of a finished run (--out) "
         "from its storage in --dir, and render it again",
     )
+    add_allow_dirty(parser)
     args = parser.parse_args(argv)
+    source = Path(args.out) if args.out else RESULTS_DIR / f"{NAME}.json"
+    args.out = results_path(NAME, args.out, args.allow_dirty)
     if args.check_only:
-        return check_only(args)
+        return check_only(args, source)
     payload = new_payload(NAME, argv)
     base = load_config(args.preset)
     overrides: dict[str, Any] = {"inner.nfe_budgets": [args.nfe]}
@@ -482,15 +487,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def check_only(args: argparse.Namespace) -> int:
-    path = Path(args.out) if args.out else RESULTS_DIR / f"{NAME}.json"
-    payload = json.loads(path.read_text(encoding="utf-8"))
+def check_only(args: argparse.Namespace, source: Path) -> int:
+    """The independent check of the finished run whose JSON is ``source``, written to
+    ``args.out`` (:func:`benchmarks._common.results_path`)."""
+    payload = json.loads(source.read_text(encoding="utf-8"))
     storage = open_storage(storage_url(args.dir))
     lit = read_study(storage, "literature")
     payload["independent"] = independent_check(args.dir, lit, int(payload["nfe"]))
     payload["same_model"] = same_model(args.dir, payload)
     payload["readme"] = render_readme(payload)
-    write_json(NAME, payload, path)
+    write_json(NAME, payload, args.out)
     print(payload["readme"]["outer_study"])
     return 0
 

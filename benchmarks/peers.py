@@ -69,6 +69,7 @@ from benchmarks._common import (
     machine_line,
     new_payload,
     publish,
+    results_path,
 )
 from benchmarks.quality import Figure
 from sigmatune.models.samplers import steps_for_nfe
@@ -604,10 +605,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    source = Path(args.out) if args.out else RESULTS_DIR / f"{NAME}.json"
+    args.out = results_path(NAME, args.out, args.allow_dirty)
     if args.render_only:
-        path = Path(args.out) if args.out else RESULTS_DIR / f"{NAME}.json"
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        publish(NAME, payload, render_readme, path)
+        payload = json.loads(source.read_text(encoding="utf-8"))
+        publish(NAME, payload, render_readme, args.out)
         return payload
     with limited_threads(args.threads):
         return run(args, argv)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
+    add_allow_dirty,
     fmt,
     fmt_spread,
     format_table,
@@ -29,6 +30,7 @@ from benchmarks._common import (
     machine_line,
     new_payload,
     publish,
+    results_path,
 )
 from benchmarks.outer_study import images_trained
 from sigmatune.study.records import read_study
@@ -138,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--preset", nargs="+", default=["toy"])
     parser.add_argument("--out", default=None)
     parser.add_argument("extra", nargs="*", help="arguments passed on to `sigmatune run`")
+    add_allow_dirty(parser)
     args = parser.parse_args(argv)
+    args.out = results_path(NAME, args.out, args.allow_dirty)
     payload = new_payload(NAME, argv)
     payload["runs"] = []
     t0 = time.perf_counter()

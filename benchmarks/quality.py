@@ -2,10 +2,10 @@
 ``InnerRecord`` that ``study.inner.tune_steps`` returns) and the tables printed from it.
 
 Every FID is a held-out mean ± spread over the SeedPlan's held-out seed sets, beside the
-scorer's floor (real vs real) and ceiling (noise vs real). A gain is split as the study
-splits it: "step placement" = tuned / karras rho=7 on the tuned schedule's own sigma range,
-"sigma range" = karras rho=7 on that range / karras rho=7 on the run's full range. No ratio is
-printed between two scores at the floor (``HeldOut.ratio``).
+scorer's floor (real vs real) and noise vs real (a reference point, not an upper bound). A
+gain is split as the study splits it: "step placement" = tuned / karras rho=7 on the tuned
+schedule's own sigma range, "sigma range" = karras rho=7 on that range / karras rho=7 on the
+run's full range. No ratio is printed between two scores at the floor (``HeldOut.ratio``).
 """
 
 from __future__ import annotations

@@ -12,10 +12,11 @@ features, the sigma range tuned) finds a schedule, and its record gives the held
   [sigma_min, sigma_max], so "step placement" = tuned / karras same range;
 - ``karras ρ=7, full range``: on the run's [0.002, 80], so "σ range" = karras same / full.
 
-Beside the floor (true vs true) and ceiling (noise vs true) of the scorer, and a 256-step
-karras ρ=7 reference. The independent check (``benchmarks/independent.py``: numpy denoiser,
-Heun sampler and sliced 2-Wasserstein distance, sharing no code with the product) scores the
-same schedules against true samples on its own seed sets.
+Beside the scorer's floor (true vs true) and noise vs true (a reference point: a poor schedule
+scores above it), and a 256-step karras ρ=7 reference. The independent check
+(``benchmarks/independent.py``: numpy denoiser, Heun sampler and sliced 2-Wasserstein distance,
+sharing no code with the product) scores the same schedules against true samples on its own
+seed sets.
 
 Mixtures: ``ring`` is the mixture behind the ``gmm2d`` data set (8 modes on a circle of radius
 0.6, std 0.1); ``gmm64`` is ``GaussianMixture.random(d=64, K=8, seed=0)``, which no data set
@@ -51,6 +52,7 @@ from benchmarks._common import (
     machine_line,
     new_payload,
     publish,
+    results_path,
 )
 from benchmarks.quality import fid_table, floor_text, held_out_scores, row_from_record, sw_table
 from sigmatune.models.analytic import GaussianMixture
@@ -271,6 +273,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    args.out = results_path(NAME, args.out, args.allow_dirty)
     with limited_threads(args.threads):
         return run(args, argv)
 

@@ -39,7 +39,16 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, describe_machine, format_table, machine_info, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    add_allow_dirty,
+    describe_machine,
+    format_table,
+    git_state,
+    machine_info,
+    results_path,
+    write_json,
+)
 
 BACKENDS = ("inmemory", "sqlite", "postgres", "grpc")
 DEFAULT_BACKENDS = ("inmemory", "sqlite", "postgres", "grpc")
@@ -193,6 +202,7 @@ def measure(url: str, workers: int, trials: int, count_url: str | None) -> dict[
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     trials = args.trials or (QUICK_TRIALS if args.quick else DEFAULT_TRIALS)
+    git = git_state()  # the checkout the run started from
     rows: list[dict[str, Any]] = []
 
     def log(msg: str) -> None:
@@ -232,6 +242,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
         "command": "python benchmarks/storage_overhead.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "quick": args.quick,
+        "git": git,
         "writes_per_trial": 1 + N_PARAMS + N_ATTRS + N_REPORTS + 1 + 1,
         "rows": rows,
     }
@@ -287,6 +298,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated, of {', '.join(BACKENDS)} (all)",
     )
     parser.add_argument("--out", help=f"JSON file (default {DEFAULT_OUT.relative_to(ROOT)})")
+    add_allow_dirty(parser)
     args = parser.parse_args(argv)
     unknown = set(args.backends) - set(BACKENDS)
     if unknown:
@@ -301,9 +313,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(json.dumps(worker(url, trials, start)))
         return {}
     args = parse_args(argv)
+    args.out = results_path("storage_overhead", args.out or DEFAULT_OUT, args.allow_dirty)
     result = run(args, argv)
     print(report(result))
-    path = write_json("storage_overhead", result, args.out or DEFAULT_OUT)
+    path = write_json("storage_overhead", result, args.out)
     print(f"\nwritten: {path}")
     return result
 

@@ -359,6 +359,27 @@ def figure_steps(data: StudyRecord, trial: TrialRecord | None = None) -> go.Figu
     )
 
 
+def _log_hline(fig: go.Figure, y: float, text: str) -> None:
+    """A dotted line across the plot at ``y`` on a log y axis, labelled on it. plotly.js puts a
+    shape on a log axis at its data value but an annotation at the log10 of its ``y`` (its
+    documented rule), so the label is placed at ``log10(y)``: given ``y`` it would sit at
+    ``10**y`` (0.109's label near 1.29). Nothing is drawn for a ``y`` a log axis cannot show."""
+    if not (math.isfinite(y) and y > 0):
+        return
+    fig.add_hline(y=y, line={"color": "#999999", "dash": "dot"})
+    fig.add_annotation(
+        text=text,
+        x=1,
+        xref="x domain",
+        xanchor="right",
+        y=math.log10(y),
+        yref="y",
+        yanchor="bottom",
+        showarrow=False,
+        font={"color": "#666666"},
+    )
+
+
 def figure_fid_vs_nfe(data: StudyRecord, trial: TrialRecord | None = None) -> go.Figure:
     """Held-out FID against NFE (mean and spread over the held-out sets): the tuned
     schedules of a trial (default: the best) against the baselines on the same model."""
@@ -394,11 +415,7 @@ def figure_fid_vs_nfe(data: StudyRecord, trial: TrialRecord | None = None) -> go
                 )
             )
         if data.floors:
-            fig.add_hline(
-                y=float(data.floors["floor"]),
-                line={"color": "#999999", "dash": "dot"},
-                annotation_text="floor (real vs real)",
-            )
+            _log_hline(fig, float(data.floors["floor"]), "floor (real vs real)")
     fig.update_xaxes(title_text="NFE (denoiser evaluations)", tickmode="array", tickvals=nfes)
     fig.update_yaxes(title_text="FID (held-out seeds)", type="log")
     name = "no complete trial" if trial is None else f"trial {trial.number}"

@@ -32,6 +32,7 @@ from sigmatune.dashboards.figures import (
     trial_title,
 )
 from sigmatune.study.records import (
+    InnerRecord,
     InnerTrialRecord,
     StudyRecord,
     TrialRecord,
@@ -145,12 +146,15 @@ def _importance_help(complete: int) -> str:
 
 
 def _floor_text(data: StudyRecord) -> str:
+    """The scorer's reference points. The stored ``ceiling`` is the FID of pure noise against
+    the data: a poor schedule scores above it, so it is shown as what it is, not as a bound."""
     if not data.floors:
         return ""
     fl = data.floors
     return (
-        f" Floor (real vs real) {fid_text(fl['floor'])} ± {fid_text(fl['floor_spread'], 2)}, "
-        f"ceiling (noise vs real) {fid_text(fl['ceiling'])}."
+        f" Floor (real vs real) {fid_text(fl['floor'])} ± {fid_text(fl['floor_spread'], 2)}; "
+        f"noise vs real {fid_text(fl['ceiling'])} (pure noise scored against the data: a "
+        "reference point, not an upper bound)."
     )
 
 
@@ -260,24 +264,56 @@ def trial_note(data: StudyRecord, t: TrialRecord) -> str:
     return "\n".join(lines)
 
 
-def inner_note(data: StudyRecord, t: TrialRecord, nfe: int) -> str:
-    """An inner study's note: the link back to its outer trial, the schedules compared and
-    their held-out figures."""
+def best_search_value(study: optuna.Study) -> tuple[int, float] | None:
+    """The number and value of the trial that optuna-dashboard's *Best Trial* card shows (the
+    study's best trial); None before a trial completes."""
+    try:
+        best = study.best_trial
+    except (ValueError, RuntimeError):  # no complete trial; several objectives
+        return None
+    return (best.number, float(best.value)) if best.value is not None else None
+
+
+def _best_search_text(r: InnerRecord, sid: int | None, best: tuple[int, float] | None) -> str:
+    """What the *Best Trial* card's number is: ln FID on the search seeds, with its FID."""
+    if best is None and r.search_trial >= 0 and r.search_fid > 0:
+        best = (r.search_trial, math.log(r.search_fid))
+    if best is None or not math.isfinite(best[1]):
+        return ""
+    number, ln_fid = best
+    ref = f"[trial {number}]({trial_link(sid, number)})" if sid is not None else f"trial {number}"
+    return (
+        f"**Best of the search: FID {fid_text(math.exp(ln_fid))} on the search seeds** "
+        f"({ref}). optuna-dashboard's *Best Trial* shows its value, {ln_fid:.4g}: the ln FID "
+        "the search minimises, not a FID. The search seeds picked it, so this FID is "
+        "optimistic; the held-out figures are the ones to compare."
+    )
+
+
+def inner_note(
+    data: StudyRecord, t: TrialRecord, nfe: int, best: tuple[int, float] | None = None
+) -> str:
+    """An inner study's note: the link back to its outer trial, the search's best FID (the
+    FID behind optuna-dashboard's *Best Trial* value, which is ln FID: ``best``, the trial
+    number and value of :func:`best_search_value`, else the record's search best), the
+    schedules compared and their held-out figures."""
     r = t.inner[nfe]
+    sid = data.study_ids.get(r.study_name)
     lines = [
         f"## Inner study of trial {t.number}, NFE {nfe}",
         "",
         f"Step locations for the model of [trial {t.number}]"
         f"({trial_link(data.study_id, t.number)}) of the study "
         f"[{data.name}]({study_link(data.study_id)}): {_md(trial_title(t))}. Trial values are "
-        "ln FID on the search seeds; the figures below are on held-out seeds.",
-        "",
-        f"Held-out: {_md(held_out_line(r))}",
+        "ln FID on the search seeds (FID = e^value); the figures below are on held-out seeds.",
         "",
     ]
+    best_text = _best_search_text(r, sid, best)
+    if best_text:
+        lines += [best_text, ""]
+    lines += [f"Held-out: {_md(held_out_line(r))}", ""]
     if r.at_bound:
         lines += [f"The best trial sits on a bound of the space: {', '.join(r.at_bound)}.", ""]
-    sid = data.study_ids.get(r.study_name)
     for name, s in r.schedules.items():
         label = SCHEDULE_LABELS.get(name, name)
         ref = ""
@@ -369,7 +405,7 @@ def publish_trial(storage: optuna.storages.BaseStorage, data: StudyRecord, numbe
             title=f"{r.study_name}: step locations of the trials, best first, with baselines",
         )
         save_plotly_graph_object(inner, dashboard_layout(fig), graph_object_id=INNER_FIGURE_ID)
-        save_note(inner, inner_note(data, t, nfe))
+        save_note(inner, inner_note(data, t, nfe, best_search_value(inner)))
         trial_ids = {ft.number: ft._trial_id for ft in inner.get_trials(deepcopy=False)}
         for it in inner_trials:
             if it.number in trial_ids:

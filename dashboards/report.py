@@ -229,8 +229,9 @@ def render_report(data: StudyRecord, *, export: dict[str, Any] | None = None) ->
     if data.floors:
         floor = (
             f" Floor (real vs real) {fid_text(data.floors['floor'])} ± "
-            f"{fid_text(data.floors['floor_spread'], 2)}; ceiling (noise vs real) "
-            f"{fid_text(data.floors['ceiling'])}."
+            f"{fid_text(data.floors['floor_spread'], 2)}; noise vs real "
+            f"{fid_text(data.floors['ceiling'])} (pure noise scored against the data: a "
+            "reference point, not an upper bound)."
         )
     parts = [
         "<!DOCTYPE html>",

@@ -57,7 +57,7 @@ def score_schedule(
 
 
 def floors(ctx: RunContext) -> dict[str, Any]:
-    """The scorer's real-vs-real floor and noise ceiling over the held-out set count (computed
+    """The scorer's real-vs-real floor and noise-vs-real FID over the held-out set count (computed
     once per data set and extractor, cached beside the reference statistics)."""
     return ctx.scorer.floors(sets=ctx.seeds.held_out_sets).to_dict()
 

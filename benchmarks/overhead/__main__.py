@@ -30,6 +30,7 @@ from benchmarks._common import (
     machine_line,
     new_payload,
     publish,
+    results_path,
 )
 from benchmarks.overhead import optuna_trial, sampling, scoring, training
 from benchmarks.overhead.setup import DEFAULT_SIZES, PRESETS, QUICK_SIZES, Sizes, load_setup
@@ -279,6 +280,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    args.out = results_path(NAME, args.out, args.allow_dirty)
     sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
     if args.repeats is not None:
         sizes = sizes.with_repeats(args.repeats)
