@@ -1,12 +1,14 @@
 """What every benchmark shares: the machine it ran on, how figures are printed, the JSON file.
 
 Each benchmark prints its tables and writes the same figures, with the machine, to
-``benchmarks/results/<name>.json`` (committed: the README's Results tables come from these
+``benchmarks/results/<name>.json`` (committed: the tables of ``docs/results.md`` come from these
 files). A benchmark's README block (a table, its caption and its machine line) is rendered
 by the benchmark from the JSON's figures with the formatters below and stored in the JSON
-under ``"readme"`` (one block per key); the README holds each block between
-``<!-- results: benchmarks/results/<name>.json#<key> -->`` and ``<!-- /results -->``, and
-``tests/benchmarks/test_readme_results.py`` checks that the two are the same text.
+under ``"readme"`` (one block per key; the names predate ``docs/``); ``docs/results.md`` holds
+each block between ``<!-- results: benchmarks/results/<name>.json#<key> -->`` and
+``<!-- /results -->``, pasted from what :func:`publish` prints (no benchmark edits a Markdown
+file), and ``tests/benchmarks/test_readme_results.py`` checks that the two are the same text
+wherever the block is (README.md or docs/*.md).
 Scratch (caches, trained models, logs) goes to ``bench-out/`` (ignored).
 
 Results come from committed code: a benchmark refuses to write into ``benchmarks/results/``
@@ -48,7 +50,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` (storage_overhead.py) 
     sys.path.insert(0, str(ROOT))
 
 BENCH_OUT = ROOT / "bench-out"  # scratch: caches, trained models, logs (ignored)
-RESULTS_DIR = ROOT / "benchmarks" / "results"  # the committed JSON behind the README
+RESULTS_DIR = ROOT / "benchmarks" / "results"  # the committed JSON behind docs/results.md
 DIRTY_DIR = RESULTS_DIR / "dirty"  # --allow-dirty's JSON (ignored): never the committed ones
 # Where an untracked file can change what a benchmark runs (it imports these packages and
 # reads the presets under study/); untracked files elsewhere do not block a result.
@@ -350,7 +352,7 @@ RESULTS_END = "<!-- /results -->"
 
 
 def readme_snippet(name: str, blocks: Mapping[str, str]) -> str:
-    """Every block of one benchmark between its tags, ready to paste into the README."""
+    """Every block of one benchmark between its tags, ready to paste into docs/results.md."""
     return "\n\n".join(
         f"{results_comment(name, key)}\n{text.strip()}\n{RESULTS_END}"
         for key, text in blocks.items()

@@ -1,9 +1,9 @@
 """Plotly figures of a sigmatune study, drawn from its stored records.
 
-Everything is drawn over logSNR ``lam = -2 ln sigma`` (DESIGN.md). The headline figure puts
-the two weightings that a noise schedule used to entangle on one lam axis: the *training*
-weighting of each outer trial, as the effective weight per unit lam (Kingma & Gao 2023, eq. 9
-convention; ``objectives.curves.weighting_curves``)
+Everything is drawn over logSNR ``lam = -2 ln sigma`` (docs/development.md). The headline
+figure puts the two weightings that a noise schedule used to entangle on one lam axis: the
+*training* weighting of each outer trial, as the effective weight per unit lam (Kingma & Gao
+2023, eq. 9 convention; ``objectives.curves.weighting_curves``)
 
     W(lam) = p_lam(lam) * w(sigma) * sigma^2 / c_out(sigma)^2,
 

@@ -1,4 +1,4 @@
-"""Every snippet of README.md, run (issue 15, item 11).
+"""Every snippet of README.md and docs/*.md, run (issue 15, item 11; issue 22, item 5).
 
 - ```python blocks run, in order, in a folder holding a real study: a minimal ``toy`` run in
   the default storage ``sigmatune.db``, exported by the README's own ``sigmatune export``
@@ -14,6 +14,11 @@
   ``status``, ``export`` and ``report`` lines run on that study (``run``, ``tune-sampling``
   and ``dashboard`` take minutes or serve forever: parsed only); every ``make`` target exists
   and every ``pip install -e ".[EXTRA]"`` names extras that pyproject.toml defines.
+- Each document's ```python blocks run in a scope of their own; its ```bash lines are checked
+  as the README's are.
+- Every relative link of README.md and docs/*.md points to a file that exists (and a
+  ``#fragment`` into a Markdown file to one of its headings); README.md stays at most
+  :data:`MAX_README_LINES` lines and links every file of docs/.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import shlex
 import sys
 import tomllib
 import types
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -34,8 +40,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 README = Path(os.environ.get("SIGMATUNE_README", ROOT / "README.md"))  # a draft, to check it
+DOCS = ROOT / "docs"  # the rest of the documentation: results, cluster, development, ...
+MAX_README_LINES = 300
 FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 RUN_IN_TEST = {"status", "export", "report"}  # cheap, read-only commands run for real
+
+
+def documents() -> list[Path]:
+    """README.md, then every docs/*.md: the files whose snippets run and links resolve."""
+    return [README, *sorted(DOCS.glob("*.md"))]
 
 
 def readme_blocks(text: str | None = None) -> list[tuple[str, str]]:
@@ -44,15 +57,24 @@ def readme_blocks(text: str | None = None) -> list[tuple[str, str]]:
     return [(m.group(1).lower(), m.group(2)) for m in FENCE.finditer(text)]
 
 
-def python_blocks() -> list[str]:
-    return [code for lang, code in readme_blocks() if lang in ("python", "py")]
+def doc_blocks(paths: Sequence[Path] | None = None) -> list[tuple[str, str]]:
+    """(language, code) of every fenced block of ``paths`` (default: :func:`documents`)."""
+    return [
+        block
+        for path in (documents() if paths is None else paths)
+        for block in readme_blocks(path.read_text(encoding="utf-8"))
+    ]
 
 
-def shell_lines(prefix: str) -> list[str]:
-    """Lines of ```bash / ```sh / ```shell blocks that start with ``prefix``, comments cut
-    (a backslash continues a line)."""
+def python_blocks(paths: Sequence[Path] | None = None) -> list[str]:
+    return [code for lang, code in doc_blocks(paths) if lang in ("python", "py")]
+
+
+def shell_lines(prefix: str, paths: Sequence[Path] | None = None) -> list[str]:
+    """Lines of ```bash / ```sh / ```shell blocks of ``paths`` (default: every document) that
+    start with ``prefix``, comments cut (a backslash continues a line)."""
     out = []
-    for lang, code in readme_blocks():
+    for lang, code in doc_blocks(paths):
         if lang not in ("bash", "sh", "shell", "console"):
             continue
         joined = re.sub(r"\\\n\s*", " ", code)
@@ -64,9 +86,9 @@ def shell_lines(prefix: str) -> list[str]:
 
 
 def test_readme_has_runnable_snippets():
-    assert python_blocks(), "README.md has no ```python block"
-    assert shell_lines("sigmatune "), "README.md has no sigmatune command in a ```bash block"
-    usage = "\n".join(python_blocks())
+    assert python_blocks([README]), "README.md has no ```python block"
+    assert shell_lines("sigmatune ", [README]), "README.md has no sigmatune command in a ```bash"
+    usage = "\n".join(python_blocks([README]))
     assert "sigmas" in usage and "set_timesteps" in usage, "no diffusers usage snippet"
     assert "sampling.sample_" in usage, "no k-diffusion usage snippet"
 
@@ -229,7 +251,7 @@ def test_the_readmes_python_snippets_run_on_an_exported_schedule(readme_study, m
         return original(*args, **kwargs)
 
     scheduler.set_timesteps = set_timesteps
-    scope = {
+    base = {
         "__name__": "readme",
         "torch": torch,
         "json": json,
@@ -244,8 +266,13 @@ def test_the_readmes_python_snippets_run_on_an_exported_schedule(readme_study, m
         "EulerDiscreteScheduler": EulerDiscreteScheduler,
         "exported": exported,
     }
-    for code in python_blocks():
-        exec(compile(code, str(README), "exec"), scope)  # noqa: S102 - the README's own code
+    used = []  # (scope, its last set_timesteps call) of each document that called it
+    for path in documents():
+        scope, before = dict(base), len(set_calls)
+        for code in python_blocks([path]):
+            exec(compile(code, str(path), "exec"), scope)  # noqa: S102 - the docs' own code
+        if len(set_calls) > before:
+            used.append((scope, set_calls[-1]))
 
     assert recorder.calls or set_calls, "no README snippet sampled or set timesteps"
     for name, sigmas in recorder.calls:
@@ -256,9 +283,9 @@ def test_the_readmes_python_snippets_run_on_an_exported_schedule(readme_study, m
     for sigmas in set_calls:
         assert sigmas[-1] == 0.0, f"set_timesteps got sigmas without the final 0: {sigmas}"
         assert sigmas == exported["sigmas"], "set_timesteps got another list than the export's"
-    if set_calls:
-        used = scope.get("scheduler", scheduler)
-        assert float(used.sigmas[-1]) == 0.0 and len(used.sigmas) == len(set_calls[-1])
+    for scope, last in used:
+        final = scope.get("scheduler", scheduler)
+        assert float(final.sigmas[-1]) == 0.0 and len(final.sigmas) == len(last)
 
 
 def test_fence_parsing_finds_tagged_blocks_only():
@@ -268,3 +295,130 @@ def test_fence_parsing_finds_tagged_blocks_only():
         ("", "out\n"),
         ("bash", "sigmatune status  # hi\n"),
     ]
+
+
+# ------------------------------------------------------------------ size and links
+
+ANY_FENCE = re.compile(r"^[ \t]*```.*?^[ \t]*```[^\n]*$", re.MULTILINE | re.DOTALL)
+INLINE_CODE = re.compile(r"(`+)(?!`).*?(?<!`)\1(?!`)", re.DOTALL)
+LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)")  # [text](target)
+REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.MULTILINE)  # [ref]: target
+HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+
+
+def prose(text: str) -> str:
+    """The Markdown outside code: fenced blocks (also indented ones) and code spans cut."""
+    return INLINE_CODE.sub("", ANY_FENCE.sub("", text))
+
+
+def links(text: str) -> list[str]:
+    body = prose(text)
+    return LINK.findall(body) + REFERENCE.findall(body)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors of a Markdown file's headings (a repeated one gets -1, -2, ...)."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in HEADING.findall(ANY_FENCE.sub("", text)):
+        base = slug(heading)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def test_the_readme_is_at_most_300_lines_and_links_every_doc():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= MAX_README_LINES, (
+        f"README.md has {len(text.splitlines())} lines; move detail into docs/"
+    )
+    targets = {target.split("#")[0] for target in links(text)}
+    docs = sorted(DOCS.glob("*.md"))
+    assert {"results.md", "cluster.md", "development.md"} <= {p.name for p in docs}
+    for path in docs:
+        assert f"docs/{path.name}" in targets, f"README.md does not link docs/{path.name}"
+
+
+@pytest.mark.parametrize("path", documents(), ids=lambda p: p.name)
+def test_every_relative_link_resolves(path: Path):
+    bad = []
+    for target in links(path.read_text(encoding="utf-8")):
+        if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:", target):  # https:, mailto: ...
+            continue
+        file, _, fragment = target.partition("#")
+        where = (path.parent / file).resolve() if file else path
+        if not where.exists():
+            bad.append(f"{target}: no such file")
+        elif (
+            fragment
+            and where.suffix == ".md"
+            and fragment not in anchors(where.read_text(encoding="utf-8"))
+        ):
+            bad.append(f"{target}: no such heading in {where.name}")
+    assert not bad, f"{path.name}: " + "; ".join(bad)
+
+
+def test_link_and_anchor_parsing():
+    text = (
+        "# A (`b.c`) d\n## A (`b.c`) d\nsee [x](docs/r.md#e 'title') and `[no](link)` and\n"
+        "```md\n[not](here)\n```\n[ref]: ../y.md\n"
+    )
+    assert links(text) == ["docs/r.md#e", "../y.md"]
+    assert anchors(text) == {"a-bc-d", "a-bc-d-1"}
+    assert slug("The presets (`python -m benchmarks.presets`)") == (
+        "the-presets-python--m-benchmarkspresets"
+    )
+
+
+# ------------------------------------------------------------------ the main command's output
+
+
+def example_output(text: str | None = None) -> str:
+    """The README's example output of ``sigmatune run --preset toy``: the untagged block that
+    starts with the run's first line."""
+    for lang, code in readme_blocks(text):
+        if not lang and code.startswith("sigmatune: study 'toy'"):
+            return code
+    raise AssertionError("README.md has no example output of `sigmatune run --preset toy`")
+
+
+def result_lines(output: str) -> list[str]:
+    """The lines of a run's output that carry its results: each trial's line and its NFE
+    lines, and the best trial's (not the export's path, which holds the study's random id)."""
+    keep = ("trial ", "    nfe ", "best: ", "  NFE ")
+    return [line.rstrip() for line in output.splitlines() if line.startswith(keep)]
+
+
+@pytest.mark.slow
+def test_the_readmes_example_output_is_what_the_main_command_prints(tmp_path):
+    """A fresh ``sigmatune run --preset toy`` in an empty folder prints the README's trial
+    lines, figures rounded as printed (issue 18, item 7): the example is the committed code's
+    output, not an older one's."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sigmatune.study.cli", "run", "--preset", "toy", "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed = result_lines(done.stdout)
+    expected = result_lines(example_output())
+    assert printed and printed == expected, "\n".join(
+        f"README: {a}\nprinted: {b}" for a, b in zip(expected, printed) if a != b
+    )
+
+
+def test_result_lines_pick_the_trial_and_budget_lines():
+    out = "sigmatune: study 'toy'\ntrial   0 COMPLETE x\n    nfe 5: 1\nexport of x\nbest: t\n"
+    assert result_lines(out) == ["trial   0 COMPLETE x", "    nfe 5: 1", "best: t"]

@@ -1,12 +1,15 @@
-"""Every figure in the README's Results section comes from a committed JSON file.
+"""Every figure of docs/results.md (and of any Results block left in the README) comes from a
+committed JSON file.
 
 The convention (benchmarks/_common.py): a Results block sits between
-``<!-- results: benchmarks/results/<name>.json#<key> -->`` and ``<!-- /results -->``. Where the
-JSON holds README blocks (``"readme": {key: text}``, rendered by the benchmark from its own
-figures), the README's block is exactly that text, and the benchmark's renderer gives the
-same text again from the JSON alone. For a JSON without README blocks, every number in the
-block's table rows must be one of the JSON's numbers, rounded as printed. Every Markdown table
-of the Results section lies inside a block.
+``<!-- results: benchmarks/results/<name>.json#<key> -->`` and ``<!-- /results -->``, in
+docs/results.md (the README has a summary that links there). Blocks are followed wherever they
+are, in README.md and every docs/*.md. Where the JSON holds rendered blocks (``"readme": {key:
+text}``, rendered by the benchmark from its own figures), the shown block is exactly that text,
+every block a JSON holds is shown somewhere, and the benchmark's renderer gives the same text
+again from the JSON alone. For a JSON without rendered blocks, every number in the block's
+table rows must be one of the JSON's numbers, rounded as printed. Every Markdown table of
+docs/results.md and of the README's Results section lies inside a block.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import pytest
 from benchmarks._common import README_KEY, RESULTS_END, ROOT
 
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+RESULTS_DOC = DOCS / "results.md"  # where the benchmarks' blocks are shown
 RESULTS = ROOT / "benchmarks" / "results"
 TAG = re.compile(r"<!-- results: (benchmarks/results/[\w.-]+\.json)#([\w-]+) -->")
 RENDERERS = {"overhead": "benchmarks.overhead.__main__"}  # else benchmarks.<benchmark>
@@ -29,9 +34,25 @@ NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?%?(?![\w])")
 
 
 def results_section(text: str) -> str:
-    start = text.index("\n## Results")
+    """The README's Results section ("" when it has none)."""
+    start = text.find("\n## Results")
+    if start < 0:
+        return ""
     end = text.find("\n## ", start + 1)
     return text[start : end if end >= 0 else len(text)]
+
+
+def documents() -> list[Path]:
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def shown_blocks() -> list[tuple[Path, str, str, str]]:
+    """(document, json path, key, text) of every tagged block of README.md and docs/*.md."""
+    return [
+        (doc, path, key, text)
+        for doc in documents()
+        for path, key, text, *_ in blocks(doc.read_text(encoding="utf-8"))
+    ]
 
 
 def blocks(section: str) -> list[tuple[str, str, str, int, int]]:
@@ -86,34 +107,41 @@ def table_numbers(text: str) -> list[str]:
     return tokens
 
 
-@pytest.fixture(scope="module")
-def section() -> str:
-    return results_section(README.read_text(encoding="utf-8"))
+def test_the_results_doc_has_blocks() -> None:
+    text = RESULTS_DOC.read_text(encoding="utf-8")
+    assert blocks(text), f"{RESULTS_DOC.name} has no <!-- results: ... --> block"
 
 
-def test_results_section_has_blocks(section: str) -> None:
-    assert blocks(section), "the Results section has no <!-- results: ... --> block"
-
-
-def test_every_block_is_its_json(section: str) -> None:
-    for path, key, text, *_ in blocks(section):
+def test_every_block_is_its_json() -> None:
+    for doc, path, key, text in shown_blocks():
         payload = json.loads((ROOT / path).read_text(encoding="utf-8"))
         if README_KEY in payload:
-            assert key in payload[README_KEY], f"{path} has no README block {key!r}"
-            assert text == payload[README_KEY][key].strip(), f"{path}#{key} differs from the README"
+            assert key in payload[README_KEY], f"{path} has no rendered block {key!r}"
+            assert text == payload[README_KEY][key].strip(), f"{path}#{key} differs in {doc.name}"
         else:
             values = numbers(payload)
             missing = [t for t in table_numbers(text) if not printed_as(t, values)]
-            assert not missing, f"{path}#{key}: {missing} are not figures of the JSON"
+            assert not missing, f"{doc.name}, {path}#{key}: {missing} are not figures of the JSON"
 
 
-def test_every_table_is_in_a_block(section: str) -> None:
+@pytest.mark.parametrize("doc", [RESULTS_DOC, README], ids=lambda p: p.name)
+def test_every_table_is_in_a_block(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
+    section = text if doc == RESULTS_DOC else results_section(text)
     spans = [(start, end) for *_, start, end in blocks(section)]
     offset = 0
     for line in section.splitlines(keepends=True):
         if line.startswith("|"):
             assert any(s <= offset < e for s, e in spans), f"a table outside a block: {line!r}"
         offset += len(line)
+
+
+def test_every_rendered_block_is_shown() -> None:
+    shown = {(path, key) for _, path, key, _ in shown_blocks()}
+    for path in _rendered():
+        rel = path.relative_to(ROOT).as_posix()
+        for key in json.loads(path.read_text(encoding="utf-8"))[README_KEY]:
+            assert (rel, key) in shown, f"{rel}#{key} is shown in neither README.md nor docs/"
 
 
 def _rendered() -> list[Path]:

@@ -11,7 +11,7 @@ from sigmatune.objectives.parameterisations import PARAMETERISATIONS
 
 SIGMA_DATA = 0.5
 
-# (c_skip, c_out, c_in) written out from DESIGN.md, independently of objectives/.
+# (c_skip, c_out, c_in) written out from docs/development.md, independently of objectives/.
 EXPECTED = {
     "edm": lambda s, d: (
         d**2 / (s**2 + d**2),

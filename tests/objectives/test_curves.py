@@ -34,8 +34,8 @@ def _desc(parameterisation, density, weighting, sigma_data=0.5):
 
 
 def test_edm_defaults_weighting_matches_the_closed_form():
-    # DESIGN.md: for EDM's defaults W(lam) = N(lam; 2.4, 2.4^2) (e^-lam + sd^2)/sd^2, up to the
-    # truncation constant; p_lam = N(lam; 2.4, 2.4^2) up to the same constant.
+    # docs/development.md: for EDM's defaults W(lam) = N(lam; 2.4, 2.4^2) (e^-lam + sd^2)/sd^2,
+    # up to the truncation constant; p_lam = N(lam; 2.4, 2.4^2) up to the same constant.
     sd = 0.5
     lam = F.lam_grid(SIGMA_MIN, SIGMA_MAX, 101)
     c = F.weighting_curves(

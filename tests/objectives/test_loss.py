@@ -22,7 +22,8 @@ LAM_MIN, LAM_MAX = -2 * math.log(RUN["sigma_max"]), -2 * math.log(RUN["sigma_min
 
 
 def coefficients(name: str, s: torch.Tensor, sd: float) -> tuple[torch.Tensor, ...]:
-    """(c_skip, c_out, c_in, c_noise), written out from DESIGN.md, independently of the code."""
+    """(c_skip, c_out, c_in, c_noise), written out from docs/development.md, independently of
+    the code."""
     one = torch.ones_like(s)
     if name == "v":
         name, sd = "edm", 1.0

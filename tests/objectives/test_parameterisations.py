@@ -18,7 +18,8 @@ SIGMAS = [0.002, 0.1, 0.5, 1.0, 3.0, 80.0]
 
 
 def closed_form(name: str, s: float, sd: float) -> tuple[float, float, float, float]:
-    """(c_skip, c_out, c_in, c_noise) written out with `math`, from DESIGN.md / the papers."""
+    """(c_skip, c_out, c_in, c_noise) written out with `math`, from docs/development.md / the
+    papers."""
     if name == "edm":  # Karras et al. 2022, Table 1
         r = math.sqrt(s * s + sd * sd)
         return sd * sd / (s * s + sd * sd), s * sd / r, 1 / r, math.log(s) / 4

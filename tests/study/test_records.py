@@ -228,7 +228,7 @@ def _imports(path: Path) -> set[str]:
     ],
 )
 def test_imports_go_one_way_in_layers(package, allowed):
-    """DESIGN.md's layers: objectives imports nothing of the project, models only
+    """docs/development.md's layers: objectives imports nothing of the project, models only
     objectives, dashboards objectives, models and the two leaf modules that describe what a
     study stores (study.records, study.config) — never the runner."""
     bad = []
