@@ -44,6 +44,7 @@ __all__ = [
     "IGNORED_DIR",
     "IgnoredCheckpointWarning",
     "NonFiniteLossError",
+    "SaveError",
     "TrainResult",
     "TrainSettings",
     "checkpoint_path",
@@ -215,18 +216,61 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def save_atomically(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into
-    place: a reader sees the previous file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+class SaveError(OSError):
+    """A file could not be written (a full disk, no permission): the message names it and the
+    cause; nothing of it was left behind, and a previous file of that name is unchanged.
+    ``errno`` is the failed write's (ENOSPC for a full disk)."""
+
+
+def _torch_save(state: Any, f: Any) -> None:
+    """``torch.save`` into the open file ``f``; a write that fails raises its own ``OSError``
+    (torch's writer turns it into a RuntimeError that names neither the cause nor the file)."""
+    failed: list[OSError] = []
+
+    class _File:
+        def write(self, data: Any) -> int:
+            try:
+                return f.write(data)
+            except OSError as exc:
+                failed.append(exc)
+                raise
+
+        def flush(self) -> None:
+            f.flush()
+
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        torch.save(state, _File())
+    except RuntimeError:
+        if failed:
+            raise failed[0] from None
         raise
+
+
+def save_atomically(state: dict[str, Any], path: Path, what: str = "file") -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into
+    place: a reader sees the previous file or the new one, never half of one. A write that
+    fails removes the temporary file and raises :class:`SaveError` naming ``what`` (e.g.
+    "training checkpoint") and ``path``."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            _torch_save(state, f)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        left = (
+            "the previous file is unchanged"
+            if os.path.isfile(path)
+            else "nothing of it was left behind"
+        )
+        err = SaveError(f"cannot write the {what} {str(path)!r} ({exc.strerror or exc}); {left}")
+        err.errno = exc.errno
+        raise err from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
@@ -571,7 +615,7 @@ def _save(run: _Run) -> None:
     }
     if run.cuda:
         state["cuda_rng"] = torch.cuda.get_rng_state(run.device)
-    save_atomically(state, path)
+    save_atomically(state, path, "training checkpoint")
     if run.checkpoint is not None and run.checkpoint != path:
         run.checkpoint.unlink(missing_ok=True)
     run.checkpoint = path

@@ -69,6 +69,7 @@ __all__ = [
     "Score",
     "Scorer",
     "ScorerCacheError",
+    "ScorerCacheWriteError",
     "ScorerSettings",
     "as_saved",
     "check_value_range",
@@ -84,6 +85,36 @@ _REL_TOL = 1e-9  # negative distances within this fraction of tr(S_1) + tr(S_2) 
 
 class NonFiniteSamplesError(ValueError):
     """Generated samples contain NaN or inf: the trial fails with this reason."""
+
+
+class ScorerCacheWriteError(OSError):
+    """The FID cache file could not be written (a full disk, no permission): the message names
+    it; nothing of it was left behind, and a previous cache file is unchanged. ``errno`` is
+    the failed write's."""
+
+
+def _torch_save(obj: Any, f: Any) -> None:
+    """``torch.save`` into the open file ``f``; a write that fails raises its own ``OSError``
+    (torch's writer turns it into a RuntimeError that names neither the cause nor the file)."""
+    failed: list[OSError] = []
+
+    class _File:
+        def write(self, data: Any) -> int:
+            try:
+                return f.write(data)
+            except OSError as exc:
+                failed.append(exc)
+                raise
+
+        def flush(self) -> None:
+            f.flush()
+
+    try:
+        torch.save(obj, _File())
+    except RuntimeError:
+        if failed:
+            raise failed[0] from None
+        raise
 
 
 # -- the Fréchet distance ----------------------------------------------------------------------
@@ -594,17 +625,32 @@ class Scorer:
         return state
 
     def _save_cache(self, state: dict[str, Any]) -> None:
-        """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+        """Write atomically: a temporary file in the same folder, then ``os.replace``. A write
+        that fails (a full disk, no permission) removes the temporary file and raises
+        :class:`ScorerCacheWriteError`, which names the file and the cause: the cache is only
+        a speed-up, but a disk too full for it is too full for the checkpoints that follow."""
         if self.cache_path is None:
             return
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, suffix=".tmp")
-        os.close(fd)
+        path, tmp = self.cache_path, None
         try:
-            torch.save({**state, "key": self._key}, tmp)
-            os.replace(tmp, self.cache_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                _torch_save({**state, "key": self._key}, f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            left = (
+                "the previous cache file is unchanged"
+                if os.path.isfile(path)
+                else "nothing of it was left behind"
+            )
+            err = ScorerCacheWriteError(
+                f"cannot write the FID cache {str(path)!r} ({exc.strerror or exc}); {left}"
+            )
+            err.errno = exc.errno
+            raise err from exc
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
 
     # -- reference side --------------------------------------------------------------------

@@ -108,7 +108,8 @@ class SharedFolder(Artifacts):
 
     def __init__(self, folder: str | Path) -> None:
         self.local_dir = Path(folder)
-        self.optuna_store = optuna.artifacts.FileSystemArtifactStore(self.local_dir)
+        # Optuna's FileSystemArtifactStore writes in place: a full disk would leave half a file
+        self.optuna_store = FolderBucket(self.local_dir)
         self.url = ""
 
     def put(self, path: str | Path, series: str) -> None:
@@ -208,16 +209,51 @@ class ObjectStore(Artifacts):
         return f"ObjectStore({self.url or self.bucket!r}, local_dir={str(self.local_dir)!r})"
 
 
+class _Recording:
+    """A file whose failed writes are kept, told apart from the failures of the content that
+    is copied into it (a broken connection is no full disk)."""
+
+    def __init__(self, f: BinaryIO, failed: list[OSError]) -> None:
+        self.f, self.failed = f, failed
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.failed.append(exc)
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as exc:
+            self.failed.append(exc)
+            raise
+
+
 def _write_atomically(path: Path, content: BinaryIO) -> None:
-    """Copy ``content`` to a temporary file beside ``path``, then ``os.replace`` it there."""
+    """Copy ``content`` to a temporary file beside ``path``, then ``os.replace`` it there. A
+    write that fails (a full disk) removes the temporary file and raises
+    :class:`~sigmatune.study.errors.WriteError` naming ``path``, with the failed write's
+    ``errno``; a failure of ``content`` itself is raised as it is."""
+    from sigmatune.study.errors import WriteError
+
+    failed: list[OSError] = []
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb") as f:
+            out = _Recording(f, failed)
             shutil.copyfileobj(content, out)
+            out.flush()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        if not failed:
+            raise
+        left = "the previous file is unchanged" if path.is_file() else "nothing was written"
+        err = WriteError(f"cannot write {str(path)!r} ({failed[0].strerror or failed[0]}); {left}")
+        err.errno = failed[0].errno
+        raise err from failed[0]
 
 
 # ----------------------------------------------------------------------------- opening

@@ -19,10 +19,11 @@ import optuna
 import torch
 
 from sigmatune.models.data import Dataset, load_dataset
-from sigmatune.objectives.fid import Scorer, ScorerSettings
+from sigmatune.objectives.fid import Scorer, ScorerCacheWriteError, ScorerSettings
 from sigmatune.study import records, spaces
 from sigmatune.study.artifacts import Artifacts, open_artifacts, scorer_series, share_scorer_cache
 from sigmatune.study.config import Config
+from sigmatune.study.errors import WriteError
 from sigmatune.study.storage import (
     artifact_dir_for,
     check_storage_location,
@@ -140,12 +141,24 @@ def make_context(
             if grace_period is not None:
                 kwargs["grace_period"] = grace_period
             storage = make_storage(config.storage, **kwargs)
-        scorer = share_scorer_cache(  # a cache another machine computed is fetched, not redone
-            artifacts,
-            scorer_series(config),
-            lambda: make_scorer(config, data, artifacts.local_dir / "fid-cache", device),
-            seeds.held_out_sets,
-        )
+        try:
+            scorer = share_scorer_cache(  # a cache another machine computed is fetched
+                artifacts,
+                scorer_series(config),
+                lambda: make_scorer(config, data, artifacts.local_dir / "fid-cache", device),
+                seeds.held_out_sets,
+            )
+            # the floors too (cached beside the statistics), so that a cache that cannot be
+            # written fails here, where what this call created is removed again
+            scorer.floors(sets=seeds.held_out_sets)
+        except ScorerCacheWriteError as exc:
+            err = WriteError(
+                f"{exc}. The FID cache is written before any trial: free space on that disk "
+                "(or give the run an artifact folder elsewhere, --set artifact_dir=PATH) and "
+                "run the same command again"
+            )
+            err.errno = exc.errno
+            raise err from exc
     return RunContext(
         config=config,
         storage=storage,

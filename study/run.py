@@ -5,12 +5,13 @@ Outer study ``NAME`` (one trial = one training weighting, one trained model, see
 step locations for that model, see :mod:`sigmatune.study.inner`). Any number of ``run``
 processes may point at the same storage: each claims trials until the configured count is
 reached, and a trial whose process died is failed by its stale heartbeat and retried (the
-retry resumes the original's checkpoint and inner studies).
+retry resumes the original's checkpoint and inner studies). A trial that fails because a disk
+is full stops the run, as every later trial would fail too: it is failed with its reason and a
+retry of it is queued, so the same command resumes it once space is freed.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.config import Config
 from sigmatune.study.context import RunContext, make_context
+from sigmatune.study.errors import WriteError, out_of_space
 from sigmatune.study.outer import train_trial
 from sigmatune.study.scoring import floors
 
@@ -63,11 +65,25 @@ def run(
     )
     study, uid = open_outer_study(ctx)
     lines: list[str] = []
+    running: list[int] = []  # the trial this process runs, while it runs
+    full: list[BaseException] = []  # a trial failed because a disk is full
+
+    def objective(trial: optuna.trial.Trial) -> float | list[float]:
+        running[:] = [trial.number]
+        try:
+            return train_trial(trial, ctx=ctx, study_uid=uid)
+        except Exception as exc:
+            if out_of_space(exc) is not None:
+                full.append(exc)
+            raise
 
     def on_trial(st: optuna.Study, ft: FrozenTrial) -> None:
+        running.clear()
         line = summary_line(records.read_trial(ft), config.inner.nfe_budgets)
         lines.append(line)
         log(line)
+        if full and ft.state == optuna.trial.TrialState.FAIL:
+            raise disk_full_error(st, ft, full[0])  # every later trial would fail too
         after_outer_trial(ctx, st, ft)
 
     waited: set[int] = set()
@@ -81,14 +97,22 @@ def run(
                 "died and their heartbeat has not gone stale yet"
             )
 
-    adapter.optimize_until(
-        study,
-        functools.partial(train_trial, ctx=ctx, study_uid=uid),
-        config.outer.outer_trials,
-        poll_seconds=ctx.poll_seconds,
-        on_trial=on_trial,
-        on_wait=on_wait,
-    )
+    try:
+        adapter.optimize_until(
+            study,
+            objective,
+            config.outer.outer_trials,
+            poll_seconds=ctx.poll_seconds,
+            on_trial=on_trial,
+            on_wait=on_wait,
+        )
+    except WriteError:
+        raise
+    except Exception as exc:  # the storage itself could not be written
+        cause = out_of_space(exc)
+        if cause is None:
+            raise
+        raise storage_full_error(config, running, cause) from None
     after_run(ctx, study)
     record = records.read_study(ctx.storage, config.name)
     best = record.best
@@ -99,6 +123,60 @@ def run(
         best=best,
         lines=lines,
     )
+
+
+def disk_full_error(study: optuna.Study, trial: FrozenTrial, exc: BaseException) -> WriteError:
+    """The run stops at a trial that failed because a disk is full (every later trial would
+    fail the same way): the trial is failed with its reason, and a retry of it is queued, as
+    for a trial whose process died (the full disk is not the trial's fault), so the next run
+    resumes its last checkpoint. The paragraph says what happened and what to do."""
+    queue_retry(study, trial)
+    err = WriteError(
+        f"{' '.join(str(exc).split())}. Trial {trial.number} of study {study.study_name!r} is "
+        "marked failed with this reason, and a retry of it is queued: free space on that disk "
+        "and run the same command again (the retry resumes the trial's last checkpoint)"
+    )
+    err.errno = getattr(out_of_space(exc), "errno", None)
+    return err
+
+
+def queue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue a retry of a failed trial as Optuna's ``RetryHeartbeatStaleTrialCallback`` does
+    for a trial whose process died (same params and attrs, ``failed_trial`` and
+    ``retry_history`` system attrs, so it resumes the original's checkpoint and inner studies
+    and the failed trial no longer counts), without the failed trial's reason."""
+    system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k != records.FAIL_REASON},
+            system_attrs=system_attrs,
+        )
+    )
+
+
+def storage_full_error(config: Config, running: list[int], exc: BaseException) -> WriteError:
+    """The paragraph for a storage that cannot be written because its disk is full: the trial
+    this process ran cannot be marked failed either; a later run fails it once its heartbeat
+    is stale and retries it."""
+    from sigmatune.study.errors import one_line
+    from sigmatune.study.storage import redact_url
+
+    trial = (
+        f" Trial {running[0]} of study {config.name!r} could not be marked failed: the next "
+        "run fails it once its heartbeat is older than the grace period, and retries it."
+        if running
+        else ""
+    )
+    err = WriteError(
+        f"the storage {redact_url(config.storage)} cannot be written, its disk is full "
+        f"({one_line(exc)}).{trial} Free space on that disk and run the same command again"
+    )
+    err.errno = getattr(exc, "errno", None)
+    return err
 
 
 def open_outer_study(ctx: RunContext) -> tuple[optuna.Study, str]:

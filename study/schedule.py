@@ -36,7 +36,7 @@ import torch
 from sigmatune.models.placement import PLACEMENTS, Placement, StepDensity, get_placement
 from sigmatune.models.samplers import DenoiserFn, steps_for_nfe
 from sigmatune.models.schedules import SCHEDULES
-from sigmatune.study.config import Config
+from sigmatune.study.config import PEER_TEACHER_STEPS, Config
 from sigmatune.study.records import InnerRecord
 
 __all__ = [
@@ -65,8 +65,8 @@ LD3_START = "gits"  # the schedule LD3 starts from (see the module docstring)
 # above it with DPM++(2M) on the ring at NFE 7-15 (errors below 6e-4, where the 32-step
 # teacher's own error shows).
 DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
-    "gits": {"num_noises": 16, "teacher_steps": 32},
-    "ld3": {"num_noises": 32, "teacher_steps": 32, "iterations": 30},
+    "gits": {"num_noises": 16, "teacher_steps": PEER_TEACHER_STEPS},
+    "ld3": {"num_noises": 32, "teacher_steps": PEER_TEACHER_STEPS, "iterations": 30},
 }
 DOCUMENT_FORMAT = "sigmatune-schedule"
 DOCUMENT_VERSION = 1
@@ -195,6 +195,7 @@ def write_schedule_files(doc: dict[str, Any], folder: str | Path) -> dict[str, P
     ``torch.load(weights_only=True)["sigmas"]``) and ``.diffusers.json``."""
     from sigmatune.study.export import (
         atomic_write,
+        check_output,
         diffusers_document,
         dumps,
         kdiffusion_payload,
@@ -208,6 +209,11 @@ def write_schedule_files(doc: dict[str, Any], folder: str | Path) -> dict[str, P
     nfe = int(doc["primary_nfe"])
     sched = doc["schedules"][str(nfe)]
     stem = folder / f"{doc['method']}-{sched['sampler']}-nfe{nfe}"
+    names = (".json", ".csv", ".pt", ".diffusers.json")
+    if folder.is_dir():  # anyone else's file of the same name is refused before any write
+        for suffix in names:
+            check_output(stem.with_suffix(suffix), "schedule", "FOLDER")
+    folder.mkdir(parents=True, exist_ok=True)
     paths = {
         "json": write_text_atomic(stem.with_suffix(".json"), dumps(doc)),
         "csv": write_text_atomic(stem.with_suffix(".csv"), to_csv(doc)),
@@ -306,6 +312,14 @@ def make_schedule(
 
         shape = load_dataset(config.dataset, root=config.data_root or None, n=8).shape
     shape = file_shape or (None if shape is None else tuple(int(s) for s in shape))
+    if denoiser is not None and D is not None and shape is not None and method in PLACEMENTS:
+        from sigmatune.study.tune import CheckedDenoiser, probe_denoiser
+
+        # a user's denoiser is tried before the method runs (nothing is written on failure),
+        # and every later call is checked too: one paragraph, never a traceback
+        span = {"sigma_min": float(config.sigma_min), "sigma_max": float(config.sigma_max)}
+        probe_denoiser(D, str(source), shape, **span, device=device)
+        D = CheckedDenoiser(D, str(source))
     placement = compute_schedule(
         method,
         D,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from sigmatune.models.schedules import karras
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.config import Config
-from sigmatune.study.context import RunContext, make_context
+from sigmatune.study.context import RunContext, make_context, resolve_device
+from sigmatune.study.errors import USER_ERRORS, DenoiserError, one_line
 from sigmatune.study.inner import inner_study_name, tune_steps
 from sigmatune.study.modelfile import load_model_file, read_model_file
 from sigmatune.study.records import InnerRecord, Schedule
@@ -37,7 +38,8 @@ from sigmatune.study.scoring import floors, score_schedule
 def load_denoiser_spec(spec: str) -> DenoiserFn:
     """Import ``module:function`` and call the function; it must return ``D(x, sigma)``.
     The current folder comes first on the import path, so a project's own ``models``
-    package is found (sigmatune's own packages are all under ``sigmatune.``)."""
+    package is found (sigmatune's own packages are all under ``sigmatune.``). A module that
+    fails to import, or a function that raises, is a :class:`DenoiserError` (one paragraph)."""
     if spec.count(":") != 1 or not all(spec.split(":")):
         raise ValueError(
             f"denoiser must be 'module:function' (e.g. 'mypkg.models:load_denoiser'), "
@@ -52,17 +54,148 @@ def load_denoiser_spec(spec: str) -> DenoiserFn:
         raise ValueError(
             f"cannot import module {module_name!r} of denoiser {spec!r}: {exc}"
         ) from exc
+    except Exception as exc:  # the module's own code failed (a SyntaxError, a missing file)
+        raise DenoiserError(
+            f"denoiser {spec!r}: importing module {module_name!r} failed ({one_line(exc)})"
+        ) from None
     func = getattr(module, func_name, None)
     if func is None or not callable(func):
         raise ValueError(
             f"module {module_name!r} has no callable {func_name!r} (denoiser {spec!r})"
         )
-    denoiser = func()
+    try:
+        denoiser = func()
+    except Exception as exc:
+        raise DenoiserError(
+            f"denoiser {spec!r}: calling {spec}() failed ({one_line(exc)}); it is called "
+            "with no arguments and must return the denoiser D(x, sigma) -> x0_hat"
+        ) from None
     if not callable(denoiser):
         raise ValueError(
             f"{spec!r} returned {type(denoiser).__name__}, which is not callable as D(x, sigma)"
         )
     return denoiser
+
+
+# Samples in the batch a user's denoiser is tried on before anything is created.
+PROBE_BATCH = 2
+
+
+def _sigma_text(sigma: Any) -> str:
+    """sigma as a call shows it: one value when the batch shares it (as the samplers call D),
+    else its range."""
+    if not isinstance(sigma, torch.Tensor):
+        return f"{sigma!r}"
+    values = sigma.detach().flatten().double().cpu()
+    if values.numel() == 0:
+        return "[]"
+    lo, hi = float(values.min()), float(values.max())
+    return f"{hi:.6g}" if lo == hi else f"[{lo:.6g} ... {hi:.6g}]"
+
+
+def call_denoiser(D: DenoiserFn, name: str, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``D(x, sigma)``, checked: an exception, an answer that is no tensor of x's shape on x's
+    device, or one with NaN or inf values is a :class:`DenoiserError` naming the denoiser
+    ``name``, the call (its sigma), the shape received and the shape expected."""
+    try:
+        out = D(x, sigma)
+    except Exception as exc:
+        raise DenoiserError(
+            f"denoiser {name!r} fails when called as D(x, sigma={_sigma_text(sigma)}) with x of "
+            f"shape {tuple(x.shape)} ({x.dtype}, {x.device}) and sigma of shape "
+            f"{tuple(getattr(sigma, 'shape', ()))}: {one_line(exc)}"
+        ) from None
+    where = f"from D(x, sigma={_sigma_text(sigma)}) with x of shape {tuple(x.shape)}"
+    if not isinstance(out, torch.Tensor):
+        kind = type(out)
+        shape = getattr(out, "shape", None)
+        raise DenoiserError(
+            f"denoiser {name!r} returned {kind.__module__}.{kind.__qualname__}"
+            + (f" of shape {tuple(shape)}" if shape is not None else "")
+            + f" {where}, but D(x, sigma) must return x0_hat, a torch tensor of x's shape "
+            f"{tuple(x.shape)}"
+        )
+    if tuple(out.shape) != tuple(x.shape):
+        raise DenoiserError(
+            f"denoiser {name!r} returned a tensor of shape {tuple(out.shape)} {where}, but "
+            f"x0_hat must have x's shape {tuple(x.shape)} (a batch of {x.shape[0]} samples of "
+            f"the data set's shape {tuple(x.shape[1:])})"
+        )
+    if out.device != x.device:
+        raise DenoiserError(
+            f"denoiser {name!r} returned a tensor on {out.device} {where} on {x.device}; "
+            "x0_hat must be on x's device"
+        )
+    if not bool(torch.isfinite(out.detach()).all()):
+        raise DenoiserError(
+            f"denoiser {name!r} returned non-finite values (NaN or inf) {where}: x0_hat must be "
+            "finite at every sigma the samplers use (the config's sigma_min to sigma_max)"
+        )
+    return out
+
+
+class CheckedDenoiser(torch.nn.Module):
+    """A user's ``D(x, sigma)`` whose every call is checked (:func:`call_denoiser`): a failure
+    during a search fails that trial with the reason, and anywhere else is one paragraph,
+    never a traceback from deep inside a sampler. A network ``D`` is a submodule, so its
+    parameters are this module's (LD3 freezes them)."""
+
+    def __init__(self, D: DenoiserFn, name: str) -> None:
+        super().__init__()
+        self.D = D
+        self.name = name
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return call_denoiser(self.D, self.name, x, sigma)
+
+
+def probe_denoiser(
+    D: DenoiserFn,
+    name: str,
+    shape: Sequence[int],
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    device: torch.device,
+    x0: torch.Tensor | None = None,
+) -> None:
+    """Try ``D`` before anything is created: on a batch of :data:`PROBE_BATCH` samples of the
+    data set's ``shape`` (``x0`` plus noise, or noise alone), at ``sigma_max`` and at
+    ``sigma_min``, with sigma a tensor of one value per sample in x's dtype, as the samplers
+    call it. Raises :class:`DenoiserError` (see :func:`call_denoiser`)."""
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn((PROBE_BATCH, *(int(s) for s in shape)), generator=g)
+    base = torch.zeros_like(noise) if x0 is None else x0[:PROBE_BATCH].float().cpu()
+    if base.shape != noise.shape:  # fewer data samples than the batch: noise alone
+        base = torch.zeros_like(noise)
+    with torch.no_grad():
+        for sigma in (float(sigma_max), float(sigma_min)):
+            x = (base + sigma * noise).to(device)
+            call_denoiser(D, name, x, x.new_full((PROBE_BATCH,), sigma))
+
+
+def _no_trial_completed(ctx: RunContext, study_name: str) -> ValueError | None:
+    """Why an inner study has no complete trial (its search ended with every trial failed or
+    pruned), as one paragraph with the first failure's reason; None when that is not so (the
+    error was another one)."""
+    study = optuna.load_study(study_name=study_name, storage=ctx.storage)
+    trials = study.get_trials(deepcopy=False)
+    ended = (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
+    if not trials or any(t.state not in ended for t in trials):
+        return None
+    reasons = [
+        str(t.user_attrs[records.FAIL_REASON])
+        for t in trials
+        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(records.FAIL_REASON)
+    ]
+    others = len(set(reasons)) - 1
+    return ValueError(
+        f"no trial of inner study {study_name!r} completed (it has {len(trials)}); "
+        + (f"the first failed with {reasons[0]}" if reasons else "none stored a reason")
+        + (f" ({others} other reason(s) in its trials' user attrs)" if others > 0 else "")
+        + ". Check the denoiser over the config's sigma range at inner.batch_size samples, "
+        "then run the same command again"
+    )
 
 
 def gap_closed(baseline: float | None, tuned: float | None, reference: float | None) -> float:
@@ -242,7 +375,9 @@ def tune_sampling(
     """Run (or resume) one inner study per NFE budget of ``config`` for one model, re-score
     on held-out seeds, and, unless ``reference_steps`` is 0, measure the gap closed to a
     ``reference_steps``-step reference (:func:`measure_gaps`). The model is checked before
-    any expensive work (the FID reference is built only for a model that loads)."""
+    any expensive work (the FID reference is built only for a model that loads); a user's
+    denoiser is tried on the data set's shape (:func:`probe_denoiser`) before anything is
+    created, and every later call of it is checked (:class:`CheckedDenoiser`)."""
     reference_steps = _check_reference_steps(reference_steps)
     if (checkpoint is None) == (denoiser is None):
         raise ValueError(
@@ -256,26 +391,50 @@ def tune_sampling(
     else:
         source = denoiser if isinstance(denoiser, str) else getattr(denoiser, "__name__", "D")
     D = load_denoiser_spec(denoiser) if isinstance(denoiser, str) else denoiser
+    device = context.device if context is not None else resolve_device(config.device)
 
-    def check_shape(data: Any) -> None:
+    def check_model(data: Any) -> None:
         if checkpoint is not None and tuple(payload["shape"]) != tuple(data.shape):
             raise ValueError(
                 f"checkpoint {source!r} makes samples of shape {tuple(payload['shape'])}, but "
                 f"dataset {config.dataset!r} has shape {tuple(data.shape)}"
             )
+        if checkpoint is None:  # a user's denoiser, tried before anything is created
+            probe_denoiser(
+                D,
+                source,
+                data.shape,
+                sigma_min=float(config.sigma_min),
+                sigma_max=float(config.sigma_max),
+                device=device,
+                x0=data.x,
+            )
 
-    ctx = context or make_context(config, progress=progress, log=log, check_data=check_shape)
+    ctx = context or make_context(config, progress=progress, log=log, check_data=check_model)
     if context is not None:
-        check_shape(ctx.data)
+        check_model(ctx.data)
     if checkpoint is not None:
         D, _ = load_model_file(checkpoint, device=ctx.device)
+    else:
+        D = CheckedDenoiser(D, source)
     study = open_sampling_study(ctx, prefix, source)
     results: dict[int, InnerRecord] = {}
     lines: list[str] = []
     for nfe in config.inner.nfe_budgets:
-        record = tune_steps(
-            ctx, D, inner_study_name(prefix, nfe), nfe, link={records.OUTER_STUDY: prefix}
-        )
+        name = inner_study_name(prefix, nfe)
+        try:
+            record = tune_steps(
+                ctx,
+                D,
+                name,
+                nfe,
+                link={records.OUTER_STUDY: prefix},
+            )
+        except RuntimeError as exc:  # (inner.summarise: every trial of the search failed)
+            failed = None if isinstance(exc, USER_ERRORS) else _no_trial_completed(ctx, name)
+            if failed is None:
+                raise
+            raise failed from None
         results[nfe] = record
         line = f"nfe {nfe}: {record.tuned.sampler}, held-out FID {records.held_out_line(record)}"
         line += f"; search minimum {record.search_fid:.4g} on the search seeds"
