@@ -16,6 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "SCHEDULES",
+    "from_density",
     "from_gaps",
     "interpolate",
     "karras",
@@ -82,6 +83,24 @@ def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tens
     positive[0] = sigma_max
     if n > 1:
         positive[-1] = sigma_min
+    return _append_zero(positive)
+
+
+def from_density(density: object, n: int, sigma_min: float, sigma_max: float) -> Tensor:
+    """Steps at equal probability under a density over logSNR ``lam = -2 ln sigma`` (an
+    ``objectives.densities.Density``: its ``cdf`` and ``icdf``): ``lam_i = icdf(F(lam_max_s) +
+    i/(n-1) (F(lam_min_s) - F(lam_max_s)))`` from ``sigma_max`` to ``sigma_min``, then 0 --
+    the steps fall where the density puts its mass (e.g. a model's training noise levels,
+    "sample where you trained"). A uniform density gives :func:`loglinear`."""
+    _check_range(n, sigma_min, sigma_max)
+    ends = torch.tensor([-2 * math.log(sigma_max), -2 * math.log(sigma_min)], dtype=torch.float64)
+    if n == 1:
+        return _append_zero(torch.tensor([sigma_max], dtype=torch.float64))
+    u_ends = density.cdf(ends).to(torch.float64)  # type: ignore[attr-defined]
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lam = density.icdf(u_ends[0] + ramp * (u_ends[1] - u_ends[0]))  # type: ignore[attr-defined]
+    positive = torch.exp(-0.5 * lam.to(torch.float64))
+    positive[0], positive[-1] = sigma_max, sigma_min
     return _append_zero(positive)
 
 

@@ -19,7 +19,7 @@ stored in ``study/presets/``) with top-level keys and four tables::
     [train]    train_nimg, batch_size, lr, ema_halflife_nimg, checkpoint_nimg, grad_clip
     [outer]    outer_trials, sampler, pruner, parameterisations, densities, weightings,
                adaptive, piecewise_bins, enqueue_baseline, literature, objectives
-    [inner]    inner_trials, nfe_budgets, samplers, sampler, tune_sigma_range, tune_churn,
+    [inner]    inner_trials, nfe_budgets, samplers, sampler, space, tune_sigma_range, tune_churn,
                fid_num_images, held_out_sets, fid_extractor, fid_inception_weights, kid,
                batch_size, prune, peers
 
@@ -60,6 +60,9 @@ FID_EXTRACTORS = ("rff", "raw", "classifier", "inception")
 OUTER_SAMPLERS = ("tpe", "random")
 OUTER_PRUNERS = ("hyperband", "successive_halving", "median", "none")
 INNER_SAMPLERS = ("gp", "tpe", "random")
+# what an inner trial searches (study.spaces): the gaps in lam between the steps, or a
+# two-parameter step density shared by every NFE budget (karras of any rho and loglinear in it)
+INNER_SPACES = ("gaps", "density")
 MIN_STEPS = 2  # an inner study needs at least one free step location (one gap in lam)
 MAX_PIECEWISE_BINS = 64
 MIN_HELD_OUT_SETS = 3  # a held-out figure is a mean with a spread over at least 3 seed sets
@@ -391,6 +394,7 @@ class InnerConfig:
     nfe_budgets: tuple[int, ...] = _field((5, 9), _int_list)  # the first is the primary budget
     samplers: tuple[str, ...] = _field(("heun",), _names("samplers"))
     sampler: str = _field("gp", _choice(INNER_SAMPLERS))
+    space: str = _field("density", _choice(INNER_SPACES))
     tune_sigma_range: bool = _field(False, _bool)
     tune_churn: bool = _field(False, _bool)
     fid_num_images: int = _field(1000, lambda v: _bounded_int(v, 2, None))

@@ -387,6 +387,7 @@ def schedule_section(record: InnerRecord) -> dict[str, Any]:
         "to report)",
         "at_bound": list(record.at_bound),
         "source": "tuned",
+        "tuned_origin": record.origin,
         "inner_study": record.study_name,
         "inner_trial": record.search_trial,
         "params": dict(record.params),

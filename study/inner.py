@@ -13,6 +13,7 @@ cannot model near the optimum; the FID is kept in the trial's user attrs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sigmatune.models.placement import Placement
 from sigmatune.models.samplers import DenoiserFn
-from sigmatune.models.schedules import karras, loglinear
+from sigmatune.models.schedules import from_density, karras, loglinear
+from sigmatune.objectives.densities import Density
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.context import RunContext
@@ -33,6 +35,8 @@ from sigmatune.study.schedule import DEFAULT_SETTINGS, LD3_START, compute_schedu
 from sigmatune.study.scoring import held_out, score_schedule
 
 FID_FLOOR = 1e-12  # ln FID of a (clamped) zero distance
+# the held-out baseline of the model's training density drawn as steps on the tuned range
+TRAINING_DENSITY = "training_density"
 
 
 def inner_study_name(prefix: str, nfe: int) -> str:
@@ -47,12 +51,27 @@ def tune_steps(
     *,
     link: Mapping[str, Any] | None = None,
     warm_start: Sequence[Mapping[str, Any]] = (),
+    transfer: Mapping[str, InnerRecord] | None = None,
+    training: Density | None = None,
 ) -> InnerRecord:
     """Create or resume one inner study, run it to ``inner_trials`` finished trials, and
-    return its record with held-out figures (computed once, stored on the study)."""
-    study = open_inner_study(ctx, D, study_name, nfe, link=link, warm_start=warm_start)
+    return its record with held-out figures (computed once, stored on the study).
+    ``transfer``: records of this model's other budgets (and of other models) by label, whose
+    sigma ranges and step densities are tried as starting points (:func:`transfer_schedules`).
+    ``training``: the model's training density p(sigma), whose quantiles are a starting point
+    and a held-out baseline ("sample where you trained", :func:`training_schedules`)."""
+    study = open_inner_study(
+        ctx,
+        D,
+        study_name,
+        nfe,
+        link=link,
+        warm_start=warm_start,
+        transfer=transfer,
+        training=training,
+    )
     run_search(ctx, study, D, nfe)
-    return summarise(ctx, study, D, nfe)
+    return summarise(ctx, study, D, nfe, training=training)
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,12 +79,21 @@ def tune_steps(
 
 
 def starting_points(
-    ctx: RunContext, nfe: int, peers: Mapping[str, Peer] | None = None
+    ctx: RunContext,
+    nfe: int,
+    peers: Mapping[str, Peer] | None = None,
+    transfer: Mapping[str, InnerRecord] | None = None,
+    training: Density | None = None,
 ) -> dict[str, spaces.InnerChoice]:
-    """The first trials of every inner study, by name: the baselines (karras rho=7 and
-    loglinear over the run's range), the peers' schedules, and karras with other rho."""
+    """The first trials of every inner study, by name, in the order they are enqueued: the
+    baselines (karras rho=7 and loglinear over the run's range), what the model's other
+    budgets found (:func:`transfer_schedules`), the peers' schedules, and the further
+    starting points of ``spaces.starting_schedules`` (spread sigma ranges)."""
+    own = {k: v for k, v in (transfer or {}).items() if k.startswith("nfe")}
+    others = {k: v for k, v in (transfer or {}).items() if not k.startswith("nfe")}
     return {
         **spaces.baseline_schedules(ctx.config, nfe),
+        **transfer_schedules(ctx, nfe, own),
         **{
             name: spaces.InnerChoice(
                 peer.schedule.sampler,
@@ -74,8 +102,87 @@ def starting_points(
             )
             for name, peer in (peers or {}).items()
         },
+        **training_schedules(ctx, nfe, training),
         **spaces.starting_schedules(ctx.config, nfe),
+        **transfer_schedules(ctx, nfe, others),
     }
+
+
+def training_schedules(
+    ctx: RunContext, nfe: int, training: Density | None
+) -> dict[str, spaces.InnerChoice]:
+    """The model's training density turned into steps (``models.schedules.from_density``)
+    over the run's sigma range: the starting point ``training_density_full_range``."""
+    if training is None:
+        return {}
+    sampler = ctx.config.inner.samplers[0]
+    n = spaces._steps(sampler, nfe)
+    smin, smax = float(ctx.config.sigma_min), float(ctx.config.sigma_max)
+    return {
+        "training_density_full_range": spaces.InnerChoice(
+            sampler, from_density(training, n, smin, smax), {}
+        )
+    }
+
+
+def resample_schedule(sigmas: Sequence[float], n: int) -> torch.Tensor:
+    """A schedule's step density drawn at ``n`` steps: its positive sigmas as a piecewise
+    linear function of the step's fraction of the way (in ln sigma, so the same spacing in
+    logSNR), read at ``n`` equally spaced fractions; the ends are kept, then 0."""
+    positive = [float(s) for s in sigmas if s > 0]
+    if n == 1 or len(positive) == 1:
+        return torch.tensor([positive[0], 0.0], dtype=torch.float64)
+    logs = torch.tensor([math.log(s) for s in positive], dtype=torch.float64)
+    where = torch.linspace(0, len(positive) - 1, n, dtype=torch.float64)
+    low = where.floor().long().clamp(max=len(positive) - 2)
+    frac = where - low
+    out = (logs[low] * (1 - frac) + logs[low + 1] * frac).exp()
+    out[0], out[-1] = positive[0], positive[-1]
+    return torch.cat([out, out.new_zeros(1)])
+
+
+def density_at(sigmas: Sequence[float], n: int) -> torch.Tensor:
+    """A schedule's step density drawn at ``n`` steps: the density of ``spaces.density_sigmas``
+    where the schedule is one of that family (a search in ``inner.space = "density"``, karras,
+    loglinear), else :func:`resample_schedule`."""
+    s = torch.tensor([float(x) for x in sigmas], dtype=torch.float64)
+    smin, smax = float(s[-2]), float(s[0])
+    a, c = spaces.fit_density(s)
+    rebuilt = spaces.density_sigmas(len(s) - 1, smin, smax, a, c)
+    if float(((rebuilt[:-1] - s[:-1]).abs() / s[:-1]).max()) <= spaces.DENSITY_RTOL:
+        return spaces.density_sigmas(n, smin, smax, a, c)
+    return resample_schedule(sigmas, n)
+
+
+def transfer_schedules(
+    ctx: RunContext, nfe: int, sources: Mapping[str, InnerRecord]
+) -> dict[str, spaces.InnerChoice]:
+    """What other inner studies found, at this budget: for each source (label -> record),
+    karras rho=7 and loglinear on its tuned schedule's sigma range (``karras_rho7_range_of_
+    LABEL``, ``loglinear_range_of_LABEL``) and its tuned schedule's step density drawn at
+    this NFE (``density_of_LABEL``), so a schedule that wins at one NFE is tried at every
+    other. A schedule already listed (the same sigmas) is left out."""
+    sampler = ctx.config.inner.samplers[0]
+    n = spaces._steps(sampler, nfe)
+    out: dict[str, spaces.InnerChoice] = {}
+    seen: list[torch.Tensor] = []
+    for label, record in sources.items():
+        tuned = record.tuned
+        smin, smax = tuned.sigma_range
+        candidates = {
+            f"karras_rho7_range_of_{label}": karras(n, smin, smax, spaces.KARRAS_RHO),
+            f"loglinear_range_of_{label}": loglinear(n, smin, smax),
+            f"density_of_{label}": density_at(tuned.sigmas, n),
+        }
+        for name, sigmas in candidates.items():
+            if any(
+                len(other) == len(sigmas) and torch.allclose(other, sigmas, rtol=1e-9, atol=0)
+                for other in seen
+            ):
+                continue
+            seen.append(sigmas)
+            out[name] = spaces.InnerChoice(sampler, sigmas, {})
+    return out
 
 
 def compute_peer(
@@ -135,6 +242,8 @@ def open_inner_study(
     *,
     link: Mapping[str, Any] | None = None,
     warm_start: Sequence[Mapping[str, Any]] = (),
+    transfer: Mapping[str, InnerRecord] | None = None,
+    training: Density | None = None,
 ) -> optuna.Study:
     """Create or load an inner study; a new one (or one whose process died before it had any
     trial) gets its starting points enqueued, the peers' schedules among them."""
@@ -150,7 +259,7 @@ def open_inner_study(
         adapter.set_metric_names(study, [f"ln FID (search seeds, NFE {nfe})"])
     peers = peer_schedules(ctx, study, D, nfe)
     if created or not study.get_trials(deepcopy=False):
-        enqueue_starting_points(ctx, study, nfe, peers, warm_start)
+        enqueue_starting_points(ctx, study, nfe, peers, warm_start, transfer, training)
     return study
 
 
@@ -160,28 +269,43 @@ def enqueue_starting_points(
     nfe: int,
     peers: Mapping[str, Peer],
     warm_start: Sequence[Mapping[str, Any]],
+    transfer: Mapping[str, InnerRecord] | None = None,
+    training: Density | None = None,
 ) -> None:
-    """Enqueue the baselines always; the peers, further starting points and warm starts fill
-    at most the budget left after them, keeping one trial for the search itself. A schedule
-    the search space cannot express (a narrowed space) is left out quietly."""
+    """Enqueue the baselines always; then, in the order of :func:`starting_points` with the
+    warm starts (the best params of other outer trials at this NFE) after the model's own
+    other budgets and the peers, the other starting points fill at most the budget left,
+    keeping a third of it (at least one trial) for the search itself. A schedule the search
+    space cannot express (a narrowed space) is left out quietly."""
     config = ctx.config
-    room = max(0, config.inner.inner_trials - len(spaces.BASELINES) - 1)
-    for name, choice in starting_points(ctx, nfe, peers).items():
+    budget = config.inner.inner_trials
+    room = max(0, budget - len(spaces.BASELINES) - max(1, budget // 3))
+    points = starting_points(ctx, nfe, peers, transfer, training)
+    spread = set(spaces.starting_schedules(config, nfe))  # the warm starts go before these
+    entries: list[tuple[str, dict[str, Any] | None, spaces.InnerChoice | None]] = []
+    for name, choice in points.items():
+        if name in spread and not any(e[0] == "warm_start" for e in entries):
+            entries += [("warm_start", dict(p), None) for p in warm_start]
+        entries.append((name, None, choice))
+    if not any(e[0] == "warm_start" for e in entries):
+        entries += [("warm_start", dict(p), None) for p in warm_start]
+    known: list[dict[str, Any]] = []
+    for name, params, choice in entries:
         baseline = name in spaces.BASELINES
         if not baseline and room <= 0:
             break
-        try:
-            params = spaces.schedule_params(
-                choice.sigmas, choice.sampler, choice.sampler_kwargs, config=config, nfe=nfe
-            )
-        except ValueError:  # outside a narrowed space: the search starts without it
+        if params is None:
+            try:
+                params = spaces.schedule_params(
+                    choice.sigmas, choice.sampler, choice.sampler_kwargs, config=config, nfe=nfe
+                )
+            except ValueError:  # outside a narrowed space: the search starts without it
+                continue
+        if params in known:
             continue
+        known.append(params)
         study.enqueue_trial(params, user_attrs={records.START: name}, skip_if_exists=True)
         room -= 0 if baseline else 1
-    for params in list(warm_start)[:room]:
-        study.enqueue_trial(
-            dict(params), user_attrs={records.START: "warm_start"}, skip_if_exists=True
-        )
 
 
 def best_so_far(ctx: RunContext, nfe: int, exclude_prefix: str = "") -> list[InnerRecord]:
@@ -365,41 +489,90 @@ def fair_baselines(ctx: RunContext, tuned: Schedule, nfe: int) -> dict[str, Sche
     }
 
 
-def summarise(ctx: RunContext, study: optuna.Study, D: DenoiserFn, nfe: int) -> InnerRecord:
-    """The inner study's record: its best trial, the fair baselines, the peers (with their
-    costs), and their held-out figures (computed once and stored on the study; recomputed if
-    the best trial changed)."""
+def peer_search_fids(
+    ctx: RunContext, study: optuna.Study, D: DenoiserFn, peers: Mapping[str, Peer]
+) -> dict[str, float]:
+    """The search-seed FID of each peer that is not a complete trial of the study (it did
+    not fit the trial budget): scored once, beside the trials, and stored on the study, so
+    the tuned schedule is chosen among everything the study scored."""
+    as_trials = {
+        t.user_attrs.get(records.START)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
+    stored = records.read_peer_search_fids(study)
+    missing = [name for name in peers if name not in as_trials and name not in stored]
+    for name in missing:
+        stored[name] = score_schedule(ctx, D, peers[name].schedule, ctx.seeds.search)
+    if missing:
+        records.write_peer_search_fids(study, stored)
+    return {name: fid for name, fid in stored.items() if name in peers and name not in as_trials}
+
+
+def summarise(
+    ctx: RunContext,
+    study: optuna.Study,
+    D: DenoiserFn,
+    nfe: int,
+    *,
+    training: Density | None = None,
+) -> InnerRecord:
+    """The inner study's record: the schedule with the least FID on the search seeds among
+    every one the study scored (its trials, and the peers that did not fit the budget; its
+    ``origin`` says which), the fair baselines, the peers (with their costs), and their
+    held-out figures (computed once and stored on the study; recomputed if the chosen
+    schedule changed)."""
     best = best_trial(study)
     if best is None:
         raise RuntimeError(
             f"inner study {study.study_name!r} has no complete trial; see its failed trials' "
             f"user attr {records.FAIL_REASON!r}"
         )
-    tuned = records.read_inner_schedule(best)
     peers = peer_schedules(ctx, study, D, nfe)
+    outside = peer_search_fids(ctx, study, D, peers)
+    search_fid = float(best.user_attrs[records.FID])
+    origin = str(best.user_attrs.get(records.START) or "search")
+    tuned, trial_number, params = records.read_inner_schedule(best), best.number, dict(best.params)
+    at_bound = params_at_bound(best)
+    if outside and min(outside.values()) < search_fid:
+        origin = min(outside, key=outside.__getitem__)
+        search_fid, tuned = outside[origin], peers[origin].schedule
+        trial_number, params, at_bound = -1, {}, ()
     schedules = {
         "tuned": tuned,
         **fair_baselines(ctx, tuned, nfe),
         **{name: peer.schedule for name, peer in peers.items()},
     }
+    if training is not None:  # "sample where you trained", on the tuned range (fair)
+        n = len(tuned.sigmas) - 1
+        smin, smax = tuned.sigma_range
+        sigmas = from_density(training, n, smin, smax)
+        schedules[TRAINING_DENSITY] = Schedule(tuned.sampler, tuple(float(s) for s in sigmas))
     held = records.read_held_out(study)
-    if held is None or held.tuned_trial != best.number or set(schedules) - set(held.scores):
-        held = held_out(ctx, D, schedules, tuned_trial=best.number)
+    if (
+        held is None
+        or held.tuned_trial != trial_number
+        or (held.tuned_origin or origin) != origin
+        or set(schedules) - set(held.scores)
+    ):
+        held = held_out(ctx, D, schedules, tuned_trial=trial_number)
+        held = dataclasses.replace(held, tuned_origin=origin)
         records.write_held_out(study, held)
     search_baselines = {
         str(t.user_attrs[records.START]): float(t.user_attrs[records.FID])
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get(records.START) and t.user_attrs.get(records.FID) is not None
     }
+    search_baselines.update(outside)
     return InnerRecord(
         nfe=nfe,
         study_name=study.study_name,
-        search_fid=float(best.user_attrs[records.FID]),
-        search_trial=best.number,
-        params=dict(best.params),
+        search_fid=search_fid,
+        search_trial=trial_number,
+        params=params,
         schedules=schedules,
         search_baselines=search_baselines,
         held_out=held,
-        at_bound=params_at_bound(best),
+        at_bound=at_bound,
         costs={name: dict(peer.costs) for name, peer in peers.items()},
+        origin=origin,
     )

@@ -18,6 +18,7 @@ from sigmatune.models.denoiser import Denoiser
 from sigmatune.models.networks import make_network
 from sigmatune.models.placement import gits
 from sigmatune.models.training import TrainSettings, train
+from sigmatune.objectives.densities import Density
 from sigmatune.objectives.loss import objective_from_description
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
@@ -46,7 +47,8 @@ def train_trial(trial: optuna.trial.Trial, ctx: RunContext, study_uid: str) -> f
         ema, nimg = train_model(ctx, trial, description, trial_dir, study_uid, original)
         upload_model(ctx, trial, ema, description, trial_dir / "model.pt", nimg)
         denoiser = Denoiser(ema.to(ctx.device), description["parameterisation"], ctx.sigma_data)
-        inner = tune_all_budgets(ctx, denoiser.eval(), trial, original)
+        training = objective_from_description(description).density
+        inner = tune_all_budgets(ctx, denoiser.eval(), trial, original, training)
         records.write_inner_records(trial, inner)
         records.write_density(trial, density_record(inner))  # export --nfe K at any K
         values = [inner[k].value for k in spaces.outer_objectives(config)]
@@ -225,20 +227,41 @@ def upload_model(
 
 
 def tune_all_budgets(
-    ctx: RunContext, denoiser: Denoiser, trial: optuna.trial.Trial, original: int
+    ctx: RunContext,
+    denoiser: Denoiser,
+    trial: optuna.trial.Trial,
+    original: int,
+    training: Density | None = None,
 ) -> dict[int, InnerRecord]:
     """One inner study per NFE budget (named by the original trial, so a retry resumes
-    them), warm-started with the best schedules of the study's other trials."""
+    them), in the config's order, each started from what the budgets before it found for
+    this model and what the study's other trials found (``inner.transfer_schedules``), and
+    warm-started with the best params of the other trials at the same NFE."""
     prefix = f"{ctx.config.name}/trial-{original:04d}"
     link = records.outer_link(ctx.config.name, trial.number, original)
-    return {
-        nfe: tune_steps(
+    others = transfer_from_other_trials(ctx, prefix)
+    done: dict[int, InnerRecord] = {}
+    for nfe in ctx.config.inner.nfe_budgets:
+        done[nfe] = tune_steps(
             ctx,
             denoiser,
             inner_study_name(prefix, nfe),
             nfe,
             link=link,
             warm_start=warm_start_params(ctx, nfe, exclude_prefix=prefix),
+            transfer={**{f"nfe{k}": r for k, r in done.items()}, **others},
+            training=training,
         )
-        for nfe in ctx.config.inner.nfe_budgets
-    }
+    return done
+
+
+def transfer_from_other_trials(ctx: RunContext, exclude_prefix: str) -> dict[str, InnerRecord]:
+    """The best inner record (held-out) of the study's other complete trials at each NFE
+    budget, labelled ``best_nfeK``: their sigma ranges and densities are tried by every new
+    inner study, whatever its NFE."""
+    out: dict[str, InnerRecord] = {}
+    for nfe in ctx.config.inner.nfe_budgets:
+        found = best_so_far(ctx, nfe, exclude_prefix)
+        if found:
+            out[f"best_nfe{nfe}"] = found[0]
+    return out

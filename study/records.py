@@ -60,6 +60,8 @@ OUTER_TRIAL = "outer:trial"  # inner: the outer trial's number
 OUTER_ORIGINAL = "outer:original_trial"  # inner: the outer trial it belongs to (retries share)
 HELD_OUT = "sigmatune:held_out"  # inner: HeldOut.to_dict()
 PEERS = "sigmatune:peers"  # inner: {method: Peer.to_dict()}, computed once per inner study
+# inner: {method: FID on the search seeds} of peers that did not fit in the trial budget
+PEER_SEARCH_FIDS = "sigmatune:peer_search_fids"
 
 # -- outer trial user attrs (short)
 LABEL = "sigmatune:label"
@@ -231,6 +233,7 @@ class HeldOut:
     floor: float
     floor_spread: float
     tuned_trial: int | None = None  # the inner trial whose schedule is "tuned"
+    tuned_origin: str | None = None  # "search" or the starting point / peer it came from
 
     def mean(self, name: str) -> float | None:
         values = self.scores.get(name)
@@ -276,6 +279,7 @@ class HeldOut:
             "floor": self.floor,
             "floor_spread": self.floor_spread,
             "tuned_trial": self.tuned_trial,
+            "tuned_origin": self.tuned_origin,
         }
 
     @classmethod
@@ -289,6 +293,7 @@ class HeldOut:
             floor=float(d["floor"]),
             floor_spread=float(d["floor_spread"]),
             tuned_trial=None if d.get("tuned_trial") is None else int(d["tuned_trial"]),
+            tuned_origin=None if d.get("tuned_origin") is None else str(d["tuned_origin"]),
         )
 
 
@@ -327,6 +332,10 @@ class InnerRecord:
     held_out: HeldOut | None
     at_bound: tuple[str, ...] = ()  # params of the best trial on a bound of the space
     costs: dict[str, dict[str, float]] = field(default_factory=dict)  # peer methods' costs
+    # where the tuned schedule came from: "search" (a trial the sampler proposed) or the
+    # name of the starting point, polish or peer method it is (then search_trial is -1 for
+    # a peer scored beside the trials, not as one)
+    origin: str = "search"
 
     @property
     def tuned(self) -> Schedule:
@@ -350,6 +359,7 @@ class InnerRecord:
             "held_out": None if self.held_out is None else self.held_out.to_dict(),
             "at_bound": list(self.at_bound),
             "costs": {k: dict(v) for k, v in self.costs.items()},
+            "origin": self.origin,
         }
 
     @classmethod
@@ -366,6 +376,7 @@ class InnerRecord:
             held_out=None if held is None else HeldOut.from_dict(held),
             at_bound=tuple(d.get("at_bound") or ()),
             costs={k: dict(v) for k, v in (d.get("costs") or {}).items()},
+            origin=str(d.get("origin") or "search"),
         )
 
 
@@ -502,6 +513,29 @@ def fid_text(value: float | None, digits: int = 4) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
+def worse_budgets(inner: Mapping[int, InnerRecord]) -> list[str]:
+    """Budgets whose tuned schedule scores worse (held-out) than that of a smaller budget of
+    the same model beyond both spreads: more steps should never score worse, so each is a
+    search that missed what the smaller budget found."""
+    out = []
+    budgets = sorted(k for k, r in inner.items() if r.held_out is not None)
+    for i, big in enumerate(budgets):
+        hb = inner[big].held_out
+        for small in budgets[:i]:
+            hs = inner[small].held_out
+            a, b = hb.mean("tuned"), hs.mean("tuned")
+            if a is None or b is None:
+                continue
+            if a - b > (hb.spread("tuned") or 0.0) + (hs.spread("tuned") or 0.0):
+                out.append(
+                    f"NFE {big} scores worse than NFE {small} ({fid_text(a)} > {fid_text(b)} "
+                    "beyond both spreads): its search missed what the smaller budget found; "
+                    "more inner trials (--inner-trials) may find it"
+                )
+                break
+    return out
+
+
 def held_out_line(record: InnerRecord) -> str:
     """One line of held-out figures: tuned ± spread, the fair baselines, the floor, and the
     gain split into "σ range" (karras on the tuned range / on the full range) and "step
@@ -521,7 +555,7 @@ def held_out_line(record: InnerRecord) -> str:
     for name in sorted(h.scores):
         if name not in ("tuned", *HELD_OUT_BASELINES):
             parts.append(f"{name} {fid_text(h.mean(name))}")
-    gains = []
+    gains = [f"from {record.origin}" if record.origin != "search" else "from the search"]
     range_gain = h.ratio("karras_rho7_same_range", "karras_rho7")
     placement_gain = h.ratio("tuned", "karras_rho7_same_range")
     if range_gain is not None:
@@ -625,6 +659,15 @@ def write_peer(study: optuna.Study, name: str, peer: Peer) -> None:
     stored = dict(study.user_attrs.get(PEERS) or {})
     stored[name] = peer.to_dict()
     study.set_user_attr(PEERS, stored)
+
+
+def write_peer_search_fids(study: optuna.Study, fids: Mapping[str, float]) -> None:
+    """Search-seed FIDs of peers scored beside the trials (they did not fit the budget)."""
+    study.set_user_attr(PEER_SEARCH_FIDS, {k: float(v) for k, v in fids.items()})
+
+
+def read_peer_search_fids(study: optuna.Study) -> dict[str, float]:
+    return {k: float(v) for k, v in (study.user_attrs.get(PEER_SEARCH_FIDS) or {}).items()}
 
 
 def read_peers(study: optuna.Study) -> dict[str, Peer]:

@@ -299,6 +299,7 @@ def summary_line(trial: records.TrialRecord, nfe_budgets: list[int] | tuple[int,
     parts = [
         f"nfe {k}: {records.held_out_line(trial.inner[k])}" for k in nfe_budgets if k in trial.inner
     ]
+    parts += [f"warning: {w}" for w in records.worse_budgets(trial.inner)]
     return head + "\n    " + "\n    ".join(parts)
 
 

@@ -26,6 +26,12 @@ Inner space (one trial = one schedule at a fixed NFE budget):
   models.samplers.steps_for_nfe(sampler, nfe)``: the gaps in lam between consecutive steps,
   normalised to fractions of the range inside ``models.schedules.from_gaps``. Named per
   sampler, since the same index means a different step for samplers with different ``n``;
+  (``inner.space = "gaps"``, the default); or, with ``inner.space = "density"``, two
+  parameters of a step density shared by every budget and sampler: ``density.a`` in [0, 1]
+  and ``density.c`` in [0.5, 2] (log), the schedule ``g_a(s_i) = g_a(sigma_max) + t_i^c
+  (g_a(sigma_min) - g_a(sigma_max))``, ``t_i = i / (n - 1)``, with ``g_a`` the Box-Cox map
+  ``(s^a - 1) / a`` (``ln s`` at a = 0): karras of rho = 1/a at c = 1, loglinear at a = 0,
+  c = 1 (:func:`density_sigmas`);
 - ``sigma_min`` / ``sigma_max`` when ``config.inner.tune_sigma_range``: log ranges *inside*
   the run's range (the model was trained on ``[sigma_min, sigma_max]`` only):
   ``sigma_min`` in [sigma_min, min(50 sigma_min, sigma_min r^(1/3))] and ``sigma_max`` in
@@ -42,6 +48,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import optuna
+import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -108,15 +115,27 @@ EDM_DEFAULTS = {
 # spanning six orders of magnitude, which a GP cannot model); karras rho = 3..20 at up to 20
 # steps keep every ratio above 0.05.
 GAP_RANGE = _Float(0.02, 1.0, log=True)
+DENSITY_A = _Float(0.0, 1.0)  # Box-Cox exponent: 1/rho of karras, 0 loglinear
+DENSITY_C = _Float(0.5, 2.0, log=True)  # the warp t^c of the steps' fractions
+DENSITY_RTOL = 1e-8  # how close a fitted density must reproduce a schedule (sigma, relative)
 S_CHURN_RANGE = _Float(0.0, 40.0)
 CHURN_FIXED = {"S_min": 0.05, "S_max": 50.0, "S_noise": 1.003}
 SIGMA_MIN_FACTOR = 50.0  # sigma_min may rise up to 50x ...
 SIGMA_MAX_FACTOR = 80.0  # ... and sigma_max fall up to 80x when tune_sigma_range
 BASELINES = ("karras_rho7", "loglinear")
 KARRAS_RHO = 7.0
-# Further starting points of every inner study (not baselines): karras with other rho, so
-# the model-based search starts from a family of sane schedules.
+# Further starting points of every inner study (not baselines). With the sigma range
+# searched: karras rho=7 on ranges spread over the range space (the shortest, the middle one,
+# and the lowest sigma_min with the middle sigma_max), so the model-based search sees the
+# range vary before it fits it (karras rho=3/5/12 on the full range, the points used before,
+# never won an inner study of benchmarks/results/peers.json). With the range fixed: karras
+# with other rho, a family of sane placements.
 STARTING_RHOS = (3.0, 5.0, 12.0)
+STARTING_RANGES = {  # name -> (position of sigma_min, of sigma_max) in their log spaces
+    "karras_rho7_range_short": (1.0, 0.0),
+    "karras_rho7_range_mid": (0.5, 0.5),
+    "karras_rho7_range_low_mid": (0.0, 0.5),
+}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -339,6 +358,93 @@ def _steps(sampler: str, nfe: int) -> int:
     return steps_for_nfe(sampler, nfe)
 
 
+def _box_cox(s: Tensor, a: float) -> Tensor:
+    """``(s^a - 1) / a``, ``ln s`` at a = 0 (continuous in a)."""
+    logs = s.log()
+    return logs if a == 0 else torch.expm1(a * logs) / a
+
+
+def _box_cox_inv(y: Tensor, a: float) -> Tensor:
+    return y.exp() if a == 0 else torch.exp(torch.log1p(a * y) / a)
+
+
+def density_sigmas(n: int, sigma_min: float, sigma_max: float, a: float, c: float) -> Tensor:
+    """The ``n``-step schedule of the step density ``(a, c)`` over ``[sigma_min, sigma_max]``
+    (see the module docstring), float64, ends exact, then 0: karras(n, rho=1/a) at c = 1,
+    loglinear at a = 0, c = 1."""
+    from sigmatune.models.schedules import _append_zero
+
+    ends = torch.tensor([sigma_max, sigma_min], dtype=torch.float64)
+    if n == 1:
+        return _append_zero(ends[:1])
+    t = torch.linspace(0, 1, n, dtype=torch.float64) ** float(c)
+    y = _box_cox(ends, float(a))
+    out = _box_cox_inv(y[0] + t * (y[1] - y[0]), float(a))
+    out[0], out[-1] = sigma_max, sigma_min
+    return _append_zero(out)
+
+
+def fit_density(sigmas: Tensor) -> tuple[float, float]:
+    """``(a, c)`` of :func:`density_sigmas` closest to a schedule's positive sigmas: for each
+    ``a``, the steps' fractions ``u_i`` of the way in ``g_a`` give ``c_i = ln u_i / ln t_i``,
+    equal for a schedule of the family; ``a`` minimises their spread (bounded Brent), ``c`` is
+    their mean, both clipped into the space. Check the result with :func:`density_sigmas`."""
+    from scipy.optimize import minimize_scalar
+
+    s = sigmas[sigmas > 0].to(torch.float64)
+    n = s.numel()
+    if n <= 2:
+        return 1.0 / KARRAS_RHO, 1.0  # no interior step: any density gives it
+    t = torch.linspace(0, 1, n, dtype=torch.float64)[1:-1]
+
+    def cs(a: float) -> Tensor:
+        y = _box_cox(s, a)
+        u = ((y[1:-1] - y[0]) / (y[-1] - y[0])).clamp(1e-300, 1 - 1e-16)
+        return u.log() / t.log()
+
+    def spread(a: float) -> float:
+        c = cs(a).log()
+        return float(((c - c.mean()) ** 2).mean()) if c.numel() > 1 else 0.0
+
+    if n == 3:  # one interior step: the density of c = 1 through it (a solves u = 1/2)
+        found = minimize_scalar(
+            lambda a: float((cs(a)[0] - 1.0) ** 2),
+            bounds=(DENSITY_A.low, DENSITY_A.high),
+            method="bounded",
+            options={"xatol": 1e-13},
+        )
+        a = float(found.x)
+        if abs(float(cs(a)[0]) - 1.0) > 1e-6:  # no such a: keep karras rho=7's, fit c
+            a = 1.0 / KARRAS_RHO
+        c = float(cs(a)[0])
+    else:
+        grid = [DENSITY_A.low + k * (DENSITY_A.high - DENSITY_A.low) / 40 for k in range(41)]
+        start = min(grid, key=spread)
+        step = (DENSITY_A.high - DENSITY_A.low) / 40
+        found = minimize_scalar(
+            spread,
+            bounds=(max(DENSITY_A.low, start - step), min(DENSITY_A.high, start + step)),
+            method="bounded",
+            options={"xatol": 1e-14},
+        )
+        a = float(found.x) if spread(float(found.x)) <= spread(start) else start
+        c = float(cs(a).log().mean().exp())
+
+    # snap to karras of a whole rho, or loglinear, where that reproduces the schedule better
+    # (Brent's a is within ~1e-9 of 1/rho; the named members are then exact)
+    def misfit(a_: float, c_: float) -> float:
+        r = density_sigmas(n, float(s[-1]), float(s[0]), a_, c_)[:-1]
+        return float(((r - s).abs() / s).max())
+
+    best = misfit(a, c)
+    for exact in (0.0, *(1.0 / rho for rho in range(1, 41))):
+        if abs(a - exact) < 1e-6 and misfit(exact, 1.0) <= best:
+            a, c, best = exact, 1.0, misfit(exact, 1.0)
+    a = min(max(a, DENSITY_A.low), DENSITY_A.high)
+    c = min(max(c, DENSITY_C.low), DENSITY_C.high)
+    return a, c
+
+
 def suggest_schedule(trial: optuna.trial.BaseTrial, config: Config, nfe: int) -> InnerChoice:
     """Suggest a sampler and its step locations at budget ``nfe`` (the inner space)."""
     from sigmatune.models.schedules import from_gaps
@@ -350,8 +456,13 @@ def suggest_schedule(trial: optuna.trial.BaseTrial, config: Config, nfe: int) ->
         min_space, max_space = sigma_range_space(config)
         smin = _suggest(trial, "sigma_min", min_space)
         smax = _suggest(trial, "sigma_max", max_space)
-    gaps = [_suggest(trial, f"{sampler}.gap_{i}", GAP_RANGE) for i in range(n - 1)]
-    sigmas = from_gaps(gaps, smin, smax)
+    if config.inner.space == "density":
+        a = _suggest(trial, "density.a", DENSITY_A)
+        c = _suggest(trial, "density.c", DENSITY_C)
+        sigmas = density_sigmas(n, smin, smax, a, c)
+    else:
+        gaps = [_suggest(trial, f"{sampler}.gap_{i}", GAP_RANGE) for i in range(n - 1)]
+        sigmas = from_gaps(gaps, smin, smax)
     kwargs: dict[str, Any] = {}
     if config.inner.tune_churn and sampler == "heun":
         kwargs = {"S_churn": _suggest(trial, "S_churn", S_CHURN_RANGE), **CHURN_FIXED}
@@ -398,7 +509,26 @@ def schedule_params(
                     f"the schedule's {key} must equal the config's {key}={expected} (or set "
                     f"inner.tune_sigma_range = true), but got {key}={value}"
                 )
-    fractions = to_gaps(s)
+    if config.inner.space == "density":
+        a, c = fit_density(s)
+        params["density.a"], params["density.c"] = a, c
+        rebuilt = density_sigmas(
+            n,
+            params.get("sigma_min", float(config.sigma_min)),
+            params.get("sigma_max", float(config.sigma_max)),
+            a,
+            c,
+        )
+        error = ((rebuilt[:-1] - s[:-1]).abs() / s[:-1]).max().item()
+        if not error <= max(rtol, DENSITY_RTOL):
+            raise ValueError(
+                f"sigmas are not in the search space (inner.space = 'density'): the nearest "
+                f"schedule of the density family (a={a:.4g}, c={c:.4g}) differs by "
+                f"{error:.3g} relative, sigmas={s.tolist()}"
+            )
+        fractions = s.new_zeros(0)
+    else:
+        fractions = to_gaps(s)
     if fractions.numel():
         gaps = (fractions / fractions.max()).clamp(GAP_RANGE.low, GAP_RANGE.high)
         for i, g in enumerate(gaps.tolist()):
@@ -440,16 +570,29 @@ def schedule_params(
 
 
 def starting_schedules(config: Config, nfe: int) -> dict[str, InnerChoice]:
-    """Extra first points of an inner study, ``karras_rho{r}`` for ``r`` in STARTING_RHOS,
-    over the run's σ range, with the baselines' sampler."""
+    """Extra first points of an inner study, with the baselines' sampler: with
+    ``inner.tune_sigma_range``, karras rho=7 on the ranges of :data:`STARTING_RANGES`; else
+    ``karras_rho{r}`` for ``r`` in :data:`STARTING_RHOS` over the run's range."""
     from sigmatune.models.schedules import karras
 
     sampler = config.inner.samplers[0]
     n = _steps(sampler, nfe)
     smin, smax = float(config.sigma_min), float(config.sigma_max)
+    if not config.inner.tune_sigma_range:
+        return {
+            f"karras_rho{rho:g}": InnerChoice(sampler, karras(n, smin, smax, rho), {})
+            for rho in STARTING_RHOS
+        }
+    min_space, max_space = sigma_range_space(config)
+
+    def at(space: _Float, u: float) -> float:
+        if u in (0.0, 1.0):  # the bound itself, exactly
+            return float(space.low if u == 0.0 else space.high)
+        return math.exp(math.log(space.low) + u * (math.log(space.high) - math.log(space.low)))
+
     return {
-        f"karras_rho{rho:g}": InnerChoice(sampler, karras(n, smin, smax, rho), {})
-        for rho in STARTING_RHOS
+        name: InnerChoice(sampler, karras(n, at(min_space, u), at(max_space, v), KARRAS_RHO), {})
+        for name, (u, v) in STARTING_RANGES.items()
     }
 
 

@@ -37,6 +37,8 @@ def trial_json(study: StudyRecord, t: TrialRecord) -> dict[str, Any]:
             str(k): (r.held_out.export() if r.held_out is not None else None)
             for k, r in sorted(t.inner.items())
         },
+        # where each budget's tuned schedule came from: "search" or a starting point's name
+        "tuned_origin": {str(k): r.origin for k, r in sorted(t.inner.items())},
         "reason": t.reason,
     }
 
@@ -68,8 +70,8 @@ def format_status(study: StudyRecord, *, heartbeat_grace_s: float = 30.0) -> str
         fl = study.floors
         lines.append(
             f"floor (real vs real) {records.fid_text(fl['floor'])} ± "
-            f"{records.fid_text(fl['floor_spread'], 2)}; ceiling (noise vs real) "
-            f"{records.fid_text(fl['ceiling'])}"
+            f"{records.fid_text(fl['floor_spread'], 2)}; noise vs real "
+            f"{records.fid_text(fl['ceiling'])} (a reference point, not an upper bound)"
         )
     lines.append(f"{'trial':>5}  {'state':<8}  {'training weighting':<{LABEL_WIDTH}}  name")
     for t in study.trials:

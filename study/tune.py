@@ -429,6 +429,7 @@ def tune_sampling(
                 name,
                 nfe,
                 link={records.OUTER_STUDY: prefix},
+                transfer={f"nfe{k}": r for k, r in results.items()},  # the budgets before
             )
         except RuntimeError as exc:  # (inner.summarise: every trial of the search failed)
             failed = None if isinstance(exc, USER_ERRORS) else _no_trial_completed(ctx, name)
@@ -442,6 +443,9 @@ def tune_sampling(
             line += f"; best trial on a bound of the space: {', '.join(record.at_bound)}"
         lines.append(line)
         log(line)
+    for warning in records.worse_budgets(results):
+        lines.append(f"warning: {warning}")
+        log(f"warning: {warning}")
     gaps: dict[int, GapFigures] = {}
     if reference_steps:
         for nfe, record in results.items():

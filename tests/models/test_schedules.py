@@ -221,3 +221,34 @@ def test_interpolate_rejects_bad_requests() -> None:
     with pytest.raises(ValueError, match=r"strictly decreasing"):
         interpolate([1.0, 2.0, 0.0], 3)
     assert interpolate([5.0, 0.0], 1).tolist() == [5.0, 0.0]
+
+
+# ------------------------------------------------------------------ from a density over lam
+
+
+def test_from_density_of_a_uniform_density_is_loglinear():
+    from sigmatune.models.schedules import from_density
+    from sigmatune.objectives.densities import Uniform
+
+    uniform = Uniform(sigma_min=0.002, sigma_max=80.0)
+    for n, lo, hi in ((1, 0.1, 1.0), (2, 0.1, 1.0), (5, 0.1, 1.2), (9, 0.002, 80.0)):
+        got = from_density(uniform, n, lo, hi)
+        assert got.tolist() == pytest.approx(loglinear(n, lo, hi).tolist(), rel=1e-12)
+
+
+def test_from_density_of_edms_lognormal_matches_scipys_normal_quantiles():
+    """EDM's training density: ln sigma ~ N(-1.2, 1.2^2), truncated to the run's range; the
+    steps are its quantiles at equal probability between the ends (scipy, independently)."""
+    from scipy.stats import norm
+
+    from sigmatune.models.schedules import from_density
+    from sigmatune.objectives.densities import LogNormal
+
+    density = LogNormal(-1.2, 1.2, sigma_min=0.002, sigma_max=80.0)
+    lo, hi, n = 0.01, 20.0, 6
+    got = from_density(density, n, lo, hi)
+    u_hi, u_lo = norm.cdf((math.log(hi) + 1.2) / 1.2), norm.cdf((math.log(lo) + 1.2) / 1.2)
+    u = [u_hi + i / (n - 1) * (u_lo - u_hi) for i in range(n)]
+    expected = [math.exp(-1.2 + 1.2 * norm.ppf(v)) for v in u] + [0.0]
+    assert got.tolist() == pytest.approx(expected, rel=1e-7)
+    assert got[0].item() == hi and got[-2].item() == lo

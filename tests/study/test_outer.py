@@ -100,7 +100,17 @@ def test_status_json_has_one_object_per_trial_with_the_contract_keys(synthetic_s
     rows = json.loads(capsys.readouterr().out)
     assert [r["number"] for r in rows] == [0, 1, 2, 3]
     for r in rows:
-        assert set(r) == {"number", "state", "name", "label", "params", "held_out", "reason"}
+        assert set(r) == {
+            "number",
+            "state",
+            "name",
+            "label",
+            "params",
+            "held_out",
+            "tuned_origin",  # per NFE: "search" or the starting point's name (issue 18)
+            "reason",
+        }
+        assert set(r["tuned_origin"]) == set(r["held_out"])
     assert rows[0]["name"] == "edm" and rows[1]["name"] is None
     assert rows[3]["reason"].startswith("NonFiniteLossError")
     held = rows[1]["held_out"]["5"]

@@ -58,6 +58,7 @@ def ctx(tmp_path_factory):
             "device": "cpu",
             "inner.inner_trials": 7,  # baselines, peers, two other starts, one drawn
             "inner.sampler": "random",  # the GP's fit is what these tests do not test
+            "inner.space": "gaps",  # GITS and LD3 are points of it (not of the density's)
             "inner.nfe_budgets": [NFE],
             "inner.fid_num_images": 64,
             "inner.batch_size": 64,

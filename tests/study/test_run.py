@@ -184,7 +184,10 @@ def test_run_stores_outer_and_inner_studies_links_and_artifacts(tmp_path):
         assert {"karras_rho7", "loglinear"} <= set(starts)
         # the search's best is the least FID on the search seeds, and no worse than the
         # starting points measured on the same model and images
-        assert record.search_fid == pytest.approx(min(fids.values()))
+        # (of everything the study scored: the trials, and peers scored beside them)
+        assert record.search_fid == pytest.approx(
+            min([*fids.values(), *record.search_baselines.values()])
+        )
         assert record.search_fid <= min(starts.values())
         assert record.search_baselines["karras_rho7"] == pytest.approx(starts["karras_rho7"])
         # the trial's value is the held-out mean of the tuned schedule, with its fair baselines
@@ -194,7 +197,10 @@ def test_run_stores_outer_and_inner_studies_links_and_artifacts(tmp_path):
         # the export contract (issue 10), plus a key per peer method (issue 11: GITS, LD3)
         peers = study.config.inner.peers
         assert peers == ("gits", "ld3")  # the default
-        assert set(held.export()) == set(records.EXPORT_HELD_OUT_KEYS) | set(peers)
+        # and the model's training density as steps on the tuned range (issue 18)
+        assert set(held.export()) == set(records.EXPORT_HELD_OUT_KEYS) | set(peers) | {
+            "training_density"
+        }
         assert held.seeds[0] >= 256 and held.seeds[1:] == (256, 3)  # disjoint from the search
         assert len(held.scores["tuned"]) == 3
         assert record.schedules["karras_rho7_same_range"].sigma_range == pytest.approx(

@@ -22,7 +22,7 @@ from sigmatune.study import spaces
 from sigmatune.study.config import load_config
 
 SIGMA_DATA = 0.5
-TOY = load_config("toy")
+TOY = load_config("toy", {"inner.space": "gaps"})  # the gap space (the density: test_density_space)
 
 
 def _random_trial(config, seed=0):
@@ -51,7 +51,7 @@ def test_edm_defaults_reproduced_from_their_params():
 
 def test_edm_defaults_objective_has_edm_effective_weighting():
     """W(λ) of EDM's defaults is N(λ; 2.4, 2.4²)(e^{−λ} + σd²)/σd² up to the truncation's
-    normalising constant (DESIGN.md; Karras et al. 2022, Table 1)."""
+    normalising constant (docs/development.md; Karras et al. 2022, Table 1)."""
     params = spaces.objective_params(spaces.edm_defaults_description(TOY))
     objective = spaces.suggest_objective(FixedTrial(params), TOY, SIGMA_DATA)
     lam = torch.linspace(
@@ -189,6 +189,9 @@ def test_baselines_round_trip_exactly_through_schedule_params(sampler, nfe, tune
             "inner.nfe_budgets": [nfe],
             "inner.tune_sigma_range": tune,
             "inner.tune_churn": tune and sampler == "heun",
+            # GITS (the peers, the interim score) bounds the budget by its 32-point grid
+            "inner.peers": [],
+            "outer.pruner": "none",
         }
     )
     baselines = spaces.baseline_schedules(config, nfe)
