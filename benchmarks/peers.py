@@ -161,8 +161,9 @@ def study_config(args: argparse.Namespace, model: str, sampler: str, url: str) -
         "inner.nfe_budgets": list(args.nfe),
         "inner.inner_trials": args.digits_trials if model == "digits" else args.trials,
         "inner.tune_sigma_range": True,
-        "inner.space": args.inner_space,
     }
+    if args.inner_space:
+        overrides["inner.space"] = args.inner_space
     images = args.digits_images if model == "digits" else args.study_images
     if images is not None:
         overrides["inner.fid_num_images"] = images
@@ -671,8 +672,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--inner-space",
         choices=("gaps", "density"),
-        default="gaps",
-        help="what sigmatune's inner studies search (inner.space; default gaps)",
+        help="what sigmatune's inner studies search (inner.space; default: the preset's)",
     )
     p.add_argument("--seed", type=int, default=0, help="the studies' seed (their SeedPlan)")
     p.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
@@ -689,6 +689,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.nfe = sorted(set(args.nfe))
+    if args.inner_space is None:  # the presets' (toy and digits search the same space)
+        args.inner_space = load_config("toy").inner.space
     trials = (args.trials, args.karras_trials, args.digits_trials, args.digits_karras_trials)
     if min(args.nfe) < 3 or min(trials) < 1:
         p.error("--nfe must be >= 3, every trial count >= 1")
