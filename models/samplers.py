@@ -133,6 +133,29 @@ def heun_step(
     return x + (sigma_next - sigma) * (0.5 * d + 0.5 * d_prime)
 
 
+def _one_step_method(
+    step: Callable[..., Tensor],
+    D: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor | Sequence[float],
+    *,
+    S_churn: float,
+    S_min: float,
+    S_max: float,
+    S_noise: float,
+    noise: Noise | None,
+) -> Tensor:
+    """The loop every one-step method shares (Karras et al. 2022, Algorithm 2): churn, then
+    ``step`` (:func:`euler_step`, :func:`heun_step`) from the raised sigma to the next."""
+    s = _steps(sigmas)
+    _check_churn(S_churn, S_min, S_max, S_noise)
+    n = len(s) - 1
+    for i in range(n):
+        x, sigma_hat = _churn(x, i, s[i], n, S_churn, S_min, S_max, S_noise, noise)
+        x = step(D, x, sigma_hat, s[i + 1])
+    return x
+
+
 def euler(
     D: DenoiserFn,
     x: Tensor,
@@ -146,13 +169,8 @@ def euler(
 ) -> Tensor:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without
     the second-order correction; k-diffusion ``sample_euler``), with optional churn. n NFE."""
-    s = _steps(sigmas)
-    _check_churn(S_churn, S_min, S_max, S_noise)
-    n = len(s) - 1
-    for i in range(n):
-        x, sigma_hat = _churn(x, i, s[i], n, S_churn, S_min, S_max, S_noise, noise)
-        x = euler_step(D, x, sigma_hat, s[i + 1])
-    return x
+    churn = dict(S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise, noise=noise)
+    return _one_step_method(euler_step, D, x, sigmas, **churn)
 
 
 def heun(
@@ -168,13 +186,8 @@ def heun(
 ) -> Tensor:
     """Heun's second-order method with churn (Karras et al. 2022, Algorithm 2). The step
     into sigma = 0 is a plain Euler step, so n steps cost 2n - 1 NFE."""
-    s = _steps(sigmas)
-    _check_churn(S_churn, S_min, S_max, S_noise)
-    n = len(s) - 1
-    for i in range(n):
-        x, sigma_hat = _churn(x, i, s[i], n, S_churn, S_min, S_max, S_noise, noise)
-        x = heun_step(D, x, sigma_hat, s[i + 1])
-    return x
+    churn = dict(S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise, noise=noise)
+    return _one_step_method(heun_step, D, x, sigmas, **churn)
 
 
 def dpmpp_2m(

@@ -229,11 +229,15 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         if source
         else Config.from_dict({}, source="defaults").replace(overrides)
     )
+    from sigmatune.study.schedule import DEFAULT_SETTINGS
+
+    # each flag goes to every placement method whose settings have that key (derived from
+    # DEFAULT_SETTINGS, so a new method's settings need no line here)
     settings: dict[str, dict[str, int]] = {}
-    for method in ("gits", "ld3"):
+    for method, defaults in DEFAULT_SETTINGS.items():
         for key in ("num_noises", "teacher_steps", "iterations"):
             value = getattr(args, key)
-            if value is not None and not (method == "gits" and key == "iterations"):
+            if value is not None and key in defaults:
                 settings.setdefault(method, {})[key] = value
     result = make_schedule(
         args.method,

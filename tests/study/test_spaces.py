@@ -413,3 +413,24 @@ def test_inner_pruner_waits_for_the_baselines_and_two_more():
 
     study.optimize(objective, n_trials=6)
     assert pruned == [4, 5]
+
+
+REGISTRIES = [("density", n, c) for n, c in DENSITIES.items()] + [
+    ("weighting", n, c) for n, c in WEIGHTINGS.items()
+]
+
+
+@pytest.mark.parametrize("kind, name, cls", REGISTRIES, ids=[f"{k}-{n}" for k, n, _ in REGISTRIES])
+def test_every_registered_family_declares_the_space_of_each_scalar_parameter(kind, name, cls):
+    """One registration per extension point (issue 22): a density or weighting whose search
+    space is missing or names other parameters than its constructor fails here, not at trial
+    time. List parameters (piecewise) are searched per bin (``PIECEWISE_*``); the uniform
+    density's lam range is the run's."""
+    import inspect
+
+    space = (spaces.DENSITY_SPACE if kind == "density" else spaces.WEIGHTING_SPACE).get(name)
+    assert space is not None, f"{kind} {name!r} has no entry in study.spaces"
+    run_range = {"self", "sigma_min", "sigma_max", "lam_min", "lam_max", "args", "kwargs"}
+    listed = {"heights", "log_weights"}
+    scalars = set(inspect.signature(cls.__init__).parameters) - run_range - listed
+    assert set(space) == scalars, (kind, name)
