@@ -22,7 +22,7 @@ readable by any plotly.js, optuna-dashboard's included.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -615,18 +615,24 @@ def figure_pareto(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure:
     return _layout(fig, f"{data.name}: the Pareto front over NFE budgets", height=520)
 
 
+# Which figure is shown when, once for the dashboard and the report: (id, the condition on
+# the study, how it is drawn), in reading order; a figure that needs a training weighting or
+# a complete trial is left out until there is one.
+FIGURE_RULES: tuple[tuple[str, Callable[[StudyRecord], bool], Callable[..., go.Figure]], ...] = (
+    ("headline", lambda d: any(t.objective for t in d.trials), figure_headline),
+    ("densities", lambda d: any(t.objective for t in d.trials), figure_densities),
+    ("overview", lambda d: bool(d.complete), figure_overview),
+    ("steps", lambda d: d.best is not None, figure_steps),
+    ("fid-nfe", lambda d: d.best is not None, figure_fid_vs_nfe),
+    ("pareto", lambda d: len(d.directions) > 1 and bool(d.complete), figure_pareto),
+)
+
+
+def shown_figures(data: StudyRecord) -> dict[str, go.Figure]:
+    """The figures :data:`FIGURE_RULES` shows for ``data``, by id, in reading order."""
+    return {key: draw(data) for key, when, draw in FIGURE_RULES if when(data)}
+
+
 def study_figures(data: StudyRecord) -> dict[str, go.Figure]:
-    """The outer study's figures by stable id (optuna-dashboard ``graph_object_id``); those
-    that need a training weighting or a complete trial are left out until there is one."""
-    figures: dict[str, go.Figure] = {}
-    if any(t.objective for t in data.trials):
-        figures["sigmatune-headline"] = figure_headline(data)
-        figures["sigmatune-densities"] = figure_densities(data)
-    if data.complete:
-        figures["sigmatune-overview"] = figure_overview(data)
-    if data.best is not None:
-        figures["sigmatune-steps"] = figure_steps(data)
-        figures["sigmatune-fid-nfe"] = figure_fid_vs_nfe(data)
-    if len(data.directions) > 1 and data.complete:
-        figures["sigmatune-pareto"] = figure_pareto(data)
-    return figures
+    """The outer study's figures by stable id (optuna-dashboard ``graph_object_id``)."""
+    return {f"sigmatune-{key}": fig for key, fig in shown_figures(data).items()}

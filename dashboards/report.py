@@ -15,16 +15,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from sigmatune.dashboards.figures import (
-    SCHEDULE_LABELS,
-    figure_densities,
-    figure_fid_vs_nfe,
-    figure_headline,
-    figure_overview,
-    figure_pareto,
-    figure_steps,
-    trial_title,
-)
+from sigmatune.dashboards.figures import SCHEDULE_LABELS, shown_figures, trial_title
 from sigmatune.study.records import StudyRecord, fid_text, held_out_line
 
 # The first line of every report: how `sigmatune report` recognises a file it may replace.
@@ -62,21 +53,15 @@ def _figure_div(fig: go.Figure, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOTLY_CONFIG)
 
 
+# The report reads the overview before the densities (the dashboard shows them the other way)
+REPORT_ORDER = ("headline", "overview", "densities", "steps", "fid-nfe", "pareto")
+
+
 def report_figures(data: StudyRecord) -> dict[str, go.Figure]:
-    """The report's figures, in reading order."""
-    figures: dict[str, go.Figure] = {}
-    if any(t.objective for t in data.trials):
-        figures["headline"] = figure_headline(data)
-    if data.complete:
-        figures["overview"] = figure_overview(data)
-    if any(t.objective for t in data.trials):
-        figures["densities"] = figure_densities(data)
-    if data.best is not None:
-        figures["steps"] = figure_steps(data)
-        figures["fid-nfe"] = figure_fid_vs_nfe(data)
-    if len(data.directions) > 1 and data.complete:
-        figures["pareto"] = figure_pareto(data)
-    return figures
+    """The report's figures, in its reading order: the dashboard's figures, shown by the same
+    rules (``dashboards.figures.FIGURE_RULES``)."""
+    shown = shown_figures(data)
+    return {key: shown[key] for key in sorted(shown, key=REPORT_ORDER.index)}
 
 
 def _family(d: dict[str, Any] | None) -> str:
