@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from sigmatune.models.progress import Progress
+from sigmatune.objectives.files import torch_save
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -222,30 +223,6 @@ class SaveError(OSError):
     ``errno`` is the failed write's (ENOSPC for a full disk)."""
 
 
-def _torch_save(state: Any, f: Any) -> None:
-    """``torch.save`` into the open file ``f``; a write that fails raises its own ``OSError``
-    (torch's writer turns it into a RuntimeError that names neither the cause nor the file)."""
-    failed: list[OSError] = []
-
-    class _File:
-        def write(self, data: Any) -> int:
-            try:
-                return f.write(data)
-            except OSError as exc:
-                failed.append(exc)
-                raise
-
-        def flush(self) -> None:
-            f.flush()
-
-    try:
-        torch.save(state, _File())
-    except RuntimeError:
-        if failed:
-            raise failed[0] from None
-        raise
-
-
 def save_atomically(state: dict[str, Any], path: Path, what: str = "file") -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into
     place: a reader sees the previous file or the new one, never half of one. A write that
@@ -256,7 +233,7 @@ def save_atomically(state: dict[str, Any], path: Path, what: str = "file") -> No
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            _torch_save(state, f)
+            torch_save(state, f)
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:

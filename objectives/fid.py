@@ -59,6 +59,7 @@ from sigmatune.objectives.features import (
     quantize_uint8,
     tensor_sha256,
 )
+from sigmatune.objectives.files import torch_save
 
 __all__ = [
     "AT_FLOOR_SPREADS",
@@ -91,30 +92,6 @@ class ScorerCacheWriteError(OSError):
     """The FID cache file could not be written (a full disk, no permission): the message names
     it; nothing of it was left behind, and a previous cache file is unchanged. ``errno`` is
     the failed write's."""
-
-
-def _torch_save(obj: Any, f: Any) -> None:
-    """``torch.save`` into the open file ``f``; a write that fails raises its own ``OSError``
-    (torch's writer turns it into a RuntimeError that names neither the cause nor the file)."""
-    failed: list[OSError] = []
-
-    class _File:
-        def write(self, data: Any) -> int:
-            try:
-                return f.write(data)
-            except OSError as exc:
-                failed.append(exc)
-                raise
-
-        def flush(self) -> None:
-            f.flush()
-
-    try:
-        torch.save(obj, _File())
-    except RuntimeError:
-        if failed:
-            raise failed[0] from None
-        raise
 
 
 # -- the Fréchet distance ----------------------------------------------------------------------
@@ -636,7 +613,7 @@ class Scorer:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
-                _torch_save({**state, "key": self._key}, f)
+                torch_save({**state, "key": self._key}, f)
             os.replace(tmp, path)
         except OSError as exc:
             left = (
