@@ -146,11 +146,9 @@ def density_at(sigmas: Sequence[float], n: int) -> torch.Tensor:
     where the schedule is one of that family (a search in ``inner.space = "density"``, karras,
     loglinear), else :func:`resample_schedule`."""
     s = torch.tensor([float(x) for x in sigmas], dtype=torch.float64)
-    smin, smax = float(s[-2]), float(s[0])
-    a, c = spaces.fit_density(s)
-    rebuilt = spaces.density_sigmas(len(s) - 1, smin, smax, a, c)
-    if float(((rebuilt[:-1] - s[:-1]).abs() / s[:-1]).max()) <= spaces.DENSITY_RTOL:
-        return spaces.density_sigmas(n, smin, smax, a, c)
+    a, c, error = spaces.fit_density_error(s)
+    if error <= spaces.DENSITY_RTOL:
+        return spaces.density_sigmas(n, float(s[-2]), float(s[0]), a, c)
     return resample_schedule(sigmas, n)
 
 
@@ -282,13 +280,13 @@ def enqueue_starting_points(
     room = max(0, budget - len(spaces.BASELINES) - max(1, budget // 3))
     points = starting_points(ctx, nfe, peers, transfer, training)
     spread = set(spaces.starting_schedules(config, nfe))  # the warm starts go before these
-    entries: list[tuple[str, dict[str, Any] | None, spaces.InnerChoice | None]] = []
-    for name, choice in points.items():
-        if name in spread and not any(e[0] == "warm_start" for e in entries):
-            entries += [("warm_start", dict(p), None) for p in warm_start]
-        entries.append((name, None, choice))
-    if not any(e[0] == "warm_start" for e in entries):
-        entries += [("warm_start", dict(p), None) for p in warm_start]
+    names = list(points)
+    cut = next((i for i, name in enumerate(names) if name in spread), len(names))
+    entries: list[tuple[str, dict[str, Any] | None, spaces.InnerChoice | None]] = [
+        *((name, None, points[name]) for name in names[:cut]),
+        *(("warm_start", dict(p), None) for p in warm_start),
+        *((name, None, points[name]) for name in names[cut:]),
+    ]
     known: list[dict[str, Any]] = []
     for name, params, choice in entries:
         baseline = name in spaces.BASELINES
