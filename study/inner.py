@@ -306,28 +306,32 @@ def enqueue_starting_points(
         room -= 0 if baseline else 1
 
 
-def best_so_far(ctx: RunContext, nfe: int, exclude_prefix: str = "") -> list[InnerRecord]:
-    """The inner records at this NFE of the study's complete outer trials, best (held-out)
-    first, leaving out inner studies whose name starts with ``exclude_prefix``."""
+def best_so_far_by_nfe(ctx: RunContext, exclude_prefix: str = "") -> dict[int, list[InnerRecord]]:
+    """The inner records of the study's complete outer trials by NFE, best (held-out) first,
+    leaving out inner studies whose name starts with ``exclude_prefix`` (one read of the
+    outer study for every budget)."""
     try:
         outer = optuna.load_study(study_name=ctx.config.name, storage=ctx.storage)
     except KeyError:
-        return []
-    found = []
+        return {}
+    found: dict[int, list[InnerRecord]] = {}
     for ft in outer.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        record = records.read_trial(ft).inner.get(nfe)
-        if record is not None and not (
-            exclude_prefix and record.study_name.startswith(exclude_prefix)
-        ):
-            found.append(record)
-    return sorted(found, key=lambda r: r.value)
+        for nfe, record in records.read_trial(ft).inner.items():
+            if not (exclude_prefix and record.study_name.startswith(exclude_prefix)):
+                found.setdefault(nfe, []).append(record)
+    return {nfe: sorted(rs, key=lambda r: r.value) for nfe, rs in found.items()}
 
 
-def warm_start_params(ctx: RunContext, nfe: int, exclude_prefix: str) -> list[dict[str, Any]]:
-    """The best inner params found so far at this NFE in other outer trials of the study
-    (their held-out order), at most three."""
+def best_so_far(ctx: RunContext, nfe: int, exclude_prefix: str = "") -> list[InnerRecord]:
+    """The inner records at this NFE of the study's complete outer trials, best first."""
+    return best_so_far_by_nfe(ctx, exclude_prefix).get(nfe, [])
+
+
+def warm_start_params(found: Sequence[InnerRecord]) -> list[dict[str, Any]]:
+    """The params of the best inner records found so far at an NFE in other outer trials
+    (``found``, their held-out order), at most three, each once."""
     unique: list[dict[str, Any]] = []
-    for record in best_so_far(ctx, nfe, exclude_prefix):
+    for record in found:
         if record.params and record.params not in unique:
             unique.append(record.params)
     return unique[:3]

@@ -25,7 +25,13 @@ from sigmatune.study import records, spaces
 from sigmatune.study.artifacts import checkpoint_uploader, fetch_checkpoint
 from sigmatune.study.config import INTERIM_GITS_GRID
 from sigmatune.study.context import RunContext
-from sigmatune.study.inner import best_so_far, inner_study_name, tune_steps, warm_start_params
+from sigmatune.study.inner import (
+    best_so_far,
+    best_so_far_by_nfe,
+    inner_study_name,
+    tune_steps,
+    warm_start_params,
+)
 from sigmatune.study.modelfile import save_model_file
 from sigmatune.study.records import InnerRecord, ObjectiveDescription
 from sigmatune.study.schedule import density_record
@@ -239,7 +245,10 @@ def tune_all_budgets(
     warm-started with the best params of the other trials at the same NFE."""
     prefix = f"{ctx.config.name}/trial-{original:04d}"
     link = records.outer_link(ctx.config.name, trial.number, original)
-    others = transfer_from_other_trials(ctx, prefix)
+    found = best_so_far_by_nfe(ctx, exclude_prefix=prefix)
+    # the best of the other trials at each budget: their sigma ranges and densities are tried
+    # by every new inner study, whatever its NFE
+    others = {f"best_nfe{k}": found[k][0] for k in ctx.config.inner.nfe_budgets if found.get(k)}
     done: dict[int, InnerRecord] = {}
     for nfe in ctx.config.inner.nfe_budgets:
         done[nfe] = tune_steps(
@@ -248,20 +257,8 @@ def tune_all_budgets(
             inner_study_name(prefix, nfe),
             nfe,
             link=link,
-            warm_start=warm_start_params(ctx, nfe, exclude_prefix=prefix),
+            warm_start=warm_start_params(found.get(nfe, [])),
             transfer={**{f"nfe{k}": r for k, r in done.items()}, **others},
             training=training,
         )
     return done
-
-
-def transfer_from_other_trials(ctx: RunContext, exclude_prefix: str) -> dict[str, InnerRecord]:
-    """The best inner record (held-out) of the study's other complete trials at each NFE
-    budget, labelled ``best_nfeK``: their sigma ranges and densities are tried by every new
-    inner study, whatever its NFE."""
-    out: dict[str, InnerRecord] = {}
-    for nfe in ctx.config.inner.nfe_budgets:
-        found = best_so_far(ctx, nfe, exclude_prefix)
-        if found:
-            out[f"best_nfe{nfe}"] = found[0]
-    return out
