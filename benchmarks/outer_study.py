@@ -48,11 +48,11 @@ from benchmarks._common import (
 )
 from benchmarks.quality import Figure
 from sigmatune.objectives.curves import lam_grid, weighting_curves
+from sigmatune.study.commands.hooks import run_study as run
 from sigmatune.study.config import Config, load_config
-from sigmatune.study.export import open_storage
 from sigmatune.study.records import StudyRecord, TrialRecord, read_study
-from sigmatune.study.run import run
 from sigmatune.study.spaces import OUTER_REDUCTION_FACTOR, outer_stop_points
+from sigmatune.study.storage import open_storage
 
 NAME = "outer_study"
 TARGET_IMAGES = 0.6  # the study may spend at most this fraction of the literature's images

@@ -11,11 +11,11 @@ scorer on the SeedPlan's held-out seed sets (disjoint from the search seeds; mea
 - ``loglinear``: uniform in logSNR over the run's range;
 - ``GITS``: Chen et al. 2024 (``models.placement.gits``); ``LD3``: Tong et al. 2025
   (``models.placement.ld3``, started from GITS): as every inner study computes them
-  (``study.schedule.DEFAULT_SETTINGS``, smaller than the papers');
+  (``study.schedules.DEFAULT_SETTINGS``, smaller than the papers');
 - ``density``: the quantiles of the step density (``models.placement.StepDensity``, as
-  ``study.schedule.density_record`` fits it) fitted to the tuned schedules of the *other* NFE
+  ``study.schedules.density_record`` fits it) fitted to the tuned schedules of the *other* NFE
   budgets, between their σ ranges interpolated in the number of steps
-  (``study.schedule.density_schedule``): the schedule ``sigmatune export --nfe K`` gives for
+  (``study.schedules.density_schedule``): the schedule ``sigmatune export --nfe K`` gives for
   a K that was not tuned;
 - ``AYS interp.``: Sabour et al. 2024's log-linear interpolation
   (``models.schedules.interpolate``) of the nearest other budget's tuned schedule;
@@ -81,7 +81,7 @@ from sigmatune.study import inner, spaces
 from sigmatune.study.config import Config, load_config
 from sigmatune.study.context import RunContext, make_context
 from sigmatune.study.records import InnerRecord, Schedule
-from sigmatune.study.schedule import DEFAULT_SETTINGS, density_record, density_schedule
+from sigmatune.study.schedules import DEFAULT_SETTINGS, density_record, density_schedule
 from sigmatune.study.scoring import held_out, score_schedule
 
 NAME = "peers"

@@ -50,7 +50,7 @@ def run_preset(preset: str, folder: Path, extra: Sequence[str]) -> dict[str, Any
         [
             sys.executable,
             "-m",
-            "sigmatune.study.cli",
+            "sigmatune.study.commands.cli",
             "run",
             "--preset",
             preset,
@@ -65,7 +65,7 @@ def run_preset(preset: str, folder: Path, extra: Sequence[str]) -> dict[str, Any
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{preset}: rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    from sigmatune.study.export import open_storage
+    from sigmatune.study.storage import open_storage
 
     study = read_study(open_storage(f"sqlite:///{folder / 'sigmatune.db'}"), preset)
     primary = study.primary_nfe

@@ -12,9 +12,9 @@ is lost when a worker's successful ``tell`` is not a COMPLETE trial in the stora
 
 PostgreSQL is a fresh server of Debian's binaries (tests/pgserver.py: fsync off, as a tuned
 throwaway server; the figures are storage round trips, not disk latency), the proxy runs as
-``sigmatune storage-proxy`` would (``study.proxy.serve_storage_proxy``), SQLite is a file in a
-temporary folder (fsync on). All processes share this machine's CPUs: with more workers than
-cores, a trial's time includes waiting for a core.
+``sigmatune storage-proxy`` would (``study.commands.storage_proxy.serve_storage_proxy``),
+SQLite is a file in a temporary folder (fsync on). All processes share this machine's CPUs:
+with more workers than cores, a trial's time includes waiting for a core.
 
     python benchmarks/storage_overhead.py              # all backends, 1/2/4 workers, ~3 min
     python benchmarks/storage_overhead.py --quick      # smoke run
@@ -129,14 +129,15 @@ def worker(url: str, trials: int, start_file: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def proxy_in_front_of(database_url: str) -> Iterator[str]:
-    """``study.proxy.serve_storage_proxy`` in a process of its own; yields its grpc:// URL."""
+    """``study.commands.storage_proxy.serve_storage_proxy`` in a process of its own; yields its
+    grpc:// URL."""
     import grpc
 
     pgserver = load_pgserver()
     port = pgserver.free_port()
     code = (  # quiet, as the CLI is: no Optuna log line per study created
         "import optuna; optuna.logging.set_verbosity(optuna.logging.ERROR); "
-        "from sigmatune.study.proxy import serve_storage_proxy; "
+        "from sigmatune.study.commands.storage_proxy import serve_storage_proxy; "
         f"serve_storage_proxy({database_url!r}, '127.0.0.1', {port}, log=lambda m: None)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code])

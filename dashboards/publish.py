@@ -1,6 +1,6 @@
 """Put a study's figures and notes into its Optuna studies, for optuna-dashboard.
 
-After each outer trial (``study.run.after_outer_trial``):
+After each outer trial (``study.commands.hooks.publish_figures``):
 
 - on the outer study: the headline figure, the bilevel overview, the ``p``/``w`` panels, the
   best trial's step locations and FID against NFE (``dashboards.figures.study_figures``), each
@@ -406,16 +406,14 @@ def publish_trial(storage: optuna.storages.BaseStorage, data: StudyRecord, numbe
         )
         save_plotly_graph_object(inner, dashboard_layout(fig), graph_object_id=INNER_FIGURE_ID)
         save_note(inner, inner_note(data, t, nfe, best_search_value(inner)))
-        trial_ids = {ft.number: ft._trial_id for ft in inner.get_trials(deepcopy=False)}
         for it in inner_trials:
-            if it.number in trial_ids:
-                save_trial_note(inner, trial_ids[it.number], inner_trial_note(data, t, nfe, it))
+            save_trial_note(inner, it.trial_id, inner_trial_note(data, t, nfe, it))
 
 
 def publish_after_trial(
     storage: optuna.storages.BaseStorage, study_name: str, number: int
 ) -> StudyRecord:
-    """What ``study.run.after_outer_trial`` calls: refresh the outer study's figures and
+    """What ``study.commands.hooks.publish_figures`` calls: refresh the outer study's figures and
     note, and annotate trial ``number`` and its inner studies."""
     data = read_study(storage, study_name)
     publish_outer(storage, data)

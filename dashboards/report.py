@@ -2,7 +2,8 @@
 
 The file needs no network: plotly.js is inlined once, every figure is a ``div`` drawn by it,
 and nothing else is loaded (no fonts, no CDN, no images). ``sigmatune report STUDY -o
-report.html`` writes it (``study.export.export_report``, which adds the best trial's export).
+report.html`` writes it (``study.commands.report.export_report``, which adds the best trial's
+export).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from sigmatune.dashboards.figures import SCHEDULE_LABELS, shown_figures, trial_title
-from sigmatune.study.records import StudyRecord, fid_text, held_out_line
+from sigmatune.study.records import REPORT_MARK, StudyRecord, fid_text, held_out_line
 
 # The first line of every report: how `sigmatune report` recognises a file it may replace.
-GENERATOR_MARK = '<meta name="generator" content="sigmatune report">'
+GENERATOR_MARK = REPORT_MARK
 
 PLOTLY_CONFIG = {
     "displaylogo": False,

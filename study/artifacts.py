@@ -31,16 +31,16 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import urlsplit
+from typing import Any, BinaryIO
 
 import optuna
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from sigmatune.study.storage import StorageError, artifact_store_for, redact_url
-
-if TYPE_CHECKING:
-    from sigmatune.study.config import Config
+from sigmatune.models.training import checkpoint_path
+from sigmatune.study.config import Config
+from sigmatune.study.errors import WriteError
+from sigmatune.study.storage import StorageError, artifact_store_for, redact_url, safe_name
+from sigmatune.study.urls import parse_artifact_store_url
 
 __all__ = [
     "Artifacts",
@@ -59,11 +59,6 @@ __all__ = [
 LATEST = "LATEST"  # the pointer object of a series: SERIES/LATEST holds the newest file's key
 FETCH_ATTEMPTS = 3  # a pointer read just before its object was replaced: read it again
 BOTO3_HINT = 'pip install "sigmatune[s3]" (boto3)'
-ACCEPTED = (
-    'accepted: "" (the artifact folder is the store: a folder every worker mounts), '
-    '"s3://BUCKET" or "s3://BUCKET/PREFIX" (Optuna\'s Boto3ArtifactStore; credentials from '
-    'the usual AWS settings), "file:///ABSOLUTE/PATH" (a folder used as a bucket)'
-)
 
 
 class Artifacts(ABC):
@@ -236,7 +231,6 @@ def _write_atomically(path: Path, content: BinaryIO) -> None:
     write that fails (a full disk) removes the temporary file and raises
     :class:`~sigmatune.study.errors.WriteError` naming ``path``, with the failed write's
     ``errno``; a failure of ``content`` itself is raised as it is."""
-    from sigmatune.study.errors import WriteError
 
     failed: list[OSError] = []
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -257,30 +251,6 @@ def _write_atomically(path: Path, content: BinaryIO) -> None:
 
 
 # ----------------------------------------------------------------------------- opening
-
-
-def _url_error(url: str, what: str) -> StorageError:
-    return StorageError(f"cannot use the artifact store {url!r}: {what}; {ACCEPTED}")
-
-
-def parse_artifact_store_url(url: str) -> tuple[str, str, str]:
-    """``(kind, where, prefix)`` of an ``artifact_store`` value, without touching anything:
-    ``("folder", "", "")`` for ``""``, ``("s3", BUCKET, PREFIX)``, ``("file", PATH, "")``."""
-    text = str(url).strip()
-    if not text:
-        return "folder", "", ""
-    parts = urlsplit(text)
-    if parts.query or parts.fragment:
-        raise _url_error(text, "it has a query or fragment")
-    if parts.scheme == "s3":
-        if not parts.netloc:
-            raise _url_error(text, "s3:// needs a bucket name (s3://BUCKET/PREFIX)")
-        return "s3", parts.netloc, parts.path.strip("/")
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise _url_error(text, "file:// needs an absolute path (file:///PATH)")
-        return "file", parts.path, ""
-    raise _url_error(text, f"the scheme {parts.scheme or '(none)'!r} is not supported")
 
 
 def open_artifacts(url: str, local_dir: str | Path, storage_url: str | None = None) -> Artifacts:
@@ -354,7 +324,6 @@ def checkpoint_uploader(
     ``then`` itself (every checkpoint is in the store as it is written)."""
     if artifacts.shared:
         return then
-    from sigmatune.models.training import checkpoint_path
 
     series = artifacts.key(checkpoint_dir)
 
@@ -369,7 +338,6 @@ def checkpoint_uploader(
 def scorer_series(config: Config) -> str:
     """The series of a config's FID reference cache, named as the scorer names its file (data
     set, extractor, reference images) and by the seed that picks the reference images."""
-    from sigmatune.study.storage import safe_name
 
     inner = config.inner
     name = f"{safe_name(config.dataset)}-{inner.fid_extractor}-n{inner.fid_num_images}"

@@ -42,7 +42,22 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sigmatune.study.storage import DEFAULT_STORAGE_URL
+from sigmatune.models.data import DATASETS
+from sigmatune.models.networks import NETWORKS
+from sigmatune.models.placement import PLACEMENTS
+from sigmatune.models.samplers import SAMPLERS, steps_for_nfe
+from sigmatune.models.samplers import nfe as nfe_of
+from sigmatune.objectives.adaptive import ADAPTIVE
+from sigmatune.objectives.densities import DENSITIES
+from sigmatune.objectives.literature import LITERATURE, literature_names
+from sigmatune.objectives.parameterisations import PARAMETERISATIONS
+from sigmatune.objectives.weightings import WEIGHTINGS
+from sigmatune.study.urls import (
+    DEFAULT_STORAGE_URL,
+    StorageError,
+    parse_artifact_store_url,
+    parse_storage_url,
+)
 
 __all__ = [
     "Config",
@@ -81,28 +96,19 @@ class ConfigError(ValueError):
 
 
 def _registry(kind: str) -> list[str]:
-    """The valid names of one registry of ``objectives`` / ``models`` (imported lazily)."""
-    if kind == "parameterisations":
-        from sigmatune.objectives.parameterisations import PARAMETERISATIONS as reg
-    elif kind == "densities":
-        from sigmatune.objectives.densities import DENSITIES as reg
-    elif kind == "weightings":
-        from sigmatune.objectives.weightings import WEIGHTINGS as reg
-    elif kind == "adaptive":
-        from sigmatune.objectives.adaptive import ADAPTIVE as reg
-
-        return ["none", *reg]
-    elif kind == "samplers":
-        from sigmatune.models.samplers import SAMPLERS as reg
-    elif kind == "networks":
-        from sigmatune.models.networks import NETWORKS as reg
-    elif kind == "datasets":
-        from sigmatune.models.data import DATASETS as reg
-
-        return [name for name in reg if name != "folder"]  # folder:PATH
-    else:  # pragma: no cover - programming error
-        raise KeyError(kind)
-    return list(reg)
+    """The valid names of one registry of ``objectives`` / ``models``."""
+    if kind == "adaptive":
+        return ["none", *ADAPTIVE]
+    if kind == "datasets":
+        return [name for name in DATASETS if name != "folder"]  # folder:PATH
+    registries = {
+        "parameterisations": PARAMETERISATIONS,
+        "densities": DENSITIES,
+        "weightings": WEIGHTINGS,
+        "samplers": SAMPLERS,
+        "networks": NETWORKS,
+    }
+    return list(registries[kind])
 
 
 class _Invalid(Exception):
@@ -227,7 +233,6 @@ def _device(value: Any) -> str:
 def _storage(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Invalid("must be a non-empty storage URL")
-    from sigmatune.study.storage import StorageError, parse_storage_url
 
     try:
         parse_storage_url(value)
@@ -239,8 +244,6 @@ def _storage(value: Any) -> str:
 def _artifact_store(value: Any) -> str:
     if not isinstance(value, str):
         raise _Invalid('must be a string: "", s3://BUCKET/PREFIX or file:///PATH')
-    from sigmatune.study.artifacts import parse_artifact_store_url
-    from sigmatune.study.storage import StorageError
 
     try:
         parse_artifact_store_url(value)
@@ -250,7 +253,6 @@ def _artifact_store(value: Any) -> str:
 
 
 def _literature_names() -> list[str]:
-    from sigmatune.objectives.literature import literature_names
 
     return literature_names()
 
@@ -270,7 +272,6 @@ def _literature(value: Any) -> tuple[str, ...]:
 
 def _peers(value: Any) -> tuple[str, ...]:
     """Step-placement methods of ``models.placement.PLACEMENTS`` (empty: none)."""
-    from sigmatune.models.placement import PLACEMENTS
 
     what = f"must be a list of distinct names from: {', '.join(PLACEMENTS)} (or [] for none)"
     if not isinstance(value, (list, tuple)) or any(v not in PLACEMENTS for v in value):
@@ -297,7 +298,6 @@ def _literature_checks(outer: dict[str, Any], errors: list[str]) -> None:
     names = outer.get("literature")
     if not names:
         return
-    from sigmatune.objectives.literature import LITERATURE
 
     for name in names:
         entry = LITERATURE[name]
@@ -563,7 +563,7 @@ def _check_network_params(net: dict[str, Any], errors: list[str]) -> None:
 
 
 # GITS chooses its steps among the points of a teacher grid, so the grid's size bounds the NFE
-# budgets: the grid of GITS in every inner study (``study.schedule.DEFAULT_SETTINGS``; LD3
+# budgets: the grid of GITS in every inner study (``study.schedules.DEFAULT_SETTINGS``; LD3
 # starts from GITS) and that of the outer pruner's interim GITS fit (``study.outer``).
 PEER_TEACHER_STEPS = 32
 INTERIM_GITS_GRID = 32
@@ -580,8 +580,6 @@ def _nfe_bounds(
     GITS (and LD3, which starts from GITS) chooses its steps among a teacher grid of
     ``teacher_steps`` points, and the outer pruner's interim score fits GITS on a grid of
     ``INTERIM_GITS_GRID`` points at the primary budget."""
-    from sigmatune.models.samplers import nfe as nfe_of
-    from sigmatune.models.samplers import steps_for_nfe
 
     bounds: list[tuple[int, str, Sequence[int]]] = []
     methods = list(peers if peers is not None else InnerConfig().peers)
@@ -621,8 +619,6 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
         errors.append(f"sigma_min must be < sigma_max={smax}, but got {smin}")
     budgets, samplers = inner.get("nfe_budgets"), inner.get("samplers")
     if budgets is not None and samplers is not None:
-        from sigmatune.models.samplers import nfe as nfe_of
-        from sigmatune.models.samplers import steps_for_nfe
 
         def steps(sampler: str, budget: int) -> int:
             try:

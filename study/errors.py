@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import sqlite3
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import optuna
+
+from sigmatune.study.config import ConfigError
+from sigmatune.study.urls import StorageError
 
 # errno values of a full disk (ENOSPC) or a spent quota (EDQUOT): every later write fails too.
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -56,8 +63,6 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from sigmatune.study.config import ConfigError
-    from sigmatune.study.storage import StorageError
 
     return (ConfigError, StorageError, WriteError, ValueError, FileNotFoundError, ImportError)
 
@@ -68,10 +73,6 @@ USER_ERRORS = _user_errors()
 def quiet_optuna() -> None:
     """sigmatune prints its own line per trial (a failed one with its reason, which is also
     stored in the trial's user attrs), so Optuna's per-trial log and tracebacks are noise."""
-    import logging
-    import warnings
-
-    import optuna
 
     logging.getLogger("optuna").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.ERROR)

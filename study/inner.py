@@ -24,6 +24,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from sigmatune.models.placement import Placement
+from sigmatune.models.progress import Progress
 from sigmatune.models.samplers import DenoiserFn
 from sigmatune.models.schedules import from_density, karras, loglinear
 from sigmatune.objectives.densities import Density
@@ -31,7 +32,7 @@ from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.context import RunContext
 from sigmatune.study.records import InnerRecord, Peer, Schedule
-from sigmatune.study.schedule import DEFAULT_SETTINGS, LD3_START, compute_schedule, costs
+from sigmatune.study.schedules import DEFAULT_SETTINGS, LD3_START, compute_schedule, costs
 from sigmatune.study.scoring import held_out, score_schedule
 
 FID_FLOOR = 1e-12  # ln FID of a (clamped) zero distance
@@ -302,7 +303,7 @@ def enqueue_starting_points(
         if params in known:
             continue
         known.append(params)
-        study.enqueue_trial(params, user_attrs={records.START: name}, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs=records.start_attrs(name), skip_if_exists=True)
         room -= 0 if baseline else 1
 
 
@@ -359,7 +360,7 @@ def sample_trial(trial: optuna.trial.Trial, ctx: RunContext, D: DenoiserFn, nfe:
             schedule,
             ctx.seeds.search,
             trial=trial if pruning else None,
-            prune=pruning and trial.user_attrs.get(records.START) is None,
+            prune=pruning and records.start_of(trial) is None,
         )
         records.write_inner_fid(trial, fid)
         return math.log(max(fid, FID_FLOOR))
@@ -373,7 +374,6 @@ def sample_trial(trial: optuna.trial.Trial, ctx: RunContext, D: DenoiserFn, nfe:
 def run_search(ctx: RunContext, study: optuna.Study, D: DenoiserFn, nfe: int) -> None:
     """Run the study until ``inner_trials`` of its trials are finished (shared with other
     processes working on it), with a progress bar."""
-    from sigmatune.models.progress import Progress
 
     budget = ctx.config.inner.inner_trials
     with Progress(budget, f"  nfe {nfe} inner trials", enabled=ctx.progress, leave=False) as bar:
@@ -383,7 +383,7 @@ def run_search(ctx: RunContext, study: optuna.Study, D: DenoiserFn, nfe: int) ->
             bar.update(1)
             best = best_trial(st)
             if best is not None:
-                bar.set_postfix(best_fid=f"{best.user_attrs.get(records.FID, math.nan):.4g}")
+                bar.set_postfix(best_fid=f"{records.inner_fid(best) or math.nan:.4g}")
 
         objective = functools.partial(sample_trial, ctx=ctx, D=D, nfe=nfe)
         polish = ctx.config.inner.tune_sigma_range and budget >= 8
@@ -439,7 +439,7 @@ def enqueue_polish(ctx: RunContext, study: optuna.Study, nfe: int, room: int) ->
             for k in known
         )
         if enqueued < room and params not in known_params and not same:
-            study.enqueue_trial(params, user_attrs={records.START: name})
+            study.enqueue_trial(params, user_attrs=records.start_attrs(name))
             enqueued += 1
     return enqueued
 
@@ -498,8 +498,7 @@ def peer_search_fids(
     not fit the trial budget): scored once, beside the trials, and stored on the study, so
     the tuned schedule is chosen among everything the study scored."""
     as_trials = {
-        t.user_attrs.get(records.START)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        records.start_of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     }
     stored = records.read_peer_search_fids(study)
     missing = [name for name in peers if name not in as_trials and name not in stored]
@@ -531,8 +530,8 @@ def summarise(
         )
     peers = peer_schedules(ctx, study, D, nfe)
     outside = peer_search_fids(ctx, study, D, peers)
-    search_fid = float(best.user_attrs[records.FID])
-    origin = str(best.user_attrs.get(records.START) or "search")
+    search_fid = float(records.inner_fid(best))  # type: ignore[arg-type]
+    origin = records.start_of(best) or "search"
     tuned, trial_number, params = records.read_inner_schedule(best), best.number, dict(best.params)
     at_bound = params_at_bound(best)
     if outside and min(outside.values()) < search_fid:
@@ -560,9 +559,9 @@ def summarise(
         held = dataclasses.replace(held, tuned_origin=origin)
         records.write_held_out(study, held)
     search_baselines = {
-        str(t.user_attrs[records.START]): float(t.user_attrs[records.FID])
+        str(records.start_of(t)): float(records.inner_fid(t))  # type: ignore[arg-type]
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get(records.START) and t.user_attrs.get(records.FID) is not None
+        if records.start_of(t) and records.inner_fid(t) is not None
     }
     search_baselines.update(outside)
     return InnerRecord(

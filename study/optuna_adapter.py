@@ -6,16 +6,21 @@ API only (studies, trials, storages, samplers, pruners, artifacts).
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
+from optuna_dashboard.artifact._backend import DASHBOARD_ARTIFACTS_ATTR_PREFIX
 
-from sigmatune.study.storage import ORPHAN_GRACE_FACTOR  # noqa: E402  (one definition)
+ORPHAN_GRACE_FACTOR = 5  # a RUNNING trial that never beat is stale after this many grace periods
 
 
 def trial_id(trial: optuna.trial.BaseTrial) -> int:
@@ -38,6 +43,15 @@ def set_trial_system_attr(trial: optuna.trial.Trial, key: str, value: Any) -> No
     API, the storage method is public. Long records live there so that optuna-dashboard's
     trial page (which shows user attrs) stays readable."""
     trial.storage.set_trial_system_attr(trial_id(trial), key, value)
+
+
+def retry_system_attrs(trial: FrozenTrial) -> dict[str, Any]:
+    """The system attrs Optuna's ``RetryFailedTrialCallback`` gives a retry of ``trial``
+    (``failed_trial`` and ``retry_history``, with the trial's own), so that the retry resumes
+    the original's checkpoint and inner studies and the failed trial no longer counts."""
+    attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    attrs["retry_history"] = [*attrs["retry_history"], trial.number]
+    return attrs
 
 
 def trial_system_attrs(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
@@ -128,7 +142,6 @@ def fail_orphans(study: optuna.Study) -> list[int]:
     if interval is None:
         return []
     grace = backend.grace_period if backend.grace_period is not None else 2 * interval
-    from optuna.storages._rdb import models
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
@@ -209,9 +222,6 @@ def register_trial_artifact(
     dashboard registers uploads (study system attr ``dashboard:artifacts:<trial_id>:<id>``,
     ``optuna_dashboard.artifact._backend``); ``filename=None`` removes the registration.
     A finished trial's own attributes cannot change, so this is the only way."""
-    import json
-
-    from optuna_dashboard.artifact._backend import DASHBOARD_ARTIFACTS_ATTR_PREFIX
 
     key = f"{DASHBOARD_ARTIFACTS_ATTR_PREFIX}{trial}:{artifact_id}"
     meta = (
@@ -242,7 +252,6 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
         return self._base
 
     def _reseed(self, number: int) -> None:
-        import numpy as np
 
         value = int(np.random.SeedSequence([self._seed, int(number)]).generate_state(1)[0])
         for owner in (self._base, getattr(self._base, "_random_sampler", None)):
@@ -278,3 +287,79 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
 
     def reseed_rng(self) -> None:
         self._base.reseed_rng()
+
+
+# --------------------------------------------------------------------------------------------
+# Heartbeats through Optuna's gRPC storage proxy
+
+
+class HeartbeatGrpcStorageProxy(optuna.storages.GrpcStorageProxy, BaseHeartbeat):
+    """Optuna's gRPC proxy client with the trial heartbeats that it lacks.
+
+    Optuna's ``GrpcStorageProxy`` is no ``BaseHeartbeat``, so ``study.optimize`` records no
+    heartbeats through it and ``fail_stale_trials`` does nothing: the trial of a killed worker
+    would stay RUNNING. Here a heartbeat is the trial system attr ``heartbeat_attr``
+    (``records.HEARTBEAT``) = ``[trial id, the worker's UNIX time]`` (the id, because Optuna's
+    retry copies the failed trial's system attrs), and a RUNNING trial is stale when its last
+    heartbeat is older than the grace period by the checking worker's clock. A RUNNING trial
+    that never beat (its worker died inside ``study.ask()``) is stale once this process has
+    seen it so for ``ORPHAN_GRACE_FACTOR`` grace periods (by its own monotonic clock).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "localhost",
+        port: int,
+        heartbeat_attr: str,
+        heartbeat_interval: int,
+        grace_period: int | None = None,
+        heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> None:
+        if heartbeat_interval <= 0:
+            raise ValueError(f"heartbeat_interval must be positive, but got {heartbeat_interval=}")
+        super().__init__(host=host, port=port)
+        self.heartbeat_interval = int(heartbeat_interval)
+        self.heartbeat_attr = heartbeat_attr
+        self.grace_period = grace_period
+        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+        self._never_beat_since: dict[int, float] = {}
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, self.heartbeat_attr, [trial_id, time.time()])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # failed as stale by another worker meanwhile: its retry runs elsewhere
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
+        now, seen = time.time(), time.monotonic()
+        stale = []
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        for t in running:
+            beat = t.system_attrs.get(self.heartbeat_attr)
+            if isinstance(beat, list) and len(beat) == 2 and beat[0] == trial_id(t):
+                self._never_beat_since.pop(trial_id(t), None)
+                if now - float(beat[1]) > grace:
+                    stale.append(trial_id(t))
+                continue
+            first = self._never_beat_since.setdefault(trial_id(t), seen)
+            if seen - first > ORPHAN_GRACE_FACTOR * grace:
+                stale.append(trial_id(t))
+        alive = {trial_id(t) for t in running}
+        for gone in [i for i in self._never_beat_since if i not in alive]:
+            del self._never_beat_since[gone]
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self.heartbeat_stale_trial_callback
+
+
+def check_grpc_installed() -> None:
+    """Raise ``ImportError`` unless gRPC and Optuna's generated protobuf modules import."""
+    import grpc  # noqa: F401  (optional: the grpc extra)

@@ -19,7 +19,7 @@ from sigmatune.models.networks import make_network
 from sigmatune.models.placement import gits
 from sigmatune.models.training import TrainSettings, train
 from sigmatune.objectives.densities import Density
-from sigmatune.objectives.loss import objective_from_description
+from sigmatune.objectives.loss import objective_from_description, same_effective_weighting
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.artifacts import checkpoint_uploader, fetch_checkpoint
@@ -34,7 +34,7 @@ from sigmatune.study.inner import (
 )
 from sigmatune.study.modelfile import save_model_file
 from sigmatune.study.records import InnerRecord, ObjectiveDescription
-from sigmatune.study.schedule import density_record
+from sigmatune.study.schedules import density_record
 from sigmatune.study.scoring import score_schedule
 from sigmatune.study.storage import short_hash
 
@@ -47,7 +47,7 @@ def train_trial(trial: optuna.trial.Trial, ctx: RunContext, study_uid: str) -> f
     original = adapter.original_trial_number(trial)
     try:
         description = spaces.suggest_objective_description(trial, config, ctx.sigma_data)
-        records.begin_outer_trial(trial, description, original, trial.user_attrs.get(records.NAME))
+        records.begin_outer_trial(trial, description, original, records.name_of(trial))
         note_same_objective(trial, description)
         trial_dir = ctx.run_dir(study_uid) / f"trial-{original:04d}"
         ema, nimg = train_model(ctx, trial, description, trial_dir, study_uid, original)
@@ -185,15 +185,14 @@ def interim_pruning(
 def note_same_objective(trial: optuna.trial.Trial, description: ObjectiveDescription) -> None:
     """Note on the trial when an earlier trial has the same effective weighting W(lambda):
     the same objective up to gradient variance (Kingma & Gao 2023)."""
-    from sigmatune.objectives.loss import same_effective_weighting
 
     study_trials = trial.study.get_trials(deepcopy=False)
     for other in study_trials:
         if other.number >= trial.number:
             continue
-        desc = other.system_attrs.get(records.OBJECTIVE)
+        desc = records.objective_of(other)
         if desc and desc != description and same_effective_weighting(desc, description):
-            name = other.user_attrs.get(records.NAME)
+            name = records.name_of(other)
             records.write_note(
                 trial,
                 f"same W(λ) as trial {other.number}{f' ({name})' if name else ''}: the same "

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -41,6 +42,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study.config import Config
+from sigmatune.study.urls import redact_url
+from sigmatune.study.urls import redact_url as redact
 
 SCHEMA = 2
 
@@ -53,6 +56,9 @@ CONFIG = "sigmatune:config"  # outer: Config.to_dict()
 FLOORS = "sigmatune:floors"  # outer: objectives.fid.Floors.to_dict()
 SEEDS = "sigmatune:seeds"  # outer: SeedPlan.to_dict()
 SOURCE = "sigmatune:source"  # outer, kind "sampling": the model file or module:function
+# The mark in the <head> of every HTML report sigmatune writes (what lets `report` replace one).
+REPORT_MARK = '<meta name="generator" content="sigmatune report">'
+HEARTBEAT = "sigmatune:heartbeat"  # trial (gRPC proxy only): [trial id, the worker's UNIX time]
 EXPORT = "sigmatune:export"  # outer: the attached export's artifact ids and file names
 NFE = "sigmatune:nfe"  # inner: its NFE budget
 OUTER_STUDY = "outer:study"  # inner: the outer study's name
@@ -477,7 +483,6 @@ class StudyRecord:
 
     def display_config(self) -> dict[str, Any]:
         """The config as shown to people: the storage URL without its password."""
-        from sigmatune.study.storage import redact_url as redact
 
         out = self.config.to_dict()
         out["storage"] = redact(out["storage"])
@@ -582,7 +587,6 @@ def init_outer_study(
 ) -> None:
     """Mark a new outer study and store what rebuilds and explains it; the unique id comes
     last, so a study that has one is complete (``run.wait_until_initialised``)."""
-    import uuid
 
     study.set_user_attr(SCHEMA_KEY, SCHEMA)
     study.set_user_attr(ROLE, "outer")
@@ -600,7 +604,6 @@ def stored_config_dict(config: Config) -> dict[str, Any]:
     """The config as a study stores it: the storage URL without its password (anyone who
     can read the study, or its dashboard, could read it; nothing needs it back: a study is
     always reopened with the URL given on the command line, ``storage`` being resumable)."""
-    from sigmatune.study.storage import redact_url
 
     out = config.to_dict()
     out["storage"] = redact_url(out["storage"])
@@ -759,8 +762,11 @@ def write_prune_reason(trial: optuna.trial.Trial, reason: str) -> None:
     trial.set_user_attr(PRUNE_REASON, reason)
 
 
-def write_export(study: optuna.Study, record: Mapping[str, Any]) -> None:
-    study.set_user_attr(EXPORT, dict(record))
+def write_export(
+    storage: optuna.storages.BaseStorage, study_id: int, record: Mapping[str, Any]
+) -> None:
+    """The attached export's record on the outer study (by its storage id)."""
+    storage.set_study_user_attr(study_id, EXPORT, dict(record))
 
 
 # ============================================================================================
@@ -776,7 +782,6 @@ def resolve_study_name(
     storage: optuna.storages.BaseStorage, storage_url: str, study_name: str | None
 ) -> str:
     """``study_name``, checked to be a sigmatune outer study, or the only one in the storage."""
-    from sigmatune.study.storage import redact_url as redact
 
     names = outer_study_names(storage)
     where = redact(storage_url)
@@ -894,6 +899,7 @@ class InnerTrialRecord:
     schedule: Schedule | None
     start: str | None
     params: dict[str, Any]
+    trial_id: int = -1  # the storage's id of the trial
 
 
 def read_inner_trials(
@@ -918,6 +924,7 @@ def read_inner_trials(
                 schedule=sched,
                 start=ua.get(START),
                 params=dict(ft.params),
+                trial_id=adapter.trial_id(ft),
             )
         )
     return out
@@ -930,3 +937,57 @@ def read_inner_schedule(ft: FrozenTrial) -> Schedule:
         tuple(float(s) for s in ua[SIGMAS]),
         dict(ua.get(SAMPLER_KWARGS) or {}),
     )
+
+
+# ============================================================================================
+# Small readers and attribute sets for the engine (so no other module names a stored key)
+
+
+def start_attrs(name: str) -> dict[str, Any]:
+    """The user attrs of an inner trial enqueued as the starting point or baseline ``name``."""
+    return {START: name}
+
+
+def start_of(trial: FrozenTrial) -> str | None:
+    """The starting point an inner trial was enqueued as (None: a trial the search proposed)."""
+    value = trial.user_attrs.get(START)
+    return None if value is None else str(value)
+
+
+def inner_fid(trial: FrozenTrial) -> float | None:
+    """An inner trial's FID on the search seeds (None until it is written)."""
+    value = trial.user_attrs.get(FID)
+    return None if value is None else float(value)
+
+
+def name_attrs(name: str) -> dict[str, Any]:
+    """The user attrs of an outer trial enqueued as the named configuration ``name``."""
+    return {NAME: name}
+
+
+def name_of(trial: FrozenTrial | optuna.trial.Trial) -> str | None:
+    """The named configuration an outer trial was enqueued as (None: proposed)."""
+    value = trial.user_attrs.get(NAME)
+    return None if value is None else str(value)
+
+
+def objective_of(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The objective description an outer trial trained (None before it began)."""
+    value = trial.system_attrs.get(OBJECTIVE)
+    return None if value is None else dict(value)
+
+
+def fail_reason(trial: FrozenTrial) -> str | None:
+    """Why a trial failed, as written by :func:`write_failure` (None: no reason)."""
+    value = trial.user_attrs.get(FAIL_REASON)
+    return None if not value else str(value)
+
+
+def retry_user_attrs(trial: FrozenTrial) -> dict[str, Any]:
+    """The user attrs a retry of a failed trial starts with: the trial's, without its reason."""
+    return {k: v for k, v in trial.user_attrs.items() if k != FAIL_REASON}
+
+
+def is_initialised(study: optuna.Study) -> bool:
+    """Whether the process that created an outer study has written its records."""
+    return UID in study.user_attrs

@@ -12,6 +12,7 @@ retry of it is queued, so the same command resumes it once space is freed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +20,15 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from sigmatune.objectives.literature import LITERATURE
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.config import Config
 from sigmatune.study.context import RunContext, make_context
-from sigmatune.study.errors import WriteError, out_of_space
+from sigmatune.study.errors import WriteError, one_line, out_of_space
 from sigmatune.study.outer import train_trial
 from sigmatune.study.scoring import floors
+from sigmatune.study.storage import redact_url
 
 # Keys of a stored config that a resumed study may change.
 RESUMABLE_KEYS = frozenset(
@@ -54,8 +57,15 @@ def run(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     context: RunContext | None = None,
+    after_trial: Callable[[RunContext, optuna.Study, FrozenTrial], None] | None = None,
+    after_study: Callable[[RunContext, optuna.Study], None] | None = None,
 ) -> RunSummary:
-    """Create or resume the bilevel study and run it to ``outer.outer_trials`` trials."""
+    """Create or resume the bilevel study and run it to ``outer.outer_trials`` trials.
+
+    ``after_trial(ctx, study, trial)`` runs after each outer trial this process finished, and
+    ``after_study(ctx, study)`` once the study has all its trials: the hooks of the command
+    that started the run (``sigmatune run`` publishes dashboard figures and attaches the best
+    trial's export: :func:`sigmatune.study.commands.run.run_study`)."""
     ctx = context or make_context(
         config,
         progress=progress,
@@ -84,7 +94,8 @@ def run(
         log(line)
         if full and ft.state == optuna.trial.TrialState.FAIL:
             raise disk_full_error(st, ft, full[0])  # every later trial would fail too
-        after_outer_trial(ctx, st, ft)
+        if after_trial is not None:
+            after_trial(ctx, st, ft)
 
     waited: set[int] = set()
 
@@ -113,7 +124,8 @@ def run(
         if cause is None:
             raise
         raise storage_full_error(config, running, cause) from None
-    after_run(ctx, study)
+    if after_study is not None:
+        after_study(ctx, study)
     record = records.read_study(ctx.storage, config.name)
     best = record.best
     return RunSummary(
@@ -145,15 +157,13 @@ def queue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
     for a trial whose process died (same params and attrs, ``failed_trial`` and
     ``retry_history`` system attrs, so it resumes the original's checkpoint and inner studies
     and the failed trial no longer counts), without the failed trial's reason."""
-    system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
-    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
     study.add_trial(
         optuna.trial.create_trial(
             state=optuna.trial.TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
-            user_attrs={k: v for k, v in trial.user_attrs.items() if k != records.FAIL_REASON},
-            system_attrs=system_attrs,
+            user_attrs=records.retry_user_attrs(trial),
+            system_attrs=adapter.retry_system_attrs(trial),
         )
     )
 
@@ -162,8 +172,6 @@ def storage_full_error(config: Config, running: list[int], exc: BaseException) -
     """The paragraph for a storage that cannot be written because its disk is full: the trial
     this process ran cannot be marked failed either; a later run fails it once its heartbeat
     is stale and retries it."""
-    from sigmatune.study.errors import one_line
-    from sigmatune.study.storage import redact_url
 
     trial = (
         f" Trial {running[0]} of study {config.name!r} could not be marked failed: the next "
@@ -212,10 +220,9 @@ def wait_until_initialised(study: optuna.Study, poll_seconds: float) -> None:
     """Wait until the process that created the study has written its records (several
     workers started at once: one creates, the others load it in the meantime). The
     creator may be computing the scorer's floors, which takes a while on a first run."""
-    import time
 
     deadline = time.monotonic() + INIT_WAIT_S
-    while records.UID not in study.user_attrs:
+    while not records.is_initialised(study):
         if time.monotonic() > deadline:
             raise records.StudyLayoutError(
                 f"study {study.study_name!r} exists but was never set up (its creating process "
@@ -239,14 +246,13 @@ def enqueue_configurations(ctx: RunContext, study: optuna.Study) -> None:
     configurations = list(enqueued_configurations(ctx).items())[: ctx.config.outer.outer_trials]
     for name, desc in configurations:
         study.enqueue_trial(
-            spaces.objective_params(desc, ctx.config), user_attrs={records.NAME: name}
+            spaces.objective_params(desc, ctx.config), user_attrs=records.name_attrs(name)
         )
 
 
 def enqueued_configurations(ctx: RunContext) -> dict[str, records.ObjectiveDescription]:
     """The study's first trials: EDM's defaults, then the literature's configurations
     (``objectives.literature``), each over the run's sigma range and sigma_data."""
-    from sigmatune.objectives.literature import LITERATURE
 
     config = ctx.config
     out: dict[str, records.ObjectiveDescription] = {}
@@ -301,49 +307,3 @@ def summary_line(trial: records.TrialRecord, nfe_budgets: list[int] | tuple[int,
     ]
     parts += [f"warning: {w}" for w in records.worse_budgets(trial.inner)]
     return head + "\n    " + "\n    ".join(parts)
-
-
-def after_outer_trial(ctx: RunContext, study: optuna.Study, trial: FrozenTrial) -> None:
-    """Hook run after each outer trial (figures and notes for optuna-dashboard).
-
-    A figure that cannot be drawn is reported and the study goes on: the results are in the
-    storage either way, and the next trial (or ``dashboards.publish.publish_study``) redraws.
-    """
-    from sigmatune.dashboards.publish import publish_after_trial
-
-    try:
-        publish_after_trial(ctx.storage, study.study_name, trial.number)
-    except Exception as exc:
-        ctx.log(
-            f"warning: figures and notes for optuna-dashboard not updated after trial "
-            f"{trial.number} ({type(exc).__name__}: {exc})"
-        )
-
-
-def after_run(ctx: RunContext, study: optuna.Study) -> None:
-    """Hook run when the study is finished (the best trial's export as an artifact; once:
-    a worker that finds the best trial's export attached leaves it)."""
-    from sigmatune.study.export import attach_export
-
-    record = records.read_study(ctx.storage, study.study_name)
-    attached = record.export or {}
-    if record.best is not None and attached.get("trial") == record.best.number:
-        return
-    try:
-        record = attach_export(
-            ctx.storage,
-            ctx.artifact_store,
-            study.study_name,
-            ctx.run_dir(records.study_uid(study)) / "export",
-        )
-    except Exception as exc:
-        ctx.log(
-            f"warning: the best trial's export was not attached ({type(exc).__name__}: "
-            f"{exc}); run `sigmatune export` instead"
-        )
-        return
-    if record is not None:
-        ctx.log(
-            f"export of the best trial {record['trial']} attached to it: "
-            f"{', '.join(record['paths'].values())}"
-        )

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
+import torch
 
 from sigmatune.models.samplers import DenoiserFn, generate
 from sigmatune.study.context import RunContext
@@ -32,7 +33,6 @@ def score_schedule(
 ) -> float:
     """Generate one image per seed with ``schedule`` and score them; with ``trial``, report
     the FID of prefixes of the stream (and prune when asked)."""
-    import torch
 
     batches = generate(
         D,

@@ -45,15 +45,19 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import optuna
 import torch
+from scipy.optimize import minimize_scalar
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from sigmatune.objectives.loss import DiffusionObjective
-    from sigmatune.study.config import Config
+from sigmatune.models.samplers import steps_for_nfe
+from sigmatune.models.schedules import _append_zero, from_gaps, karras, loglinear, to_gaps, validate
+from sigmatune.objectives.adaptive import make_adaptive
+from sigmatune.objectives.loss import DiffusionObjective, objective_from_description
+from sigmatune.study.config import Config
+from sigmatune.study.optuna_adapter import PerTrialSeed
 
 __all__ = [
     "BASELINES",
@@ -216,7 +220,6 @@ def suggest_objective(
     trial: optuna.trial.BaseTrial, config: Config, sigma_data: float
 ) -> DiffusionObjective:
     """Suggest a training objective (the outer space) and build it."""
-    from sigmatune.objectives.loss import objective_from_description
 
     return objective_from_description(suggest_objective_description(trial, config, sigma_data))
 
@@ -317,7 +320,6 @@ def _check_uniform_range(values: dict[str, Any], description: Mapping[str, Any])
 
 
 def _check_adaptive_defaults(name: str, given: dict[str, Any]) -> None:
-    from sigmatune.objectives.adaptive import make_adaptive
 
     defaults = make_adaptive(name, {}).params()
     differing = {k: v for k, v in given.items() if defaults.get(k) != v}
@@ -353,7 +355,6 @@ def sigma_range_space(config: Config) -> tuple[_Float, _Float]:
 
 
 def _steps(sampler: str, nfe: int) -> int:
-    from sigmatune.models.samplers import steps_for_nfe
 
     return steps_for_nfe(sampler, nfe)
 
@@ -372,7 +373,6 @@ def density_sigmas(n: int, sigma_min: float, sigma_max: float, a: float, c: floa
     """The ``n``-step schedule of the step density ``(a, c)`` over ``[sigma_min, sigma_max]``
     (see the module docstring), float64, ends exact, then 0: karras(n, rho=1/a) at c = 1,
     loglinear at a = 0, c = 1."""
-    from sigmatune.models.schedules import _append_zero
 
     ends = torch.tensor([sigma_max, sigma_min], dtype=torch.float64)
     if n == 1:
@@ -389,7 +389,6 @@ def fit_density(sigmas: Tensor) -> tuple[float, float]:
     ``a``, the steps' fractions ``u_i`` of the way in ``g_a`` give ``c_i = ln u_i / ln t_i``,
     equal for a schedule of the family; ``a`` minimises their spread (bounded Brent), ``c`` is
     their mean, both clipped into the space. Check the result with :func:`density_sigmas`."""
-    from scipy.optimize import minimize_scalar
 
     s = sigmas[sigmas > 0].to(torch.float64)
     n = s.numel()
@@ -456,7 +455,6 @@ def fit_density_error(sigmas: Tensor) -> tuple[float, float, float]:
 
 def suggest_schedule(trial: optuna.trial.BaseTrial, config: Config, nfe: int) -> InnerChoice:
     """Suggest a sampler and its step locations at budget ``nfe`` (the inner space)."""
-    from sigmatune.models.schedules import from_gaps
 
     sampler = trial.suggest_categorical("sampler", list(config.inner.samplers))
     n = _steps(sampler, nfe)
@@ -494,7 +492,6 @@ def schedule_params(
     clipped into the space and the resulting schedule checked against ``rtol``. Raises
     ``ValueError`` where the schedule is not in the space.
     """
-    from sigmatune.models.schedules import from_gaps, to_gaps, validate
 
     s = validate(sigmas)
     _check_choice("sampler", sampler, config.inner.samplers)
@@ -574,7 +571,6 @@ def starting_schedules(config: Config, nfe: int) -> dict[str, InnerChoice]:
     """Extra first points of an inner study, with the baselines' sampler: with
     ``inner.tune_sigma_range``, karras rho=7 on the ranges of :data:`STARTING_RANGES`; else
     ``karras_rho{r}`` for ``r`` in :data:`STARTING_RHOS` over the run's range."""
-    from sigmatune.models.schedules import karras
 
     sampler = config.inner.samplers[0]
     n = _steps(sampler, nfe)
@@ -601,7 +597,6 @@ def baseline_schedules(config: Config, nfe: int) -> dict[str, InnerChoice]:
     """The inner baselines at budget ``nfe`` for the first sampler of ``config.inner.samplers``,
     over the run's σ range: ``karras_rho7`` (Karras et al. 2022, eq. 5, ρ = 7) and ``loglinear``
     (uniform in logSNR)."""
-    from sigmatune.models.schedules import karras, loglinear
 
     sampler = config.inner.samplers[0]
     n = _steps(sampler, nfe)
@@ -626,7 +621,6 @@ def make_outer_sampler(config: Config) -> optuna.samplers.BaseSampler:
     constant liar for parallel workers), or random search; reseeded per trial from
     ``(config.seed, trial number)`` so that workers sharing the study draw different points
     and one process with the same seed makes the same study."""
-    from sigmatune.study.optuna_adapter import PerTrialSeed
 
     if config.outer.sampler == "random":
         return PerTrialSeed(optuna.samplers.RandomSampler(seed=config.seed), config.seed)

@@ -15,10 +15,11 @@ Accepted forms:
   ``pool_pre_ping``), so a server with ``max_connections`` takes about that many divided by
   it workers; heartbeats use the server's clock.
 - ``grpc://HOST:PORT``: Optuna's gRPC storage proxy (``sigmatune storage-proxy``, see
-  ``study.proxy``), for very many workers: they hold no database connections, the proxy holds
-  a few. Optuna's proxy client has no heartbeats; :class:`HeartbeatGrpcStorageProxy` adds them
-  as a trial system attribute written with each worker's own clock (see
-  :func:`storage_capabilities` for what that asks of the machines).
+  ``study.commands.storage_proxy``), for very many workers: they hold no database
+  connections, the proxy holds a few. Optuna's proxy client has no heartbeats;
+  :class:`~sigmatune.study.optuna_adapter.HeartbeatGrpcStorageProxy` adds them as a trial
+  system attribute written with each worker's own clock (see :func:`storage_capabilities` for
+  what that asks of the machines).
 
 Errors are :class:`StorageError`, one paragraph naming the URL (its password replaced by
 ``***``), what failed and the accepted forms; a URL that fails is never left behind as a new,
@@ -28,20 +29,45 @@ empty database file, and nothing is written to a server that refused the connect
 from __future__ import annotations
 
 import hashlib
+import json
+import sqlite3
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.trial import FrozenTrial, TrialState
+import sqlalchemy
+import sqlalchemy.exc
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from sigmatune.study import optuna_adapter as adapter
+from sigmatune.study import records
+from sigmatune.study.urls import (  # re-exported: the names callers import from here
+    ACCEPTED,
+    DEFAULT_GRPC_PORT,
+    DEFAULT_STORAGE_URL,
+    JOURNAL_SUFFIXES,
+    SERVER_BACKENDS,
+    SQLITE_SUFFIXES,
+    StorageError,
+    StorageLocation,
+    _error,
+    grpc_target,
+    parse_storage_url,
+    redact_url,
+)
 
 __all__ = [
+    "ACCEPTED",
+    "DEFAULT_GRPC_PORT",
     "DEFAULT_STORAGE_URL",
-    "HeartbeatGrpcStorageProxy",
+    "JOURNAL_SUFFIXES",
+    "SERVER_BACKENDS",
+    "SQLITE_SUFFIXES",
+    "grpc_target",
     "StorageCapabilities",
     "StorageError",
     "StorageLocation",
@@ -55,175 +81,25 @@ __all__ = [
     "storage_capabilities",
 ]
 
-DEFAULT_STORAGE_URL = "sqlite:///sigmatune.db"
 DEFAULT_HEARTBEAT_INTERVAL = 10  # seconds between heartbeats of a running trial
 DEFAULT_GRACE_PERIOD = 30  # seconds without a heartbeat before a trial counts as stale
 DEFAULT_MAX_RETRY = 3  # retries of a stale trial
 SQLITE_LOCK_TIMEOUT_S = 60
 SERVER_CONNECT_TIMEOUT_S = 10
-SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-JOURNAL_SUFFIXES = (".log", ".jsonl")
-SERVER_BACKENDS = ("postgresql", "mysql", "mariadb")
 DEFAULT_ARTIFACT_DIR = "sigmatune-artifacts"
 # Connections one worker process opens to a database server, at most: its main thread and
 # Optuna's heartbeat thread each hold one while they talk to the server (2 measured, see
 # tests/study/test_postgres.py), and the pool keeps no more open than were needed at once.
 WORKER_MAX_CONNECTIONS = 4
-DEFAULT_GRPC_PORT = 13000  # Optuna's default for run_grpc_proxy_server
-GRPC_HEARTBEAT_ATTR = "sigmatune:heartbeat"  # trial system attr: [trial id, worker UNIX time]
-ORPHAN_GRACE_FACTOR = 5  # a RUNNING trial that never beat is stale after this many grace periods
 DRIVER_HINT = (
     'pip install "psycopg[binary]" (psycopg 3, the PostgreSQL driver SQLAlchemy uses for '
     'postgresql://; or the extra: pip install "sigmatune[postgres]") or pymysql (MySQL)'
 )
 GRPC_HINT = 'pip install grpcio protobuf (or the extra: pip install "sigmatune[grpc]")'
 
-ACCEPTED = (
-    "accepted storage URLs: sqlite:///PATH.db (default sqlite:///sigmatune.db) or a PATH ending "
-    ".db/.sqlite/.sqlite3; journal:PATH or a PATH ending .log/.jsonl (an Optuna journal file); "
-    "postgresql+psycopg://USER:PASSWORD@HOST[:PORT]/DATABASE; "
-    "mysql+pymysql://USER:PASSWORD@HOST/DATABASE; grpc://HOST:PORT (sigmatune storage-proxy)"
-)
-
-
-class StorageError(RuntimeError):
-    """A storage URL that is malformed, unsupported or cannot be opened."""
-
-
-@dataclass(frozen=True)
-class StorageLocation:
-    """What a storage URL points at: ``kind`` is sqlite, memory, journal, server or grpc."""
-
-    url: str  # the URL given (the default filled in; with its password: never print it)
-    kind: str
-    rdb_url: str | None = None  # the SQLAlchemy URL for sqlite / memory / server
-    path: Path | None = None  # the file for sqlite / journal
-    backend: str | None = None  # SQLAlchemy backend name for server
-    host: str | None = None  # the proxy's host for grpc
-    port: int | None = None  # the proxy's port for grpc
-
-
-def _userinfo_end(rest: str) -> int:
-    """Where the ``user:password`` part of a URL's remainder (after ``scheme://``) ends: the
-    index of its last ``@``, or -1 when there is none or the remainder starts with ``/`` (no
-    host part). The last ``@``, so that a password with unescaped reserved characters is
-    hidden whole (at worst, more than the password is hidden, never less)."""
-    if not rest or rest.startswith("/"):
-        return -1
-    return rest.rfind("@")
-
-
-def redact_url(url: str) -> str:
-    """The storage URL with its password replaced by ``***`` (for messages, reports and
-    what a study stores); everything between the user name and the host is hidden, also a
-    password with reserved characters that were not percent-encoded."""
-    url = str(url)
-    if "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    end = _userinfo_end(rest)
-    if end < 0:
-        return url
-    userinfo = rest[:end]
-    if ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{rest[end + 1 :]}"
-
-
-def _password(url: str) -> str | None:
-    url = str(url)
-    if "://" not in url:
-        return None
-    rest = url.split("://", 1)[1]
-    end = _userinfo_end(rest)
-    userinfo = rest[:end] if end >= 0 else ""
-    return userinfo.split(":", 1)[1] if ":" in userinfo else None
-
-
-def _error(url: str, what: str, *, accepted: bool = True) -> StorageError:
-    """One paragraph naming the (redacted) URL and the fault; ``accepted``: list the URL
-    forms too (for a URL that is wrong, not for a server that could not be reached)."""
-    what = " ".join(str(what).split())  # one paragraph
-    secret = _password(url)
-    if secret:  # a driver's message could quote it
-        what = what.replace(str(secret), "***")
-    tail = f" {ACCEPTED}." if accepted else ""
-    return StorageError(f"cannot use storage {redact_url(url)!r}: {what}.{tail}")
-
-
-def parse_storage_url(url: str | None = None) -> StorageLocation:
-    """Classify a storage URL without touching anything (no file or connection is made)."""
-    given = DEFAULT_STORAGE_URL if url is None or not str(url).strip() else str(url).strip()
-    if given.startswith("journal:"):
-        path = given[len("journal:") :]
-        if path.startswith("//"):  # journal:///abs/path or journal://rel/path
-            path = path[2:]
-        if not path:
-            raise _error(given, "journal: needs a file path (journal:PATH)")
-        return StorageLocation(given, "journal", path=Path(path))
-    if given.startswith("grpc://"):
-        return _parse_grpc(given)
-    if "://" not in given:
-        path = Path(given)
-        if path.suffix in JOURNAL_SUFFIXES:
-            return StorageLocation(given, "journal", path=path)
-        if path.suffix in SQLITE_SUFFIXES:
-            return StorageLocation(given, "sqlite", rdb_url=f"sqlite:///{given}", path=path)
-        raise _error(
-            given,
-            "it is neither a URL with a scheme (such as sqlite:///) nor a file "
-            "path with a known suffix",
-        )
-    import sqlalchemy.engine
-    import sqlalchemy.exc
-
-    rest = given.split("://", 1)[1]
-    end = _userinfo_end(rest)
-    if end >= 0 and any(c in rest[:end] for c in "@/?#"):
-        raise _error(
-            given,
-            "the user name or password holds a character that a URL reserves (@ / ? #) "
-            "without percent-encoding, so where the host starts cannot be told; write them "
-            "percent-encoded (@ as %40, / as %2F, ? as %3F, # as %23, : as %3A, % as %25), "
-            "e.g. with Python's urllib.parse.quote(password, safe='')",
-            accepted=False,
-        )
-    try:
-        parsed = sqlalchemy.engine.make_url(given)
-    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
-        raise _error(given, f"the URL is malformed ({exc})") from None
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        database = parsed.database
-        if not database or database == ":memory:" or database.startswith("file::memory:"):
-            return StorageLocation(given, "memory", rdb_url=given)
-        return StorageLocation(given, "sqlite", rdb_url=given, path=Path(database))
-    if backend in SERVER_BACKENDS:
-        return StorageLocation(given, "server", rdb_url=given, backend=backend)
-    raise _error(given, f"the scheme {parsed.drivername!r} is not supported")
-
-
-def _parse_grpc(url: str) -> StorageLocation:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    try:
-        port = parts.port or DEFAULT_GRPC_PORT
-    except ValueError:
-        raise _error(url, "the port must be a number from 1 to 65535") from None
-    if not parts.hostname or parts.path not in ("", "/") or parts.query:
-        raise _error(url, "a gRPC proxy URL is grpc://HOST:PORT, nothing more")
-    return StorageLocation(url, "grpc", host=parts.hostname, port=port)
-
-
-def grpc_target(host: str) -> str:
-    """``host`` as gRPC writes it before ``:PORT`` (an IPv6 address in brackets)."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
 
 def _reason(exc: BaseException) -> str:
     """The first line of the cause, without SQLAlchemy's statement and background link."""
-    import sqlalchemy.exc
 
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
         text = f"{type(exc.orig).__name__}: {exc.orig}"
@@ -267,7 +143,6 @@ def _foreign(loc: StorageLocation, tables: list[str], create: bool) -> None:
 def check_sqlite_file(loc: StorageLocation, *, create: bool) -> None:
     """An existing SQLite file must be an Optuna database (read through a read-only
     connection, so checking never changes it); an empty file counts as a new database."""
-    import sqlite3
 
     assert loc.path is not None
     try:
@@ -301,7 +176,6 @@ def check_sqlite_file(loc: StorageLocation, *, create: bool) -> None:
 def check_journal_file(loc: StorageLocation) -> None:
     """An existing, non-empty journal file must be an Optuna journal (its first line a JSON
     operation with an ``op_code``): another program's log is never appended to."""
-    import json
 
     assert loc.path is not None
     try:
@@ -327,7 +201,6 @@ def check_journal_file(loc: StorageLocation) -> None:
 
 def _server_tables(rdb_url: str, engine_kwargs: dict[str, Any]) -> list[str]:
     """The tables of a database server's database (read; nothing is created)."""
-    import sqlalchemy
 
     engine = sqlalchemy.create_engine(rdb_url, **engine_kwargs)
     try:
@@ -368,7 +241,6 @@ def make_storage(
     if loc.kind == "journal":
         _check_parent(loc)
         check_journal_file(loc)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         existed = loc.path.exists()
         try:
@@ -430,7 +302,6 @@ def make_storage(
 
 def _is_connection_error(exc: BaseException) -> bool:
     """The server refused the connection or could not be reached (the URL itself parsed)."""
-    import sqlalchemy.exc
 
     return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
 
@@ -456,15 +327,17 @@ def _open_grpc(loc: StorageLocation, heartbeat: dict[str, Any]) -> optuna.storag
     """A client of the gRPC storage proxy at ``loc``, once the proxy answers."""
     assert loc.host is not None and loc.port is not None
     try:
-        import grpc  # noqa: F401
-        from optuna.storages._grpc.auto_generated import api_pb2  # noqa: F401  (protobuf)
+        adapter.check_grpc_installed()
     except ImportError as exc:
         raise _error(loc.url, f"gRPC is not installed ({exc}); install it: {GRPC_HINT}") from exc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if heartbeat:
-            proxy: optuna.storages.GrpcStorageProxy = HeartbeatGrpcStorageProxy(
-                host=grpc_target(loc.host), port=loc.port, **heartbeat
+            proxy: optuna.storages.GrpcStorageProxy = adapter.HeartbeatGrpcStorageProxy(
+                host=grpc_target(loc.host),
+                port=loc.port,
+                heartbeat_attr=records.HEARTBEAT,
+                **heartbeat,
             )
         else:
             proxy = optuna.storages.GrpcStorageProxy(host=grpc_target(loc.host), port=loc.port)
@@ -481,71 +354,6 @@ def _open_grpc(loc: StorageLocation, heartbeat: dict[str, Any]) -> optuna.storag
             accepted=False,
         ) from None
     return proxy
-
-
-class HeartbeatGrpcStorageProxy(optuna.storages.GrpcStorageProxy, BaseHeartbeat):
-    """Optuna's gRPC proxy client with the trial heartbeats that it lacks.
-
-    Optuna's ``GrpcStorageProxy`` is no ``BaseHeartbeat``, so ``study.optimize`` records no
-    heartbeats through it and ``fail_stale_trials`` does nothing: the trial of a killed worker
-    would stay RUNNING. Here a heartbeat is the trial system attr ``GRPC_HEARTBEAT_ATTR`` =
-    ``[trial id, the worker's UNIX time]`` (the id, because Optuna's retry copies the failed
-    trial's system attrs), and a RUNNING trial is stale when its last heartbeat is older than
-    the grace period by the checking worker's clock. A RUNNING trial that never beat (its
-    worker died inside ``study.ask()``) is stale once this process has seen it so for
-    ``ORPHAN_GRACE_FACTOR`` grace periods (by its own monotonic clock).
-    """
-
-    def __init__(
-        self,
-        *,
-        host: str = "localhost",
-        port: int = DEFAULT_GRPC_PORT,
-        heartbeat_interval: int,
-        grace_period: int | None = None,
-        heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
-    ) -> None:
-        if heartbeat_interval <= 0:
-            raise ValueError(f"heartbeat_interval must be positive, but got {heartbeat_interval=}")
-        super().__init__(host=host, port=port)
-        self.heartbeat_interval = int(heartbeat_interval)
-        self.grace_period = grace_period
-        self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
-        self._never_beat_since: dict[int, float] = {}
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            self.set_trial_system_attr(trial_id, GRPC_HEARTBEAT_ATTR, [trial_id, time.time()])
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # failed as stale by another worker meanwhile: its retry runs elsewhere
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        grace = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
-        now, seen = time.time(), time.monotonic()
-        stale = []
-        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        for t in running:
-            beat = t.system_attrs.get(GRPC_HEARTBEAT_ATTR)
-            if isinstance(beat, list) and len(beat) == 2 and beat[0] == t._trial_id:
-                self._never_beat_since.pop(t._trial_id, None)
-                if now - float(beat[1]) > grace:
-                    stale.append(t._trial_id)
-                continue
-            first = self._never_beat_since.setdefault(t._trial_id, seen)
-            if seen - first > ORPHAN_GRACE_FACTOR * grace:
-                stale.append(t._trial_id)
-        alive = {t._trial_id for t in running}
-        for trial_id in [i for i in self._never_beat_since if i not in alive]:
-            del self._never_beat_since[trial_id]
-        return stale
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self.heartbeat_interval
-
-    def get_heartbeat_stale_trial_callback(
-        self,
-    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
-        return self.heartbeat_stale_trial_callback
 
 
 @dataclass(frozen=True)
@@ -595,9 +403,6 @@ def _create_rdb(
     the same moment: the loser sees "table ... already exists" (SQLite's OperationalError,
     PostgreSQL's DuplicateTable, a ProgrammingError) or a unique-constraint error (a row of
     the schema version, or PostgreSQL's catalogue of type names)."""
-    import time
-
-    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(SCHEMA_RACE_RETRIES):
         try:
@@ -691,3 +496,18 @@ def safe_name(name: str) -> str:
 def short_hash(*parts: Any) -> str:
     digest = hashlib.sha256(repr(parts).encode()).hexdigest()
     return digest[:16]
+
+
+def open_storage(storage_url: str) -> optuna.storages.BaseStorage:
+    """Open an existing storage for reading; a missing SQLite/journal file is a
+    ``StorageError`` and nothing is created."""
+    check_storage_exists(storage_url)
+    return make_storage(storage_url, heartbeat_interval=None, create=False)
+
+
+def read_stored_study(storage_url: str, study_name: str | None) -> records.StudyRecord:
+    """The record of the study ``study_name`` (None: the only outer study) in an existing
+    storage, read without creating or changing anything."""
+    storage = open_storage(storage_url)
+    name = records.resolve_study_name(storage, storage_url, study_name)
+    return records.read_study(storage, name)

@@ -307,8 +307,8 @@ class ToyRun:
 def toy_run(tmp_path_factory: pytest.TempPathFactory) -> ToyRun:
     """``sigmatune run --preset toy`` made as small as it goes (2 outer x 4 inner trials, one
     NFE budget, 256 images), in a temp folder, with the after-trial and after-run hooks."""
+    from sigmatune.study.commands.hooks import run_study as run
     from sigmatune.study.config import load_config
-    from sigmatune.study.run import run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directory = tmp_path_factory.mktemp("toyrun")

@@ -105,7 +105,7 @@ def test_a_users_own_models_package_is_found_by_tune_sampling(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys; from sigmatune.study.cli import main; sys.exit(main())",
+            "import sys; from sigmatune.study.commands.cli import main; sys.exit(main())",
             "tune-sampling",
             "--preset",
             "toy",

@@ -227,7 +227,7 @@ def measure(
     full_trial_compute_seconds: float | None,
     log: Callable[[str], None],
 ) -> OptunaRow:
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # as study.cli does
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # as sigmatune.study.commands.cli does
     n_images = sizes.optuna_images[setup.preset]
     n_trials = sizes.optuna_trials[setup.preset]
     log(

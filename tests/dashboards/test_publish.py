@@ -105,7 +105,7 @@ def test_republishing_replaces_figures_and_notes_instead_of_piling_up(published)
 def test_after_outer_trial_hook_publishes(synthetic_study):
     from types import SimpleNamespace
 
-    from sigmatune.study.run import after_outer_trial
+    from sigmatune.study.commands.hooks import publish_figures as after_outer_trial
 
     messages = []
     ctx = SimpleNamespace(storage=synthetic_study.storage, log=messages.append)

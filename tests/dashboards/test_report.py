@@ -48,7 +48,7 @@ def _local(url: str) -> bool:
 
 @pytest.fixture
 def report(synthetic_study, tmp_path) -> Path:
-    from sigmatune.study.export import export_report
+    from sigmatune.study.commands.report import export_report
 
     return export_report(synthetic_study.url, None, tmp_path / "report.html")
 

@@ -11,7 +11,7 @@ import pytest
 
 from sigmatune.dashboards import server as S
 from sigmatune.dashboards.publish import publish_study
-from sigmatune.study.cli import main
+from sigmatune.study.commands.cli import main
 
 
 def _get(url: str):
@@ -111,9 +111,8 @@ def test_cli_dashboard_binds_to_localhost_unless_told(synthetic_study, monkeypat
 @pytest.mark.slow
 def test_dashboard_on_a_toy_run(toy_run):
     """optuna-dashboard on the study a ``toy`` run made, figures and notes by its hooks."""
-    from sigmatune.study.export import open_storage
     from sigmatune.study.records import EXPORT as EXPORT_ATTR
-    from sigmatune.study.storage import artifact_store_for
+    from sigmatune.study.storage import artifact_store_for, open_storage
 
     storage = open_storage(toy_run.url)
     store, _ = artifact_store_for(toy_run.url, toy_run.config.artifact_dir)

@@ -15,8 +15,8 @@ from plotly.offline import get_plotlyjs
 from sigmatune.dashboards import figures as F
 from sigmatune.dashboards import publish as P
 from sigmatune.dashboards.report import render_report, report_figures
+from sigmatune.study.commands.status import format_status
 from sigmatune.study.records import fid_text, read_study
-from sigmatune.study.status import format_status
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Bad input (issue 15, items 7 and 8): one paragraph on stderr, exit status 2, no traceback,
 and the exact files on disk afterwards (nothing created, nothing changed).
 
-Most cases call ``sigmatune.study.cli.main`` in this process (what the ``sigmatune`` script
+Most cases call ``sigmatune.study.commands.cli.main`` in this process (what the ``sigmatune`` script
 runs, without the seconds of a new interpreter); the slow ones run the command itself.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sigmatune.study.cli import main
+from sigmatune.study.commands.cli import main
 from sigmatune.study.config import MAX_NAME_LENGTH
 
 from .conftest import (  # noqa: TID252 - the suite's own helpers
@@ -235,7 +235,7 @@ def test_file_names_made_from_study_names_fit_every_file_system():
     from types import SimpleNamespace
 
     from sigmatune.study.context import RunContext
-    from sigmatune.study.export import file_stem
+    from sigmatune.study.formats import file_stem
 
     names = [
         "a" * MAX_NAME_LENGTH,

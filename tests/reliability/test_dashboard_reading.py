@@ -40,8 +40,8 @@ class PrunedRun:
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory: pytest.TempPathFactory) -> PrunedRun:
     from sigmatune.study import spaces
+    from sigmatune.study.commands.hooks import run_study as run
     from sigmatune.study.config import load_config
-    from sigmatune.study.run import run
 
     folder = tmp_path_factory.mktemp("pruned-run")
     url = f"sqlite:///{folder / 'run.db'}"
@@ -118,7 +118,7 @@ def test_no_user_attr_of_a_trial_is_a_long_line(pruned_run):
 
 @pytest.mark.slow
 def test_the_report_shows_why_a_trial_was_pruned(pruned_run, tmp_path):
-    from sigmatune.study.export import export_report
+    from sigmatune.study.commands.report import export_report
 
     path = export_report(pruned_run.url, pruned_run.name, tmp_path / "report.html")
     html = path.read_text()

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from sigmatune.dashboards.report import GENERATOR_MARK
-from sigmatune.study.cli import main
+from sigmatune.study.commands.cli import main
 
 from .conftest import one_paragraph, snapshot  # noqa: TID252
 

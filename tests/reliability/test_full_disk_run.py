@@ -21,7 +21,7 @@ import torch
 from optuna.trial import TrialState
 
 from sigmatune.study import outer, records
-from sigmatune.study.cli import main
+from sigmatune.study.commands.cli import main
 
 from .conftest import NAME, RUN, one_paragraph, snapshot, tiny_toml  # noqa: TID252
 from .test_full_disk import fill, small_tmpfs  # noqa: TID252

@@ -14,7 +14,7 @@ import optuna
 import pytest
 import torch
 
-from sigmatune.study.cli import main
+from sigmatune.study.commands.cli import main
 
 from .conftest import (  # noqa: TID252 - the suite's own helpers
     NAME,

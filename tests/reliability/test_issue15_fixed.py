@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sigmatune.study import records
-from sigmatune.study.cli import main
+from sigmatune.study.commands.cli import main
 
 from .conftest import one_paragraph, snapshot, tiny_toml  # noqa: TID252
 
@@ -52,7 +52,8 @@ def test_the_storage_password_is_never_printed_by_a_failing_command(in_tmp, caps
 def test_the_report_and_export_never_show_the_stored_password(synthetic_study, tmp_path):
     """A study run on a server stores its URL in its config: the report's Configuration
     block and the JSON export show it redacted."""
-    from sigmatune.study.export import export, export_report
+    from sigmatune.study.commands.export import export
+    from sigmatune.study.commands.report import export_report
 
     study = optuna.load_study(study_name=synthetic_study.name, storage=synthetic_study.storage)
     config = dict(study.user_attrs[records.CONFIG], storage=SERVER_URL)
@@ -103,7 +104,7 @@ def test_kdiffusion_export_writes_every_nfe_and_prints_the_paths(
 @pytest.mark.slow
 def test_a_tune_sampling_study_is_read_by_status_export_report_and_dashboard(in_tmp, capsys):
     from sigmatune.dashboards import server as S
-    from sigmatune.study.export import open_storage
+    from sigmatune.study.storage import open_storage
 
     (in_tmp / "config.toml").write_text(tiny_toml(inner__inner_trials="2"))
     rc, out, err = _cli(

@@ -142,7 +142,7 @@ def test_random_kills_then_the_same_command_finishes_the_study(tmp_path):
 KILLED_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from sigmatune.study.export import atomic_write
+from sigmatune.study.formats import atomic_write
 
 def write_half_then_die(tmp):
     with open(tmp, "w") as f:
@@ -157,7 +157,7 @@ atomic_write(Path(sys.argv[1]), write_half_then_die)
 
 @pytest.mark.parametrize("name", ["report.html", "export.json", "nfe-5.pt"])
 def test_a_writer_killed_mid_write_leaves_the_previous_file_whole(tmp_path, name):
-    """study.export.atomic_write (export, report, k-diffusion files, attached exports):
+    """study.formats.atomic_write (export, report, k-diffusion files, attached exports):
     readers see the old file or the new one, never half of one."""
     target = tmp_path / name
     target.write_bytes(b"the previous, complete file\n")
@@ -179,7 +179,7 @@ def test_a_study_whose_creator_died_before_setting_it_up_is_one_paragraph(
     (other processes may be doing it), then says in one paragraph what to do, and writes
     nothing but what make_context needed (the FID cache beside the database)."""
     from sigmatune.study import run as run_module
-    from sigmatune.study.cli import main
+    from sigmatune.study.commands.cli import main
 
     monkeypatch.setattr(run_module, "INIT_WAIT_S", 2)
     url = f"sqlite:///{in_tmp / 'run.db'}"

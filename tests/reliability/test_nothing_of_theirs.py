@@ -4,7 +4,7 @@ journal of another program is byte for byte unchanged after every command that r
 study, and refused by ``run``; NFE budgets that a setting bounds are refused before anything
 is created.
 
-Most cases call ``sigmatune.study.cli.main`` in this process, as test_bad_inputs.py does.
+Most cases call ``sigmatune.study.commands.cli.main`` in this process, as test_bad_inputs.py does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sigmatune.study.cli import main
+from sigmatune.study.commands.cli import main
 
 from .conftest import RUN, one_paragraph, sigmatune, snapshot, tiny_toml  # noqa: TID252
 

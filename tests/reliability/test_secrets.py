@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from sigmatune.study.cli import main
+from sigmatune.study.commands.cli import main
 from sigmatune.study.storage import StorageError, parse_storage_url, redact_url
 
 from .conftest import ROOT, RUN, one_paragraph, sigmatune, tiny_toml  # noqa: TID252

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sigmatune.study.cli import main
+from sigmatune.study.commands.cli import main
 
 from .conftest import one_paragraph, snapshot  # noqa: TID252 - the suite's own helpers
 

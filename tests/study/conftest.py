@@ -80,12 +80,12 @@ def free_port():
 
 @pytest.fixture
 def grpc_proxy(postgres: pgserver.PostgresServer, pg_database: str) -> Iterator[str]:
-    """``sigmatune``'s storage proxy (study.proxy.serve_storage_proxy) in its own process, in
-    front of this test's database; returns the ``grpc://127.0.0.1:PORT`` URL."""
+    """``sigmatune``'s storage proxy (study.commands.storage_proxy.serve_storage_proxy) in its
+    own process, in front of this test's database; returns the ``grpc://127.0.0.1:PORT`` URL."""
     port = pgserver.free_port()
     url = postgres.url(pg_database)
     proc = _run_python(
-        "from sigmatune.study.proxy import serve_storage_proxy; "
+        "from sigmatune.study.commands.storage_proxy import serve_storage_proxy; "
         f"serve_storage_proxy({url!r}, '127.0.0.1', {port})"
     )
     try:

@@ -121,7 +121,7 @@ def test_run_with_an_s3_store_and_no_boto3_fails_before_writing_anything(tmp_pat
     work = tmp_path / "work"
     work.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "sigmatune.study.cli", "run", "--preset", "toy"]
+        [sys.executable, "-m", "sigmatune.study.commands.cli", "run", "--preset", "toy"]
         + ["--storage", "sqlite:///run.db", "--device", "cpu", "--no-progress"]
         + ["--set", 'artifact_store="s3://my-bucket/sigmatune"'],
         cwd=work,
@@ -343,7 +343,7 @@ def test_a_training_killed_after_a_checkpoint_resumes_it_on_a_machine_with_an_em
 
 def _run_command(storage: str, artifact_dir: Path, bucket: Path) -> list[str]:
     return [
-        sys.executable, "-m", "sigmatune.study.cli", "run", "--preset", "toy",
+        sys.executable, "-m", "sigmatune.study.commands.cli", "run", "--preset", "toy",
         "--storage", storage, "--device", "cpu", "--no-progress",
         "--heartbeat-interval", "1", "--grace-period", "2",
         "--set", f"artifact_dir={str(artifact_dir)!r}",

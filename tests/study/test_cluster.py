@@ -33,7 +33,7 @@ import optuna
 import pytest
 
 from sigmatune.study import records
-from sigmatune.study.proxy import PROXY_THREADS
+from sigmatune.study.commands.storage_proxy import PROXY_THREADS
 from sigmatune.study.storage import WORKER_MAX_CONNECTIONS, make_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -110,7 +110,7 @@ def network_namespaces(n: int) -> Iterator[list[Host]]:
 def _worker_command(host: Host, url: str, artifacts: Path) -> list[str]:
     return [
         "ip", "netns", "exec", host.namespace,
-        sys.executable, "-m", "sigmatune.study.cli", "run",
+        sys.executable, "-m", "sigmatune.study.commands.cli", "run",
         "--preset", "toy",
         "--storage", url,
         "--device", "cpu",
@@ -182,7 +182,7 @@ def test_workers_on_three_hosts_share_the_study_and_a_killed_workers_trial_resum
             if via == "grpc":
                 port = free_port(server)
                 code = (
-                    "from sigmatune.study.proxy import serve_storage_proxy; "
+                    "from sigmatune.study.commands.storage_proxy import serve_storage_proxy; "
                     f"serve_storage_proxy({pg.url(database, host=server)!r}, {server!r}, {port})"
                 )
                 helpers.append(

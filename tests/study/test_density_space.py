@@ -13,8 +13,8 @@ import torch
 from sigmatune.models.data import gmm2d_mixture
 from sigmatune.models.samplers import steps_for_nfe
 from sigmatune.models.schedules import karras, loglinear
-from sigmatune.study import inner, records, schedule, spaces
-from sigmatune.study.cli import main
+from sigmatune.study import inner, records, schedules, spaces
+from sigmatune.study.commands.cli import main
 from sigmatune.study.config import ConfigError, load_config
 from sigmatune.study.context import make_context
 
@@ -102,9 +102,9 @@ def test_a_bad_space_name_is_one_paragraph_naming_the_allowed_values(tmp_path, c
 def test_an_inner_study_searches_the_density_and_scores_the_peers_beside_it(tmp_path, monkeypatch):
     """GITS and LD3 are not points of the family: they are scored on the search seeds beside
     the trials, and the record is the best of all."""
-    monkeypatch.setitem(schedule.DEFAULT_SETTINGS, "gits", {"num_noises": 8, "teacher_steps": 12})
+    monkeypatch.setitem(schedules.DEFAULT_SETTINGS, "gits", {"num_noises": 8, "teacher_steps": 12})
     monkeypatch.setitem(
-        schedule.DEFAULT_SETTINGS, "ld3", {"num_noises": 8, "teacher_steps": 12, "iterations": 2}
+        schedules.DEFAULT_SETTINGS, "ld3", {"num_noises": 8, "teacher_steps": 12, "iterations": 2}
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = load_config(

@@ -18,10 +18,12 @@ import torch
 from sigmatune.models.analytic import GaussianMixture
 from sigmatune.models.samplers import euler, heun
 from sigmatune.models.schedules import validate
-from sigmatune.study import export as E
+from sigmatune.study import formats as E
 from sigmatune.study import records
-from sigmatune.study.cli import main
+from sigmatune.study.commands.cli import main
+from sigmatune.study.commands.export import attach_export, export
 from sigmatune.study.records import read_study
+from sigmatune.study.storage import open_storage
 
 
 def _strict_loads(text: str):
@@ -284,7 +286,7 @@ def test_attach_export_puts_json_and_csv_on_the_best_trial_and_replaces_them(
     storage = synthetic_study.storage
     store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
     (tmp_path / "artifacts").mkdir()
-    record = E.attach_export(storage, store, "synth", tmp_path / "export")
+    record = attach_export(storage, store, "synth", tmp_path / "export")
     assert record["trial"] == 1
     study = optuna.load_study(study_name="synth", storage=storage)
     assert study.user_attrs[records.EXPORT] == record
@@ -306,14 +308,14 @@ def test_attach_export_puts_json_and_csv_on_the_best_trial_and_replaces_them(
     )
     assert _strict_loads(out.read_text()) == E.export_document(read_study(storage, "synth"))
 
-    again = E.attach_export(storage, store, "synth", tmp_path / "export", trial=2)
+    again = attach_export(storage, store, "synth", tmp_path / "export", trial=2)
     assert listed(1) == [] and len(listed(2)) == 2
     assert not (tmp_path / "artifacts" / record["artifacts"]["json"]).exists()
     assert again["trial"] == 2
 
 
 def test_after_run_hook_attaches_the_best_trials_export(synthetic_study, tmp_path):
-    from sigmatune.study.run import after_run
+    from sigmatune.study.commands.hooks import attach_best_export as after_run
 
     messages = []
     (tmp_path / "artifacts").mkdir()
@@ -417,7 +419,7 @@ def test_toy_run_export_reproduces_the_trials_fid(toy_run, tmp_path):
     from sigmatune.study.records import Schedule
     from sigmatune.study.scoring import score_schedule
 
-    doc = E.export(toy_run.url, toy_run.name).document
+    doc = export(toy_run.url, toy_run.name).document
     jsonschema.validate(_strict_loads(E.dumps(doc)), E.load_schema())
     for _, sigmas in _all_sigma_lists(doc):
         validate(sigmas)
@@ -448,7 +450,7 @@ def test_toy_run_export_reproduces_the_trials_fid(toy_run, tmp_path):
     )
 
     # the run attached the best trial's export to it
-    storage = E.open_storage(toy_run.url)
+    storage = open_storage(toy_run.url)
     study = optuna.load_study(study_name=toy_run.name, storage=storage)
     record = study.user_attrs[records.EXPORT]
     assert record["trial"] == doc["trial"] == toy_run.summary.best_trial

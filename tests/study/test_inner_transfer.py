@@ -17,7 +17,7 @@ import torch
 from sigmatune.models.data import gmm2d_mixture
 from sigmatune.models.samplers import steps_for_nfe
 from sigmatune.models.schedules import karras, loglinear
-from sigmatune.study import inner, records, schedule, spaces
+from sigmatune.study import inner, records, schedules, spaces
 from sigmatune.study.config import load_config
 from sigmatune.study.context import make_context
 from sigmatune.study.records import InnerRecord, Peer, Schedule
@@ -39,7 +39,7 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def tiny_settings(monkeypatch):
     for name, values in TINY.items():
-        monkeypatch.setitem(schedule.DEFAULT_SETTINGS, name, values)
+        monkeypatch.setitem(schedules.DEFAULT_SETTINGS, name, values)
 
 
 def _ctx(tmp_path, **changes):
@@ -229,8 +229,9 @@ def test_the_best_trial_is_kept_when_no_peer_beats_it(tmp_path, D, monkeypatch):
 def test_the_export_and_status_say_where_the_tuned_schedule_came_from(synthetic_study):
     import jsonschema
 
-    from sigmatune.study.export import export_document, load_schema, read
-    from sigmatune.study.status import trial_json
+    from sigmatune.study.commands.status import trial_json
+    from sigmatune.study.formats import export_document, load_schema
+    from sigmatune.study.storage import read_stored_study as read
 
     study = read(synthetic_study.url, synthetic_study.name)
     doc = export_document(study)

@@ -94,7 +94,7 @@ def test_the_same_effective_weighting_is_noted_on_the_later_trial():
 
 
 def test_status_json_has_one_object_per_trial_with_the_contract_keys(synthetic_study, capsys):
-    from sigmatune.study.cli import main
+    from sigmatune.study.commands.cli import main
 
     assert main(["status", "--storage", synthetic_study.url, "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -155,7 +155,7 @@ def test_pareto_front_and_its_figure(tmp_path):
 def test_a_multi_objective_run_stores_one_held_out_value_per_budget(tmp_path):
     """outer.objectives = [3, 5]: two minimised values per trial, each the held-out FID of
     that budget's tuned schedule; no pruning (Optuna cannot prune such a study)."""
-    from sigmatune.study.run import run
+    from sigmatune.study.commands.hooks import run_study as run
 
     config = load_config(
         "toy",

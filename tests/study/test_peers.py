@@ -17,7 +17,7 @@ from sigmatune.models.data import gmm2d_mixture
 from sigmatune.models.placement import StepDensity, gits
 from sigmatune.models.samplers import steps_for_nfe
 from sigmatune.models.schedules import karras, validate
-from sigmatune.study import inner, records, schedule, spaces
+from sigmatune.study import inner, records, schedules, spaces
 from sigmatune.study.config import load_config
 from sigmatune.study.context import make_context
 from sigmatune.study.records import InnerRecord, Peer, Schedule
@@ -43,7 +43,7 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def tiny_settings(monkeypatch):
     for name, values in TINY.items():
-        monkeypatch.setitem(schedule.DEFAULT_SETTINGS, name, values)
+        monkeypatch.setitem(schedules.DEFAULT_SETTINGS, name, values)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def _record(nfe: int, sigmas) -> InnerRecord:
 
 def test_density_record_is_a_step_density_fitted_to_the_tuned_schedules():
     tuned = {k: karras(steps_for_nfe("heun", k), 0.01, 20.0, 5.0) for k in (5, 9, 15)}
-    stored = schedule.density_record({k: _record(k, s) for k, s in tuned.items()})
+    stored = schedules.density_record({k: _record(k, s) for k, s in tuned.items()})
     assert stored["sampler"] == "heun" and stored["nfe"] == [5, 9, 15]
     density = StepDensity.from_dict(stored)
     expected = StepDensity.fit(tuned)
@@ -202,18 +202,18 @@ def test_density_record_is_a_step_density_fitted_to_the_tuned_schedules():
     lam = -2 * s[:-1].log()
     lam_karras = -2 * karras(6, 0.01, 20.0, 5.0)[:-1].log()
     assert (lam - lam_karras).abs().max().item() < 0.1 * (lam[-1] - lam[0]).item()
-    assert schedule.density_record({}) is None
+    assert schedules.density_record({}) is None
 
 
 def test_density_schedule_interpolates_the_tuned_ranges_in_the_number_of_steps():
     ranges = {5: (0.1, 2.0), 15: (0.004, 40.0)}  # heun: 3 and 8 steps
     tuned = {k: karras(steps_for_nfe("heun", k), lo, hi, 7.0) for k, (lo, hi) in ranges.items()}
-    stored = schedule.density_record({k: _record(k, s) for k, s in tuned.items()})
+    stored = schedules.density_record({k: _record(k, s) for k, s in tuned.items()})
     assert stored["ranges"] == {"5": [0.1, 2.0], "15": [0.004, 40.0]}
     masses = StepDensity.fit(tuned).masses
 
     def ends(nfe):
-        s = schedule.density_schedule(stored, nfe)
+        s = schedules.density_schedule(stored, nfe)
         assert s.numel() == steps_for_nfe("heun", nfe) + 1
         return s[-2].item(), s[0].item()
 
@@ -226,7 +226,7 @@ def test_density_schedule_interpolates_the_tuned_ranges_in_the_number_of_steps()
     lo, hi = 0.1 ** (1 - t) * 0.004**t, 2.0 ** (1 - t) * 40.0**t
     assert ends(9) == pytest.approx((lo, hi))
     expected = StepDensity(lo, hi, masses).schedule(5)
-    assert torch.allclose(schedule.density_schedule(stored, 9), expected)
+    assert torch.allclose(schedules.density_schedule(stored, 9), expected)
 
 
 def _sampling_study_with_density(tmp_path):
@@ -237,13 +237,14 @@ def _sampling_study_with_density(tmp_path):
     study = optuna.create_study(study_name="dens", storage=url)
     records.init_outer_study(study, config, kind="sampling", source="test")
     tuned = {k: _record(k, karras(steps_for_nfe("heun", k), 0.01, 20.0, 5.0)) for k in (5, 9, 15)}
-    density = schedule.density_record(tuned)
+    density = schedules.density_record(tuned)
     records.add_sampling_trial(study, tuned, density=density)
     return url, density
 
 
 def test_export_at_an_untuned_nfe_gives_the_density_schedule(tmp_path):
-    from sigmatune.study.export import export, load_schema
+    from sigmatune.study.commands.export import export
+    from sigmatune.study.formats import load_schema
 
     jsonschema = pytest.importorskip("jsonschema")
     url, stored = _sampling_study_with_density(tmp_path)
@@ -256,7 +257,7 @@ def test_export_at_an_untuned_nfe_gives_the_density_schedule(tmp_path):
     assert section["source"] == "density" and section["held_out"] is None
     sigmas = validate(section["sigmas"])
     assert sigmas.numel() == steps_for_nfe(stored["sampler"], untuned) + 1
-    assert section["sigmas"] == schedule.density_schedule(stored, untuned).tolist()
+    assert section["sigmas"] == schedules.density_schedule(stored, untuned).tolist()
     # a tuned budget is the tuned schedule, as before
     tuned_doc = json.loads(export(url, nfe=9).text)
     assert tuned_doc["schedules"]["9"]["source"] == "tuned"
@@ -271,7 +272,7 @@ def test_export_at_an_untuned_nfe_gives_the_density_schedule(tmp_path):
 
 
 def test_export_at_an_untuned_nfe_without_a_density_names_the_budgets(synthetic_study):
-    from sigmatune.study.export import export
+    from sigmatune.study.commands.export import export
 
     with pytest.raises(ValueError, match="no step density"):
         export(synthetic_study.url, nfe=7)
@@ -279,7 +280,7 @@ def test_export_at_an_untuned_nfe_without_a_density_names_the_budgets(synthetic_
 
 @pytest.mark.slow
 def test_tune_sampling_stores_the_density_and_export_uses_it(tmp_path, monkeypatch):
-    from sigmatune.study.export import export
+    from sigmatune.study.commands.export import export
     from sigmatune.study.tune import tune_sampling
 
     monkeypatch.chdir(tmp_path)

@@ -1,7 +1,7 @@
-"""study.storage and study.proxy on a real PostgreSQL server (tests/pgserver.py: Debian's
-binaries, password authentication, a fresh database per test): postgresql+psycopg URLs,
-heartbeats by the server's clock, bad input, connections per worker, and Optuna's gRPC
-storage proxy with the heartbeats sigmatune adds to it."""
+"""study.storage and study.commands.storage_proxy on a real PostgreSQL server
+(tests/pgserver.py: Debian's binaries, password authentication, a fresh database per test):
+postgresql+psycopg URLs, heartbeats by the server's clock, bad input, connections per worker,
+and Optuna's gRPC storage proxy with the heartbeats sigmatune adds to it."""
 
 from __future__ import annotations
 
@@ -17,15 +17,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sigmatune.study import proxy as proxy_module
+from sigmatune.study import optuna_adapter
 from sigmatune.study import storage as storage_module
-from sigmatune.study.storage import (
-    GRPC_HEARTBEAT_ATTR,
-    WORKER_MAX_CONNECTIONS,
-    HeartbeatGrpcStorageProxy,
-    StorageError,
-    make_storage,
-)
+from sigmatune.study.commands import storage_proxy as proxy_module
+from sigmatune.study.optuna_adapter import HeartbeatGrpcStorageProxy
+from sigmatune.study.records import HEARTBEAT as GRPC_HEARTBEAT_ATTR
+from sigmatune.study.storage import WORKER_MAX_CONNECTIONS, StorageError, make_storage
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
@@ -322,7 +319,7 @@ def test_through_the_proxy_a_trial_that_never_beat_is_failed_after_the_orphan_gr
     study.ask()  # RUNNING, never beats (as a worker killed inside study.ask())
     optuna.storages.fail_stale_trials(study)
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]  # too young
-    monkeypatch.setattr(storage_module, "ORPHAN_GRACE_FACTOR", 0)
+    monkeypatch.setattr(optuna_adapter, "ORPHAN_GRACE_FACTOR", 0)
     time.sleep(1.1)
     optuna.storages.fail_stale_trials(study)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
@@ -365,8 +362,8 @@ def test_the_proxy_prints_where_workers_connect(postgres, pg_database, free_port
     code = textwrap.dedent(
         f"""
         import threading, os
+        from sigmatune.study.commands.storage_proxy import serve_storage_proxy
         threading.Timer(3, lambda: os._exit(0)).start()
-        from sigmatune.study.proxy import serve_storage_proxy
         serve_storage_proxy({url!r}, "0.0.0.0", {port})
         """
     )

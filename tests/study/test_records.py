@@ -240,7 +240,7 @@ def test_imports_go_one_way_in_layers(package, allowed):
 
 
 def test_the_leaf_modules_of_study_import_no_runner():
-    leaves = ("records", "config", "optuna_adapter", "storage", "artifacts", "errors")
+    leaves = ("urls", "records", "config", "optuna_adapter", "storage", "artifacts", "errors")
     for name in leaves:
         for module in _imports(ROOT / "study" / f"{name}.py"):
             assert module in {f"sigmatune.study.{leaf}" for leaf in leaves} or not (

@@ -79,7 +79,7 @@ def _env() -> dict[str, str]:
 
 def sigmatune(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sigmatune.study.cli", *args],
+        [sys.executable, "-m", "sigmatune.study.commands.cli", *args],
         cwd=cwd,
         env=_env(),
         capture_output=True,
@@ -90,7 +90,7 @@ def sigmatune(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Complet
 
 def start(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "sigmatune.study.cli", *args],
+        [sys.executable, "-m", "sigmatune.study.commands.cli", *args],
         cwd=cwd,
         env=_env(),
         stdout=log.open("w"),

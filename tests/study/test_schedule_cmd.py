@@ -14,9 +14,10 @@ from sigmatune.models.data import gmm2d_mixture
 from sigmatune.models.networks import make_network
 from sigmatune.models.placement import gits, ld3
 from sigmatune.models.schedules import karras, loglinear, validate
-from sigmatune.study.cli import main
+from sigmatune.study.commands.cli import main
+from sigmatune.study.commands.schedule import make_schedule
 from sigmatune.study.modelfile import save_model_file
-from sigmatune.study.schedule import METHODS, make_schedule
+from sigmatune.study.schedules import METHODS
 
 RING = "sigmatune.models.data:gmm2d_mixture"
 # small settings: what is computed and written is tested here, not the methods' quality

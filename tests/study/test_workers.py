@@ -1,5 +1,5 @@
-"""study.workers: ``sigmatune run --workers N`` / ``--devices LIST``, one worker process per
-device on one machine, all on one storage.
+"""study.commands.workers: ``sigmatune run --workers N`` / ``--devices LIST``, one worker
+process per device on one machine, all on one storage.
 
 The parent's contract is tested with small stand-in workers (a few lines of Python): every
 output line prefixed with its worker's index, the exit code of a failed worker passed on,
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from sigmatune.study import workers
+from sigmatune.study.commands import workers
+from sigmatune.study.commands.workers import exit_code, supervise, worker_devices
 from sigmatune.study.config import load_config
-from sigmatune.study.workers import exit_code, supervise, worker_devices
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +83,7 @@ def test_each_worker_gets_its_device_and_the_config_on_stdin(tmp_path, monkeypat
     assert all(j["config"]["storage"] == url for j in seen["jobs"])
     assert all((j["heartbeat_interval"], j["grace_period"]) == (1, 2) for j in seen["jobs"])
     assert "s3cret" not in " ".join(" ".join(c) for c in seen["commands"])
-    assert seen["commands"][0][-2:] == ["-m", "sigmatune.study.workers"]
+    assert seen["commands"][0][-2:] == ["-m", "sigmatune.study.commands.workers"]
     # two CPU workers share the cores rather than each taking all of them
     assert seen["env"]["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
 
@@ -95,7 +95,7 @@ def test_each_worker_gets_its_device_and_the_config_on_stdin(tmp_path, monkeypat
 CHILD = textwrap.dedent(
     """
     import os, signal, sys, time
-    from sigmatune.study.workers import exit_with_parent
+    from sigmatune.study.commands.workers import exit_with_parent
     job = sys.stdin.readline().strip()
     exit_with_parent(sys.stdin)
     def on_term(signum, frame):
@@ -118,7 +118,7 @@ CHILD = textwrap.dedent(
 PARENT = textwrap.dedent(
     """
     import sys
-    from sigmatune.study.workers import exit_code, supervise
+    from sigmatune.study.commands.workers import exit_code, supervise
     code = sys.argv[1]
     codes = supervise([[sys.executable, "-c", code]] * (len(sys.argv) - 2), sys.argv[2:])
     print("codes", codes, flush=True)
@@ -203,7 +203,7 @@ def _sigmatune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Comple
     env = {**_env(), "PYTHONPATH": str(ROOT)}
     env.pop("OMP_NUM_THREADS")  # the parent shares the cores between its workers
     return subprocess.run(
-        [sys.executable, "-m", "sigmatune.study.cli", *args],
+        [sys.executable, "-m", "sigmatune.study.commands.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

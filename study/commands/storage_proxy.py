@@ -5,11 +5,12 @@ number of workers started with ``--storage grpc://HOST:PORT``; workers then hold
 connections at all. What the proxy serves is Optuna's whole storage API (studies, trials,
 params, values, intermediate values, user and system attrs, so enqueued trials, retries and
 artifact links too), but not Optuna's heartbeats, which ``study.storage`` adds on the worker
-side (see ``storage.HeartbeatGrpcStorageProxy`` and ``storage.storage_capabilities``).
+side (see ``optuna_adapter.HeartbeatGrpcStorageProxy`` and ``storage.storage_capabilities``).
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import socket
 import warnings
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import optuna
 
+from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study.storage import (
     DEFAULT_GRPC_PORT,
     GRPC_HINT,
@@ -95,8 +97,7 @@ def serve_storage_proxy(
     if threads < 1:
         raise StorageError(f"threads must be at least 1, but got {threads=}")
     try:
-        import grpc  # noqa: F401
-        from optuna.storages._grpc.auto_generated import api_pb2  # noqa: F401  (protobuf)
+        adapter.check_grpc_installed()
     except ImportError as exc:
         raise StorageError(
             f"cannot run the gRPC storage proxy: gRPC is not installed ({exc}); install it: "
@@ -127,3 +128,10 @@ def serve_storage_proxy(
         ) from None
     except KeyboardInterrupt:
         log("sigmatune: storage proxy stopped")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``sigmatune storage-proxy``."""
+
+    serve_storage_proxy(args.storage, args.host, args.port, threads=args.threads)
+    return 0

@@ -1,11 +1,11 @@
 """One worker process per device on one machine: ``sigmatune run ... --workers N`` (or
 ``--devices cuda:0,cuda:1``).
 
-Each worker is ``python -m sigmatune.study.workers``: it reads its job (the checked config with
-its own device, and the run's options) as one JSON line on its standard input and runs
-:func:`sigmatune.study.run.run`, exactly as one ``sigmatune run`` process would; all of them
-share the storage (and so the study), as processes on several machines do. The parent
-(:func:`run_workers`):
+Each worker is ``python -m sigmatune.study.commands.workers``: it reads its job (the checked
+config with its own device, and the run's options) as one JSON line on its standard input and
+runs :func:`sigmatune.study.commands.hooks.run_study`, exactly as one ``sigmatune run`` process
+would; all of them share the storage (and so the study), as processes on several machines do.
+The parent (:func:`run_workers`):
 
 - checks the config and the devices before it starts anything;
 - prefixes every line a worker prints with ``[wK]`` (K its index);
@@ -32,7 +32,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from sigmatune.study import records
+from sigmatune.study.commands.hooks import run_study
 from sigmatune.study.config import Config
+from sigmatune.study.context import resolve_device
+from sigmatune.study.errors import run_command
+from sigmatune.study.storage import make_storage
 
 __all__ = [
     "WorkersResult",
@@ -103,9 +108,6 @@ def run_workers(
 ) -> WorkersResult:
     """Run one worker per device on ``config``'s storage until the study is done (or a signal
     stops them), then read the study's best trial."""
-    from sigmatune.study import records
-    from sigmatune.study.context import resolve_device
-    from sigmatune.study.storage import make_storage
 
     out = sys.stdout if out is None else out
     # a device this machine lacks fails before any worker starts
@@ -122,7 +124,7 @@ def run_workers(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if cpu_workers and "OMP_NUM_THREADS" not in env:  # share the cores, do not oversubscribe
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))
-    command = [sys.executable, "-m", "sigmatune.study.workers"]
+    command = [sys.executable, "-m", "sigmatune.study.commands.workers"]
     print(f"sigmatune: {len(jobs)} workers on {', '.join(devices)}", file=out, flush=True)
     codes = supervise([command] * len(jobs), [json.dumps(j) for j in jobs], out=out, env=env)
     best = None
@@ -225,17 +227,14 @@ def exit_with_parent(stream: TextIO) -> threading.Thread:
 
 
 def worker_main() -> int:
-    """``python -m sigmatune.study.workers``: one worker of :func:`run_workers`."""
-    from sigmatune.study.errors import run_command
-    from sigmatune.study.run import run
-
+    """``python -m sigmatune.study.commands.workers``: one worker of :func:`run_workers`."""
     job = json.loads(sys.stdin.readline())
     exit_with_parent(sys.stdin)
 
     def work() -> int:
         config = Config.from_dict(job["config"], source="sigmatune run --workers")
         print(f"sigmatune: worker on {config.device}, pid {os.getpid()}", flush=True)
-        run(
+        run_study(
             config,
             progress=bool(job["progress"]),
             heartbeat_interval=job["heartbeat_interval"],

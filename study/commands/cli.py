@@ -1,14 +1,32 @@
-"""``sigmatune`` command line: parses arguments and calls the library functions."""
+"""``sigmatune`` command line: the argument parsers, and the dispatch to the command modules.
+
+Each subcommand's parser is here; its code is ``sigmatune.study.commands.<module>.main(args)``,
+imported when that command runs (:data:`COMMANDS`), so one command never loads what another
+needs."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-import tomllib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sigmatune.study.storage import DEFAULT_STORAGE_URL
+from sigmatune.study.errors import run_command
+from sigmatune.study.schedules import METHODS
+from sigmatune.study.urls import DEFAULT_STORAGE_URL
+
+# subcommand -> the module under sigmatune.study.commands whose main(args) runs it
+COMMANDS = {
+    "run": "run",
+    "tune-sampling": "tune_sampling",
+    "schedule": "schedule",
+    "status": "status",
+    "export": "export",
+    "dashboard": "dashboard",
+    "report": "report",
+    "storage-proxy": "storage_proxy",
+}
 
 DESCRIPTION = """\
 sigmatune: how should a diffusion model spend its effort across noise levels?
@@ -61,260 +79,8 @@ STORAGE_HELP = f"Optuna storage URL (default: {DEFAULT_STORAGE_URL})"
 # Config from arguments
 
 
-def _parse_set(item: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` with VALUE read as TOML (``3``, ``true``, ``[5, 9]``, ``"tpe"``); a bare
-    word that is no TOML value is taken as a string."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"--set wants KEY=VALUE (e.g. inner.tune_sigma_range=true), got {item!r}")
-    try:
-        value = tomllib.loads(f"v = {text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text.strip()
-    return key, value
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for attr, key in (
-        ("outer_trials", "outer.outer_trials"),
-        ("inner_trials", "inner.inner_trials"),
-        ("storage", "storage"),
-        ("study_name", "name"),
-        ("device", "device"),
-        ("dataset", "dataset"),
-    ):
-        value = getattr(args, attr, None)
-        if value is not None:
-            out[key] = value
-    if getattr(args, "nfe", None):
-        out["inner.nfe_budgets"] = list(args.nfe)
-    if getattr(args, "sampler", None):
-        out["inner.samplers"] = list(args.sampler)
-    for item in getattr(args, "set", None) or []:
-        key, value = _parse_set(item)
-        out[key] = value
-    return out
-
-
-def _load_config(args: argparse.Namespace):
-    from sigmatune.study.config import load_config
-
-    source = args.config if args.config else args.preset
-    if source is None:
-        raise ValueError("give a config file or --preset NAME (toy, digits, mnist, cifar10)")
-    if args.config and args.preset:
-        raise ValueError("give a config file or --preset, not both")
-    return load_config(source, _overrides(args))
-
-
 # --------------------------------------------------------------------------------------------
 # Commands
-
-
-def _storage_notes(config: Any) -> None:
-    """What a run should know about its storage: no heartbeats, or an artifact folder that is
-    local to each machine under a storage that many machines share."""
-    from sigmatune.study.storage import storage_capabilities
-
-    caps = storage_capabilities(config.storage)
-    if caps.note:
-        print(f"sigmatune: note: {caps.note}")
-    if caps.many_machines and not config.artifact_dir and not config.artifact_store:
-        print(
-            "sigmatune: note: the artifact folder is ./sigmatune-artifacts on this machine; "
-            "workers on other machines need the same shared folder (--set "
-            "artifact_dir=/shared/path) to resume each other's checkpoints"
-        )
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from sigmatune.study.records import held_out_line
-    from sigmatune.study.run import run
-    from sigmatune.study.storage import redact_url
-
-    config = _load_config(args)
-    from sigmatune.study.context import resolve_device
-
-    if args.workers is None and not args.devices:  # (each of --devices is checked by workers)
-        resolve_device(config.device)  # a device this machine lacks fails before anything else
-    where = redact_url(config.storage)
-    print(
-        f"sigmatune: study {config.name!r} in {where} "
-        f"({config.outer.outer_trials} outer x {config.inner.inner_trials} inner trials, "
-        f"NFE {list(config.inner.nfe_budgets)})"
-    )
-    _storage_notes(config)
-    if args.workers is not None or args.devices:
-        import torch
-
-        from sigmatune.study.workers import run_workers, worker_devices
-
-        devices = worker_devices(
-            args.workers,
-            args.devices.split(",") if args.devices else None,
-            config.device,
-            torch.cuda.device_count(),
-        )
-        result = run_workers(
-            config,
-            devices,
-            heartbeat_interval=args.heartbeat_interval,
-            grace_period=args.grace_period,
-            progress=not args.no_progress,
-        )
-        if result.exit_code != 0:
-            failed = [f"w{k} (exit {c})" for k, c in enumerate(result.codes) if c != 0]
-            print(
-                f"sigmatune: worker(s) {', '.join(failed)} did not finish; run the same "
-                "command again to resume",
-                file=sys.stderr,
-            )
-            return result.exit_code
-        best = result.best
-    else:
-        best = run(
-            config,
-            progress=not args.no_progress,
-            heartbeat_interval=args.heartbeat_interval,
-            grace_period=args.grace_period,
-        ).best
-    if best is None:
-        print("sigmatune: no outer trial completed; see `sigmatune status`", file=sys.stderr)
-        return 1
-    primary = config.inner.nfe_budgets[0]
-    print(f"best: trial {best.number} ({best.label})")
-    print(f"  NFE {primary}, held-out: {held_out_line(best.inner[primary])}")
-    print(
-        f"results: {where} (study {config.name!r}); `sigmatune status --storage {where}`, "
-        f"`sigmatune export --storage {where}`, `sigmatune dashboard {where}`"
-    )
-    return 0
-
-
-def cmd_tune_sampling(args: argparse.Namespace) -> int:
-    from sigmatune.study.storage import redact_url
-    from sigmatune.study.tune import tune_sampling
-
-    config = _load_config(args)
-    summary = tune_sampling(
-        config,
-        checkpoint=args.checkpoint,
-        denoiser=args.denoiser,
-        study_name=args.study_prefix,
-        progress=not args.no_progress,
-        reference_steps=args.reference_steps,
-    )
-    where = redact_url(config.storage)
-    print(
-        f"results: study {summary.prefix!r} (inner studies {summary.prefix}/nfe-K) in {where}; "
-        f"`sigmatune status --storage {where} --study-name {summary.prefix}`"
-    )
-    return 0
-
-
-def cmd_schedule(args: argparse.Namespace) -> int:
-    from sigmatune.study.config import Config, load_config
-    from sigmatune.study.schedule import make_schedule
-
-    if args.config and args.preset:
-        raise ValueError("give a config file or --preset, not both")
-    overrides = dict(_parse_set(item) for item in args.set or [])
-    if args.device:
-        overrides["device"] = args.device
-    source = args.config or args.preset
-    config = (
-        load_config(source, overrides)
-        if source
-        else Config.from_dict({}, source="defaults").replace(overrides)
-    )
-    from sigmatune.study.schedule import DEFAULT_SETTINGS
-
-    # each flag goes to every placement method whose settings have that key (derived from
-    # DEFAULT_SETTINGS, so a new method's settings need no line here)
-    settings: dict[str, dict[str, int]] = {}
-    for method, defaults in DEFAULT_SETTINGS.items():
-        for key in ("num_noises", "teacher_steps", "iterations"):
-            value = getattr(args, key)
-            if value is not None and key in defaults:
-                settings.setdefault(method, {})[key] = value
-    result = make_schedule(
-        args.method,
-        args.schedule_nfe,
-        config=config,
-        sampler=args.schedule_sampler,
-        checkpoint=args.checkpoint,
-        denoiser=args.denoiser,
-        shape=args.shape,
-        output=args.output,
-        rho=args.rho,
-        settings=settings,
-    )
-    print("\n".join(result.lines()))
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from sigmatune.study.status import format_status, read_status, status_json
-
-    study = read_status(args.storage_option or args.storage, args.study_name)
-    sys.stdout.write(status_json(study) if args.format == "json" else format_status(study) + "\n")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from sigmatune.study.export import export
-
-    result = export(
-        args.storage,
-        args.study or args.study_name,
-        trial=args.trial,
-        nfe=args.nfe,
-        fmt=args.format,
-        output=args.output,
-    )
-    if result.text:
-        sys.stdout.write(result.text)
-    for path in result.paths:
-        print(f"sigmatune: wrote {path}", file=sys.stderr)
-    if result.message:
-        print(result.message)
-    return 0
-
-
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    import optuna
-
-    from sigmatune.dashboards.server import check_address, serve
-    from sigmatune.study.artifacts import bucket_store
-    from sigmatune.study.export import open_storage
-    from sigmatune.study.storage import artifact_dir_for
-
-    check_address(args.host, args.port)  # a bad --host or --port fails before anything opens
-    storage = open_storage(args.storage)
-    # a viewer creates nothing: the store reads the bucket, or the folder where it exists
-    artifact_store = bucket_store(args.artifact_store or "")
-    if artifact_store is None:
-        folder = artifact_dir_for(args.storage, args.artifact_dir or "")
-        artifact_store = optuna.artifacts.FileSystemArtifactStore(folder)
-    serve(storage, artifact_store=artifact_store, host=args.host, port=args.port)
-    return 0
-
-
-def cmd_storage_proxy(args: argparse.Namespace) -> int:
-    from sigmatune.study.proxy import serve_storage_proxy
-
-    serve_storage_proxy(args.storage, args.host, args.port, threads=args.threads)
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from sigmatune.study.export import export_report
-
-    path = export_report(args.storage, args.study or args.study_name, args.output)
-    print(f"sigmatune: wrote {path}")
-    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,7 +158,6 @@ def _parser_run(sub: Any) -> None:
         metavar="LIST",
         help="one worker per device, comma-separated, e.g. cuda:0,cuda:1 (as --workers)",
     )
-    p.set_defaults(func=cmd_run)
 
 
 def _parser_tune(sub: Any) -> None:
@@ -424,12 +189,9 @@ def _parser_tune(sub: Any) -> None:
         "--study-prefix",
         help="the study's name; inner studies are PREFIX/nfe-K (default: NAME-sampling)",
     )
-    p.set_defaults(func=cmd_tune_sampling)
 
 
 def _parser_schedule(sub: Any) -> None:
-    from sigmatune.study.schedule import METHODS
-
     p = sub.add_parser(
         "schedule",
         help="one step schedule for a model in seconds, without a study",
@@ -480,7 +242,6 @@ def _parser_schedule(sub: Any) -> None:
     p.add_argument(
         "-o", "--output", default=".", help="folder to write the files to (default: here)"
     )
-    p.set_defaults(func=cmd_schedule)
 
 
 def _parser_status(sub: Any) -> None:
@@ -499,7 +260,6 @@ def _parser_status(sub: Any) -> None:
         help="text (a table) or json (a list of trials with number, state, name, label, "
         "params, held_out and reason)",
     )
-    p.set_defaults(func=cmd_status)
 
 
 def _parser_export(sub: Any) -> None:
@@ -533,7 +293,6 @@ def _parser_export(sub: Any) -> None:
         help="output file (default: stdout); k-diffusion: a folder, or a file with --nfe "
         "(default: the current folder)",
     )
-    p.set_defaults(func=cmd_export)
 
 
 def _parser_dashboard(sub: Any) -> None:
@@ -560,7 +319,6 @@ def _parser_dashboard(sub: Any) -> None:
         help="the runs' artifact_store, when they used a bucket (s3://BUCKET/PREFIX or "
         "file:///PATH): model files and exports are read from there",
     )
-    p.set_defaults(func=cmd_dashboard)
 
 
 def _parser_report(sub: Any) -> None:
@@ -575,7 +333,6 @@ def _parser_report(sub: Any) -> None:
     p.add_argument(
         "-o", "--output", default="report.html", help="output file (default: report.html)"
     )
-    p.set_defaults(func=cmd_report)
 
 
 def _parser_storage_proxy(sub: Any) -> None:
@@ -606,7 +363,6 @@ def _parser_storage_proxy(sub: Any) -> None:
         default=8,
         help="server threads, and so the most database connections (default 8)",
     )
-    p.set_defaults(func=cmd_storage_proxy)
 
 
 PARSERS: tuple[Callable[[Any], None], ...] = (
@@ -636,12 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
+    if args.command is None:
         parser.print_help()
         return 2
-    from sigmatune.study.errors import run_command
-
-    return run_command(lambda: args.func(args), "interrupted; run the same command again to resume")
+    command = importlib.import_module(f"sigmatune.study.commands.{COMMANDS[args.command]}")
+    return run_command(
+        lambda: command.main(args), "interrupted; run the same command again to resume"
+    )
 
 
 if __name__ == "__main__":

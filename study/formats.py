@@ -1,8 +1,7 @@
-"""Export a study's training weighting and tuned step schedules for other tools.
+"""The export formats: what ``export``, ``report``, ``schedule`` and a finished ``run`` write.
 
-``sigmatune export STUDY --format json|csv|k-diffusion|diffusers``. Every format carries each
-sigma list under a key ``sigmas`` (a column, for CSV), descending and ending in 0
-(k-diffusion's convention, ``models.schedules.validate``):
+Every format carries each sigma list under a key ``sigmas`` (a column, for CSV), descending and
+ending in 0 (k-diffusion's convention, ``models.schedules.validate``):
 
 - ``json``: the whole record (:func:`export_document`; schema ``study/export.schema.json``):
   study, trial, data set; the training weighting with a table over lam of ``p_lam``, ``w``
@@ -14,9 +13,13 @@ sigma list under a key ``sigmas`` (a column, for CSV), descending and ending in 
   and a two-line snippet for ``K.sampling.sample_heun(model, x, sigmas)``.
 - ``diffusers``: the list for ``EulerDiscreteScheduler.set_timesteps(sigmas=...)``, final 0
   included.
+- the ``schedule`` command's document (:func:`schedule_document`), one schedule without a
+  study, written in all of the above by :func:`write_schedule_files`.
 
-Every file is written atomically (a temporary file in the same folder, then a rename), so a
-full disk never leaves a half-written export where the previous one was.
+One output rule for all of them (:func:`check_output`): the folder must exist and a file is
+replaced only when sigmatune wrote it. Every file is written atomically (a temporary file in
+the same folder, then a rename), so a full disk never leaves a half-written file where the
+previous one was.
 """
 
 from __future__ import annotations
@@ -27,43 +30,35 @@ import json
 import math
 import os
 import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
 import torch
 
+from sigmatune.models.placement import Placement
 from sigmatune.models.schedules import validate
 from sigmatune.objectives.curves import LAM_POINTS, lam_grid, weighting_curves
-from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records
 from sigmatune.study.errors import WriteError
-from sigmatune.study.records import InnerRecord, StudyRecord, TrialRecord
+from sigmatune.study.records import REPORT_MARK, InnerRecord, StudyRecord, TrialRecord
+from sigmatune.study.schedules import costs, density_schedule
 from sigmatune.study.storage import redact_url as redact
-
-__all__ = [
-    "FORMATS",
-    "SCHEMA_PATH",
-    "ExportResult",
-    "atomic_write",
-    "attach_export",
-    "diffusers_document",
-    "export",
-    "export_document",
-    "kdiffusion_payload",
-    "kdiffusion_snippet",
-    "load_schema",
-    "open_storage",
-    "to_csv",
-]
+from sigmatune.study.storage import safe_name, short_hash
 
 FORMATS = ("json", "csv", "k-diffusion", "diffusers")
+
+
 EXPORT_FORMAT = "sigmatune-export"
+
+
 EXPORT_VERSION = 2
+
+
 SCHEMA_PATH = Path(__file__).with_name("export.schema.json")
+
+
 # models.samplers keyword -> k-diffusion keyword (k_diffusion.sampling.sample_euler/heun)
 KDIFFUSION_KWARGS = {
     "S_churn": "s_churn",
@@ -71,11 +66,15 @@ KDIFFUSION_KWARGS = {
     "S_max": "s_tmax",
     "S_noise": "s_noise",
 }
+
+
 KDIFFUSION_SAMPLERS = {
     "euler": "sample_euler",
     "heun": "sample_heun",
     "dpmpp_2m": "sample_dpmpp_2m",
 }
+
+
 DIFFUSERS_NOTES = (
     "EulerDiscreteScheduler.set_timesteps(sigmas=sigmas) takes this list as it is: sigmas in "
     "the variance-exploding convention (x = x0 + sigma*eps), descending, the final 0 included "
@@ -92,19 +91,19 @@ DIFFUSERS_NOTES = (
     "EulerDiscreteScheduler is a first-order (Euler) sampler; the schedule was tuned for the "
     "sampler named in 'sampler' and NFE counts model evaluations of that sampler.",
 )
+
+
 # Bytes of a study name in a file name: the longest stem plus "-export.json", "-nfe-K.pt" or a
 # temporary file's affixes stays far below the 255 bytes a file name may have.
 NAME_BYTES = 120
+
+
 TABLE_NOTE = (
     "over lam = -2 ln sigma: p_lam = noise-level density per unit lam; w = loss weight in the "
     "parameterisation's space; W = p_lam*w*sigma^2/c_out^2, the effective eps-space weight per "
     "unit lam (Kingma & Gao 2023); W_normalised = W over its area. An adaptive mechanism "
     "enters W in its initial state."
 )
-
-
-# --------------------------------------------------------------------------------------------
-# Files
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -148,14 +147,16 @@ def _exists(path: str | Path) -> bool:
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 CSV_HEADER = "nfe,sampler,step,sigmas,lam"
+
+
 OURS_MAX_BYTES = 64 << 20  # a file of ours is far smaller; a larger one is not read to check
 
 
 def _json_is_ours(raw: bytes) -> bool:
     """An export or schedule document, or a diffusers sigma list, that sigmatune wrote."""
-    from sigmatune.study.schedule import DOCUMENT_FORMAT
-
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -183,8 +184,6 @@ def written_by_sigmatune(path: str | Path) -> bool:
     """Whether the existing file ``path`` is one that sigmatune writes (an export in any
     format, a schedule file, a report) or empty, and so may be replaced by a new one. A
     database (SQLite's header), another program's JSON, CSV or tensor file is not."""
-    from sigmatune.dashboards.report import GENERATOR_MARK
-
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -201,7 +200,7 @@ def written_by_sigmatune(path: str | Path) -> bool:
     if raw.startswith(b"PK\x03\x04"):  # a zip: torch.save's format
         return _torch_is_ours(path)
     head = raw[:8192].decode("utf-8", errors="replace")
-    if GENERATOR_MARK in head:
+    if REPORT_MARK in head:
         return True
     if head.lstrip().startswith("{"):
         return _json_is_ours(raw)
@@ -262,33 +261,8 @@ def shorten_bytes(text: str, max_bytes: int) -> str:
 def file_stem(study: str, trial: int) -> str:
     """A file name stem for a study's trial: the safe name, shortened (to 60 characters and
     NAME_BYTES bytes), with a hash of the full name so that two names never share a file."""
-    from sigmatune.study.storage import safe_name, short_hash
-
     short = shorten_bytes(safe_name(study)[:60], NAME_BYTES)
     return f"{short}-{short_hash(study)[:8]}-trial-{int(trial):04d}"
-
-
-# --------------------------------------------------------------------------------------------
-# Opening a study
-
-
-def open_storage(storage_url: str) -> optuna.storages.BaseStorage:
-    """Open an existing storage for reading; a missing SQLite/journal file is a
-    ``StorageError`` and nothing is created."""
-    from sigmatune.study.storage import check_storage_exists, make_storage
-
-    check_storage_exists(storage_url)
-    return make_storage(storage_url, heartbeat_interval=None, create=False)
-
-
-def read(storage_url: str, study_name: str | None) -> StudyRecord:
-    storage = open_storage(storage_url)
-    name = records.resolve_study_name(storage, storage_url, study_name)
-    return records.read_study(storage, name)
-
-
-# --------------------------------------------------------------------------------------------
-# The JSON document
 
 
 def load_schema() -> dict[str, Any]:
@@ -296,13 +270,13 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Strict JSON: non-finite floats (e.g. ``S_max = inf``) become the strings "inf",
     "-inf", "nan"; tuples become lists."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return value
@@ -413,10 +387,8 @@ def unscored_section(sampler: str, nfe: int, sigmas: Any, source: str) -> dict[s
 
 def density_section(density: dict[str, Any], nfe: int) -> dict[str, Any]:
     """A budget that was never tuned: the quantiles of the step density over lam fitted to
-    the trial's tuned schedules (``study.schedule.density_schedule``), with no held-out
+    the trial's tuned schedules (``study.schedules.density_schedule``), with no held-out
     figures of its own."""
-    from sigmatune.study.schedule import density_schedule
-
     sampler = str(density["sampler"])
     sigmas = density_schedule(density, nfe)
     return {
@@ -474,7 +446,7 @@ def export_document(study: StudyRecord, trial: int | None = None, nfe: int | Non
         "schedules": schedules,
         "config": config,
     }
-    return _json_safe(doc)
+    return json_safe(doc)
 
 
 def dumps(doc: dict[str, Any]) -> str:
@@ -494,10 +466,6 @@ def _one_schedule(doc: dict[str, Any], nfe: int | None) -> dict[str, Any]:
                 f"the export has no schedule at nfe={nfe}; valid: {', '.join(schedules)}"
             )
     return schedules[key]
-
-
-# --------------------------------------------------------------------------------------------
-# Other formats
 
 
 def to_csv(doc: dict[str, Any]) -> str:
@@ -573,10 +541,6 @@ def diffusers_document(doc: dict[str, Any], nfe: int | None = None) -> dict[str,
         "trial": doc["trial"],
         "notes": list(DIFFUSERS_NOTES),
     }
-
-
-# --------------------------------------------------------------------------------------------
-# The command
 
 
 @dataclass
@@ -656,102 +620,65 @@ def render(
     return result
 
 
-def export(
-    storage_url: str,
-    study_name: str | None = None,
+DOCUMENT_FORMAT = "sigmatune-schedule"
+
+
+DOCUMENT_VERSION = 1
+
+
+def schedule_document(
+    placement: Placement,
     *,
-    trial: int | None = None,
-    nfe: int | None = None,
-    fmt: str = "json",
-    output: str | Path | None = None,
-) -> ExportResult:
-    """``sigmatune export``: the best (or ``trial``'s) weighting and schedules in ``fmt``."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
-    if output and fmt != "k-diffusion":  # refused before the storage is opened
-        check_output(output, "export", "export.csv" if fmt == "csv" else "export.json")
-    study = read(storage_url, study_name)
-    # json and csv hold the one budget asked for; the others every tuned budget (and one
-    # from the step density when --nfe names a budget that was not tuned)
-    tuned = nfe is not None and nfe in choose_trial(study, trial).inner
-    doc = export_document(study, trial, None if fmt not in ("json", "csv") and tuned else nfe)
-    return render(doc, fmt, nfe=nfe, output=output)
+    sampler: str,
+    nfe: int,
+    source: str | None,
+    sigma_min: float,
+    sigma_max: float,
+) -> dict[str, Any]:
+    """The document the export writers read (:func:`to_csv`,
+    ``kdiffusion_payload``, ``diffusers_document``), for one schedule outside any study."""
+    section = unscored_section(sampler, nfe, placement.sigmas, placement.method)
+    return json_safe(
+        {
+            "format": DOCUMENT_FORMAT,
+            "version": DOCUMENT_VERSION,
+            "method": placement.method,
+            "model": source,
+            "study": None,
+            "trial": None,
+            "primary_nfe": int(nfe),
+            "sigma_min": float(sigma_min),
+            "sigma_max": float(sigma_max),
+            "cost": costs(placement),
+            "info": dict(placement.info),
+            "schedules": {str(nfe): section},
+        }
+    )
 
 
-def check_report_output(output: str | Path) -> Path:
-    """A path ``report`` may write (:func:`check_output`: the same rule as ``export``)."""
-    return check_output(output, "report", "report.html")
-
-
-def export_report(storage_url: str, study_name: str | None, output: str | Path) -> Path:
-    """``sigmatune report``: the self-contained HTML report with the best trial's export,
-    written atomically; refuses to replace a file that is not a report."""
-    from sigmatune.dashboards.report import render_report
-
-    path = check_report_output(output)
-    study = read(storage_url, study_name)
-    doc = export_document(study) if study.best is not None else None
-    return write_text_atomic(path, render_report(study, export=doc))
-
-
-# --------------------------------------------------------------------------------------------
-# Attaching the best trial's export
-
-
-def attach_export(
-    storage: optuna.storages.BaseStorage,
-    artifact_store: Any,
-    study_name: str,
-    directory: str | Path,
-    *,
-    trial: int | None = None,
-) -> dict[str, Any] | None:
-    """Attach the export (JSON and CSV) of the best outer trial (or ``trial``) to that trial as
-    artifacts, replacing a previous attachment of the study. Returns the record stored in the
-    outer study's user attr ``records.EXPORT`` (None when no trial is complete)."""
-    study = records.read_study(storage, study_name)
-    if trial is None and study.best is None:
-        return None
-    doc = export_document(study, trial)
-    chosen = study.trial(int(doc["trial"]))
-    previous = study.export
-    if previous:
-        for artifact_id in (previous.get("artifacts") or {}).values():
-            adapter.register_trial_artifact(
-                storage, study.study_id, previous.get("trial_id"), artifact_id, filename=None
-            )
-            try:
-                artifact_store.remove(artifact_id)
-            except Exception:  # already gone
-                pass
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)  # the run's own artifact folder
-    stem = f"{file_stem(study.name, chosen.number)}-export"
-    files = {
-        "json": (directory / f"{stem}.json", dumps(doc), "application/json"),
-        "csv": (directory / f"{stem}.csv", to_csv(doc), "text/csv"),
+def write_schedule_files(doc: dict[str, Any], folder: str | Path) -> dict[str, Path]:
+    """Write ``doc``'s schedule in every export format into ``folder`` (atomically), named
+    ``METHOD-SAMPLER-nfeK``: ``.json`` (the document), ``.csv``, ``.pt`` (k-diffusion,
+    ``torch.load(weights_only=True)["sigmas"]``) and ``.diffusers.json``."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output {str(folder)!r} is a file; give a folder (-o FOLDER)")
+    nfe = int(doc["primary_nfe"])
+    sched = doc["schedules"][str(nfe)]
+    stem = folder / f"{doc['method']}-{sched['sampler']}-nfe{nfe}"
+    names = (".json", ".csv", ".pt", ".diffusers.json")
+    if folder.is_dir():  # anyone else's file of the same name is refused before any write
+        for suffix in names:
+            check_output(stem.with_suffix(suffix), "schedule", "FOLDER")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": write_text_atomic(stem.with_suffix(".json"), dumps(doc)),
+        "csv": write_text_atomic(stem.with_suffix(".csv"), to_csv(doc)),
     }
-    artifacts: dict[str, str] = {}
-    for fmt, (path, text, mimetype) in files.items():
-        write_text_atomic(path, text)
-        artifact_id = str(uuid.uuid4())
-        with open(path, "rb") as f:
-            artifact_store.write(artifact_id, f)
-        adapter.register_trial_artifact(
-            storage,
-            study.study_id,
-            chosen.trial_id,
-            artifact_id,
-            filename=path.name,
-            mimetype=mimetype,
-        )
-        artifacts[fmt] = artifact_id
-    record = {
-        "trial": chosen.number,
-        "trial_id": chosen.trial_id,
-        "artifacts": artifacts,
-        "files": {fmt: v[0].name for fmt, v in files.items()},
-        "paths": {fmt: str(v[0]) for fmt, v in files.items()},
-    }
-    storage.set_study_user_attr(study.study_id, records.EXPORT, record)
-    return record
+    pt = stem.with_suffix(".pt")
+    payload = kdiffusion_payload(doc, nfe, pt)
+    paths["k-diffusion"] = atomic_write(pt, lambda tmp: torch.save(payload, tmp))
+    paths["diffusers"] = write_text_atomic(
+        stem.with_suffix(".diffusers.json"), dumps(diffusers_document(doc, nfe))
+    )
+    return paths

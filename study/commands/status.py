@@ -7,23 +7,23 @@ As a table for people (:func:`format_status`) or a JSON list for scripts
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import textwrap
 from datetime import datetime
 from typing import Any
 
 from sigmatune.study import records
-from sigmatune.study.export import open_storage
 from sigmatune.study.records import StudyRecord, TrialRecord
+from sigmatune.study.storage import read_stored_study
 
 LABEL_WIDTH = 40
 
 
 def read_status(storage_url: str, study_name: str | None = None) -> StudyRecord:
     """The study a ``status`` command shows (the only one, or ``study_name``)."""
-    storage = open_storage(storage_url)
-    name = records.resolve_study_name(storage, storage_url, study_name)
-    return records.read_study(storage, name)
+    return read_stored_study(storage_url, study_name)
 
 
 def trial_json(study: StudyRecord, t: TrialRecord) -> dict[str, Any]:
@@ -95,3 +95,11 @@ def format_status(study: StudyRecord, *, heartbeat_grace_s: float = 30.0) -> str
             detail.append(t.note)
         lines += [f"{'':>5}    {d}" for d in detail]
     return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``sigmatune status``."""
+
+    study = read_status(args.storage_option or args.storage, args.study_name)
+    sys.stdout.write(status_json(study) if args.format == "json" else format_status(study) + "\n")
+    return 0

@@ -1,0 +1,57 @@
+"""The config a command builds from its arguments: a file or preset, then ``--set`` and flags."""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from typing import Any
+
+from sigmatune.study.config import Config, load_config
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as TOML (``3``, ``true``, ``[5, 9]``, ``"tpe"``); a bare
+    word that is no TOML value is taken as a string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set wants KEY=VALUE (e.g. inner.tune_sigma_range=true), got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return key, value
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr, key in (
+        ("outer_trials", "outer.outer_trials"),
+        ("inner_trials", "inner.inner_trials"),
+        ("storage", "storage"),
+        ("study_name", "name"),
+        ("device", "device"),
+        ("dataset", "dataset"),
+    ):
+        value = getattr(args, attr, None)
+        if value is not None:
+            out[key] = value
+    if getattr(args, "nfe", None):
+        out["inner.nfe_budgets"] = list(args.nfe)
+    if getattr(args, "sampler", None):
+        out["inner.samplers"] = list(args.sampler)
+    for item in getattr(args, "set", None) or []:
+        key, value = parse_set(item)
+        out[key] = value
+    return out
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    """The config of ``run`` and ``tune-sampling``: a file or ``--preset``, with the flags and
+    ``--set`` items over it."""
+    source = args.config if args.config else args.preset
+    if source is None:
+        raise ValueError("give a config file or --preset NAME (toy, digits, mnist, cifar10)")
+    if args.config and args.preset:
+        raise ValueError("give a config file or --preset, not both")
+    return load_config(source, overrides_of(args))
