@@ -413,3 +413,48 @@ def limited_threads(n: int) -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+# DESIGN, "verdicts follow the rules": no ratio and no "met" between two scores at the floor; a
+# target the independent check contradicts is reported as contradicted, in the table.
+MET, MISSED, NOT_MEASURED = "met", "missed", "not measured"
+UNDECIDABLE = "at the floor: undecidable"
+CONTRADICTED = "contradicted by the independent check"
+AT_FLOOR_SPREADS = 2.0  # objectives.fid.AT_FLOOR_SPREADS: a score within two floor spreads
+
+
+def at_floor(value: float | None, floor: float | None, floor_spread: float | None) -> bool:
+    """Whether a score is at the floor, ``value <= floor + 2 * floor_spread`` (the rule of
+    ``objectives.fid.Floors.at_floor``); False where a figure is missing."""
+    if value is None or floor is None or floor_spread is None:
+        return False
+    return value <= floor + AT_FLOOR_SPREADS * floor_spread
+
+
+def floor_ratio(
+    a: float | None, b: float | None, floor: float | None, floor_spread: float | None
+) -> float | None:
+    """``a / b``, or None where either is missing, ``b <= 0``, or both are at the floor."""
+    if a is None or b is None or b <= 0:
+        return None
+    if at_floor(a, floor, floor_spread) and at_floor(b, floor, floor_spread):
+        return None
+    return a / b
+
+
+def verdict(
+    met: bool | None, *, undecidable: bool = False, independent_met: bool | None = None
+) -> str:
+    """A target's verdict, in words: :data:`NOT_MEASURED` (``met`` None and decidable),
+    :data:`UNDECIDABLE` (the scores it compares are both at the floor), :data:`CONTRADICTED`
+    (the independent check, where it judged the same target, says otherwise), else
+    :data:`MET` or :data:`MISSED`."""
+    if undecidable:
+        return UNDECIDABLE
+    if met is None:
+        return NOT_MEASURED
+    if independent_met is not None and bool(independent_met) != bool(met):
+        return CONTRADICTED
+    return MET if met else MISSED

@@ -18,6 +18,7 @@ arm spent, and the W(lambda) of the winner beside EDM's.
 
     python -m benchmarks.outer_study                 # the full benchmark (hours on 2 CPUs)
     python -m benchmarks.outer_study --quick         # a smoke run at tiny sizes
+    python -m benchmarks.outer_study --render-only   # the verdicts and README block again
     python -m benchmarks.outer_study --study-pruner successive_halving \
         --study-checkpoint-nimg 25000 --study-name study_sha    # one bracket, rungs 25k, 75k
 """
@@ -34,7 +35,10 @@ from typing import Any
 from benchmarks._common import (
     BENCH_OUT,
     RESULTS_DIR,
+    UNDECIDABLE,
     add_allow_dirty,
+    at_floor,
+    floor_ratio,
     fmt,
     fmt_spread,
     format_table,
@@ -44,6 +48,7 @@ from benchmarks._common import (
     new_payload,
     publish,
     results_path,
+    verdict,
     write_json,
 )
 from benchmarks.quality import Figure
@@ -133,21 +138,79 @@ def compare(lit: list[dict], stu: list[dict], floors: Mapping[str, Any] | None) 
         "best_study": best_stu,
         "edm": edm,
     }
+    fl = floors or {}
+    floor, floor_spread = fl.get("floor"), fl.get("floor_spread")
+    both_at_floor = {BEST: False, EDM: False}
     if best_lit and best_stu:
         spread = max(best_lit["fid_spread"] or 0.0, best_stu["fid_spread"] or 0.0)
-        out["study_vs_literature"] = best_stu["fid"] / best_lit["fid"]
+        out["study_vs_literature"] = floor_ratio(
+            best_stu["fid"], best_lit["fid"], floor, floor_spread
+        )
         out["within_spread"] = best_stu["fid"] <= best_lit["fid"] + spread
+        both_at_floor[BEST] = out["study_vs_literature"] is None
     if edm and best_stu:
-        out["study_vs_edm"] = best_stu["fid"] / edm["fid"]
+        out["study_vs_edm"] = floor_ratio(best_stu["fid"], edm["fid"], floor, floor_spread)
+        both_at_floor[EDM] = out["study_vs_edm"] is None
+    # no "met" between two scores at the floor: None (undecidable) there
     out["targets"] = {
         IMAGES: out["images_ratio"] is not None and out["images_ratio"] <= TARGET_IMAGES,
-        BEST: bool(out.get("within_spread")),
-        EDM: out.get("study_vs_edm") is not None and out["study_vs_edm"] <= TARGET_EDM,
+        BEST: None if both_at_floor[BEST] else bool(out.get("within_spread")),
+        EDM: None
+        if both_at_floor[EDM]
+        else out.get("study_vs_edm") is not None and out["study_vs_edm"] <= TARGET_EDM,
     }
+    out["undecidable"] = [k for k, v in both_at_floor.items() if v]
     if floors:
-        out["floor"] = floors.get("floor")
-        out["floor_spread"] = floors.get("floor_spread")
+        out["floor"] = floor
+        out["floor_spread"] = floor_spread
     return out
+
+
+def independent_targets(
+    comparison: Mapping[str, Any], check: Mapping[str, Any] | None
+) -> dict[str, bool | None]:
+    """The study-vs-literature targets as the independent check judges them (raw-pixel
+    Fréchet distances of the literature arm's models, by configuration name): the study's
+    best configuration against EDM's defaults (<= TARGET_EDM) and against the best literature
+    configuration (<= 1 within the larger spread). None where the check lacks either model
+    (a winner that is no literature configuration) or both are at its own floor (its real vs
+    real over the same sets)."""
+    out: dict[str, bool | None] = {BEST: None, EDM: None}
+    if not check or not check.get("trials"):
+        return out
+    by_name = {r["name"]: Figure.of(r["values"]) for r in check["trials"].values()}
+    rr = Figure.of(check["real_vs_real"]) if check.get("real_vs_real") else None
+    floor, spread = (rr.mean, rr.spread) if rr else (None, None)
+    best = (comparison.get("best_study") or {}).get("name")
+    lit = (comparison.get("best_literature") or {}).get("name")
+    if best in by_name and "edm" in by_name:
+        ratio = floor_ratio(by_name[best].mean, by_name["edm"].mean, floor, spread)
+        out[EDM] = None if ratio is None else ratio <= TARGET_EDM
+    if best in by_name and lit in by_name:
+        a, b = by_name[best], by_name[lit]
+        if not (at_floor(a.mean, floor, spread) and at_floor(b.mean, floor, spread)):
+            out[BEST] = a.mean <= b.mean + max(a.spread, b.spread)
+    return out
+
+
+def target_verdicts(payload: Mapping[str, Any]) -> dict[str, str]:
+    """Each target's verdict (``benchmarks._common.verdict``): "at the floor: undecidable"
+    where the scores it compares are both at the floor, "contradicted by the independent
+    check" where that check judges it otherwise, else met / missed."""
+    c = payload["comparison"]
+    targets, undecidable = c["targets"], set(c.get("undecidable") or ())
+    if not c.get("undecidable"):  # an older JSON: judge the floor from its figures
+        fl, sp = c.get("floor"), c.get("floor_spread")
+        for key, a, b in ((BEST, "best_study", "best_literature"), (EDM, "best_study", "edm")):
+            if c.get(a) and c.get(b) and floor_ratio(c[a]["fid"], c[b]["fid"], fl, sp) is None:
+                undecidable.add(key)
+    independent = independent_targets(c, payload.get("independent"))
+    return {
+        key: verdict(
+            targets[key], undecidable=key in undecidable, independent_met=independent.get(key)
+        )
+        for key in targets
+    }
 
 
 def run_arm(config: Config) -> tuple[StudyRecord, float]:
@@ -343,13 +406,22 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
         rows,
     )
     edm = c["edm"]["fid"] if c.get("edm") else None
-    met = c["targets"]
+    verdicts = target_verdicts(payload)
+
+    def value(key: str, name: str) -> Any:
+        return "at floor" if verdicts[key] == UNDECIDABLE else c.get(name)
+
     summary = format_table(
-        ["", "value", "target", "met"],
+        ["", "value", "target", "verdict"],
         [
-            ["study's images / literature's", c["images_ratio"], "<= 0.6", met[IMAGES]],
-            ["study's best / best literature", c.get("study_vs_literature"), "<= 1", met[BEST]],
-            ["study's best / EDM's defaults", c.get("study_vs_edm"), "<= 0.85", met[EDM]],
+            ["study's images / literature's", c["images_ratio"], "<= 0.6", verdicts[IMAGES]],
+            [
+                "study's best / best literature",
+                value(BEST, "study_vs_literature"),
+                "<= 1",
+                verdicts[BEST],
+            ],
+            ["study's best / EDM's defaults", value(EDM, "study_vs_edm"), "<= 0.85", verdicts[EDM]],
         ],
     )
     best = c.get("best_study") or {}
@@ -414,12 +486,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="no training: add the independent check to the JSON of a finished run (--out) "
         "from its storage in --dir, and render it again",
     )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: the targets' verdicts and the README block of the JSON (--out) "
+        "again, from its figures",
+    )
     add_allow_dirty(parser)
     args = parser.parse_args(argv)
     source = Path(args.out) if args.out else RESULTS_DIR / f"{NAME}.json"
     args.out = results_path(NAME, args.out, args.allow_dirty)
     if args.check_only:
         return check_only(args, source)
+    if args.render_only:
+        payload = json.loads(source.read_text(encoding="utf-8"))
+        payload["comparison"]["verdicts"] = target_verdicts(payload)
+        publish(NAME, payload, render_readme, args.out)
+        return 0
     payload = new_payload(NAME, argv)
     base = load_config(args.preset)
     overrides: dict[str, Any] = {"inner.nfe_budgets": [args.nfe]}
@@ -476,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     )
     payload["comparison"] = compare(payload["literature"], payload["study"], stu.floors)
+    payload["comparison"]["verdicts"] = target_verdicts(payload)
     best = payload["comparison"].get("best_study")
     edm = payload["comparison"].get("edm")
     payload["W"] = {
@@ -495,6 +579,7 @@ def check_only(args: argparse.Namespace, source: Path) -> int:
     lit = read_study(storage, "literature")
     payload["independent"] = independent_check(args.dir, lit, int(payload["nfe"]))
     payload["same_model"] = same_model(args.dir, payload)
+    payload["comparison"]["verdicts"] = target_verdicts(payload)  # the check may contradict
     payload["readme"] = render_readme(payload)
     write_json(NAME, payload, args.out)
     print(payload["readme"]["outer_study"])

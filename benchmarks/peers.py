@@ -64,6 +64,7 @@ from benchmarks._common import (
     BENCH_OUT,
     RESULTS_DIR,
     benchmark_parser,
+    floor_ratio,
     fmt,
     fmt_spread,
     format_table,
@@ -73,6 +74,7 @@ from benchmarks._common import (
     new_payload,
     publish,
     results_path,
+    verdict,
 )
 from benchmarks.quality import Figure
 from sigmatune.models.samplers import steps_for_nfe
@@ -382,14 +384,11 @@ def row(
 ) -> dict[str, Any]:
     """One row of the JSON: the figures, the best peer and the targets' verdicts."""
 
-    def at_floor(name: str) -> bool:
-        return fid[name].mean <= floor + 2 * floor_spread
-
     def ratio(a: str, b: str) -> float | None:
         """mean a / mean b; None where either is missing or both are at the floor."""
-        if a not in fid or b not in fid or (at_floor(a) and at_floor(b)) or fid[b].mean <= 0:
+        if a not in fid or b not in fid:
             return None
-        return fid[a].mean / fid[b].mean
+        return floor_ratio(fid[a].mean, fid[b].mean, floor, floor_spread)
 
     best = min(PEERS, key=lambda k: fid[k].mean)
     tuned, peer = fid["tuned"], fid[best]
@@ -549,6 +548,12 @@ def untuned_table(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def half_verdict(met: bool, counted: int, rows: int) -> str:
+    """ "met" / "missed" for an "at least half of the rows" target counted over the rows not
+    at the floor; "at the floor: undecidable" where every row is at the floor (none counted)."""
+    return verdict(met, undecidable=counted == 0 and rows > 0)
+
+
 def targets_text(t: Mapping[str, Any]) -> str:
     met = t["met"]
     lines = [
@@ -557,10 +562,10 @@ def targets_text(t: Mapping[str, Any]) -> str:
         f"rows (target 0: {'met' if met['never_worse_beyond_spread'] else 'missed'}).",
         f"- sigmatune ≤ {TARGET_RATIO}× the best peer at NFE ≤ {TARGET_NFE}: "
         f"{t['tuned_le_0.9_best_peer_nfe_le_9']} of {t['rows_nfe_le_9']} rows (target: at "
-        f"least half; {'met' if met['half_at_0.9'] else 'missed'}).",
+        f"least half; {half_verdict(met['half_at_0.9'], t['rows_nfe_le_9'], t['rows'])}).",
         f"- density at an untuned NFE within {TARGET_DENSITY}× of per-NFE tuning: "
         f"{t['density_within_1.1_of_tuned']} of {t['density_rows']} rows "
-        f"({'met' if met['density_within_1.1'] else 'missed'}).",
+        f"({half_verdict(met['density_within_1.1'], t['density_rows'], t['rows'])}).",
     ]
     if "met_search" in t:
         ms = t["met_search"]
@@ -585,7 +590,7 @@ def targets_text(t: Mapping[str, Any]) -> str:
             f"- sigmatune ≤ {SEARCH_TARGET_RATIO}× the best peer (karras tuned included) at "
             f"NFE ≤ {TARGET_NFE}: {t['tuned_le_0.8_best_peer_nfe_le_9']} of "
             f"{t['rows_nfe_le_9']} rows (target: at least half; "
-            f"{'met' if ms['half_at_0.8'] else 'missed'}).",
+            f"{half_verdict(ms['half_at_0.8'], t['rows_nfe_le_9'], t['rows'])}).",
         ]
     wins = t["peer_wins"]
     if wins:

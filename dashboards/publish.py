@@ -37,6 +37,7 @@ from sigmatune.study.records import (
     StudyRecord,
     TrialRecord,
     fid_text,
+    floor_text,
     held_out_line,
     read_inner_trials,
     read_study,
@@ -151,8 +152,9 @@ def _floor_text(data: StudyRecord) -> str:
     if not data.floors:
         return ""
     fl = data.floors
+    line = floor_text(fl, data.seeds.num_images)
     return (
-        f" Floor (real vs real) {fid_text(fl['floor'])} ± {fid_text(fl['floor_spread'], 2)}; "
+        f" {line[:1].upper()}{line[1:]}; "
         f"noise vs real {fid_text(fl['ceiling'])} (pure noise scored against the data: a "
         "reference point, not an upper bound)."
     )

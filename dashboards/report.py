@@ -17,7 +17,13 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from sigmatune.dashboards.figures import SCHEDULE_LABELS, shown_figures, trial_title
-from sigmatune.study.records import REPORT_MARK, StudyRecord, fid_text, held_out_line
+from sigmatune.study.records import (
+    REPORT_MARK,
+    StudyRecord,
+    fid_text,
+    floor_text,
+    held_out_line,
+)
 
 # The first line of every report: how `sigmatune report` recognises a file it may replace.
 GENERATOR_MARK = REPORT_MARK
@@ -213,9 +219,9 @@ def render_report(data: StudyRecord, *, export: dict[str, Any] | None = None) ->
     figures = report_figures(data)
     floor = ""
     if data.floors:
+        line = floor_text(data.floors, data.seeds.num_images)
         floor = (
-            f" Floor (real vs real) {fid_text(data.floors['floor'])} ± "
-            f"{fid_text(data.floors['floor_spread'], 2)}; noise vs real "
+            f" {line[:1].upper()}{line[1:]}; noise vs real "
             f"{fid_text(data.floors['ceiling'])} (pure noise scored against the data: a "
             "reference point, not an upper bound)."
         )

@@ -30,6 +30,11 @@ Two measurement rules live here (DESIGN, "Measurement rules"):
 - **Every score stands next to its floor.** :meth:`Scorer.floors` measures, once and cached with
   the reference statistics, the real-vs-real floor (held-out data, or fresh samples of the true
   distribution, against the reference) and the noise-vs-real ceiling, as :class:`Floors`.
+- **Floors of the same size.** Every floor value stands for as many real images as a score's
+  generated ones (``fid_num_images``): disjoint or overlapping held-out sets of that size, or,
+  where the held-out split is smaller, a line in 1/N through two smaller subsets read at
+  ``fid_num_images`` (``Floors.floor_method`` says which). Each :class:`Floors` carries its
+  :func:`resolution`, the smallest ratio of two scores told apart at two floor spreads.
 """
 
 from __future__ import annotations
@@ -359,24 +364,70 @@ class Score(NamedTuple):
 # deviations over the floor's seed sets) above the floor's mean: real data scores there too.
 AT_FLOOR_SPREADS = 2.0
 
+# How a floor's real sets are drawn (Floors.floor_method); every one stands for
+# ``fid_num_images`` real images against the reference subset, as many as a score uses:
+FLOOR_METHODS = {
+    "truth": "fresh samples of the true distribution",
+    "disjoint": "disjoint sets of the held-out split",
+    "overlapping": "overlapping random sets of the held-out split",
+    "extrapolated": "extrapolated from smaller subsets of the held-out split",
+}
+
+
+def resolution(floor: float, floor_spread: float) -> float:
+    """The smallest ratio between two scores that a scorer can tell apart at
+    :data:`AT_FLOOR_SPREADS` (two) spreads: ``(floor + 2 * floor_spread) / floor``.
+
+    Why: a ratio is printed only between two scores not both at the floor, and a score is at
+    the floor when ``score <= floor + 2 * floor_spread`` (:meth:`Floors.at_floor`). The
+    smallest score that is not at the floor, over the best score the data allow (the floor),
+    is that ratio; two scores closer than it may both be real data. The relative spread of FID
+    is largest at the floor (the spread grows like sqrt(FID) above it, the mean like FID), so
+    this is the worst case over the scorer's range. A floor spread of 10% of the floor gives
+    1.2. ``inf`` when the floor is not positive or a figure is not finite (nothing resolves).
+    """
+    floor, floor_spread = float(floor), float(floor_spread)
+    if not (math.isfinite(floor) and math.isfinite(floor_spread)) or floor <= 0:
+        return math.inf
+    return (floor + AT_FLOOR_SPREADS * floor_spread) / floor
+
 
 @dataclass(frozen=True)
 class Floors:
     """What a score means on this data: the real-vs-real floor and the noise-vs-real ceiling,
-    each the mean and sample standard deviation (``*_spread``, ddof 1) of ``sets`` scores on
-    differently seeded sets (DESIGN, "every score stands next to its floor").
+    each the mean and spread of ``sets`` scores on differently seeded sets (DESIGN, "every
+    score stands next to its floor", "floors of the same size").
 
     Attributes:
         floor, floor_spread, floor_values: real samples against the reference — a held-out
             split of the data that never overlaps the reference subset (``floor_source``
-            ``"held_out"``) or fresh samples of the true distribution (``"truth"``).
-        floor_num_images: images per floor set (fewer than ``fid_num_images`` when the
-            held-out split is smaller: FID grows as the image count falls, so such a floor is
-            higher than the one at ``fid_num_images``).
+            ``"held_out"``) or fresh samples of the true distribution (``"truth"``). The spread
+            is the sample standard deviation (ddof 1) of the values, divided by
+            ``sqrt(1 - n/m)`` for overlapping sets (see ``floor_method``).
+        floor_num_images: the real images each floor value stands for: ``fid_num_images``,
+            the generated images of a score (a floor from fewer images is higher: FID's bias
+            grows as 1/N).
+        floor_method: how the real sets were drawn (:data:`FLOOR_METHODS`): ``"truth"``;
+            ``"disjoint"`` sets of ``fid_num_images`` when the held-out split holds ``sets``
+            of them; ``"overlapping"`` seeded random sets of ``fid_num_images`` when it holds
+            :data:`OVERLAP_MIN_RATIO` (1.5) times that (two such sets share a fraction n/m of
+            their images, so the spread of the values is divided by ``sqrt(1 - n/m)``, as for
+            a mean of shared and own parts); ``"extrapolated"`` when it holds fewer: per set,
+            the FIDs of nested seeded random subsets of k2 = min(n, 0.8 m) and k1 = k2 // 2
+            held-out images, extended linearly in 1/k (FID_k = a + b/k, Chong & Forsyth 2020)
+            to k = n = ``fid_num_images``. Against fresh true sets of n (Gaussians of 4, 32
+            and 128 dimensions and a 4-component mixture), the overlapping and extrapolated
+            floors' means and spreads agree within their standard errors, where a floor of
+            the 0.8 m subsets themselves (the floor before issue 19) is about 1.3x too high
+            and a bootstrap of n with replacement from the m held-out images about 1.6x
+            (``tests/objectives/test_floors.py`` checks the first two against fresh sets).
+        held_out_images: the held-out split's size m (0 for ``"truth"``).
         ceiling, ceiling_spread, ceiling_values: N(0, sigma_data^2 I) noise of the data's shape
             (clamped to the value range for images), ``fid_num_images`` per set.
         sets: seed sets per figure (>= 2).
         floor_source: ``"held_out"`` or ``"truth"``.
+        resolution: :func:`resolution` of the floor and its spread (derived, not an
+            argument; stored by :meth:`to_dict`).
     """
 
     floor: float
@@ -388,6 +439,17 @@ class Floors:
     ceiling_values: tuple[float, ...]
     sets: int
     floor_source: str = "held_out"
+    floor_method: str = "disjoint"
+    held_out_images: int = 0
+    resolution: float = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.floor_method not in FLOOR_METHODS:
+            raise ValueError(
+                f"floor_method must be one of {sorted(FLOOR_METHODS)}, but got "
+                f"floor_method={self.floor_method!r}"
+            )
+        object.__setattr__(self, "resolution", resolution(self.floor, self.floor_spread))
 
     @classmethod
     def from_values(
@@ -397,12 +459,20 @@ class Floors:
         *,
         floor_num_images: int,
         floor_source: str,
+        floor_method: str | None = None,
+        held_out_images: int = 0,
     ) -> Floors:
-        """Mean and spread of the per-set scores."""
+        """Mean and spread of the per-set scores (the floor's spread corrected for overlapping
+        sets: see ``floor_method``)."""
         f, c = np.asarray(floor_values, float), np.asarray(ceiling_values, float)
+        method = floor_method or ("truth" if floor_source == "truth" else "disjoint")
+        spread = float(f.std(ddof=1))
+        if method == "overlapping":
+            shared = floor_num_images / held_out_images
+            spread /= math.sqrt(1.0 - shared) if shared < 1 else math.nan
         return cls(
             floor=float(f.mean()),
-            floor_spread=float(f.std(ddof=1)),
+            floor_spread=spread,
             floor_values=tuple(map(float, f)),
             floor_num_images=int(floor_num_images),
             ceiling=float(c.mean()),
@@ -410,6 +480,8 @@ class Floors:
             ceiling_values=tuple(map(float, c)),
             sets=len(f),
             floor_source=floor_source,
+            floor_method=method,
+            held_out_images=int(held_out_images),
         )
 
     def at_floor(self, fid: float) -> bool:
@@ -418,16 +490,25 @@ class Floors:
         such scores means anything."""
         return bool(fid <= self.floor + AT_FLOOR_SPREADS * self.floor_spread)
 
+    def describe(self) -> str:
+        """How the floor was measured, in words (printed beside it): e.g. ``1,000 images,
+        extrapolated from subsets of the 797 held-out images``."""
+        return floor_method_text(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (tuples as lists), e.g. for an Optuna user attr."""
-        return {
+        """A JSON-able dict (tuples as lists; an infinite resolution as None), e.g. for an
+        Optuna user attr."""
+        out = {
             f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
             for f in dataclasses.fields(self)
         }
+        out["resolution"] = self.resolution if math.isfinite(self.resolution) else None
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Floors:
-        """The inverse of :meth:`to_dict`; ValueError naming missing or unknown keys."""
+        """The inverse of :meth:`to_dict`; ValueError naming missing or unknown keys, or a
+        stored resolution that does not follow from the stored floor and spread."""
         names = [f.name for f in dataclasses.fields(cls)]
         missing, unknown = set(names) - set(d), set(d) - set(names)
         if missing or unknown:
@@ -436,7 +517,32 @@ class Floors:
                 f"has unknown {sorted(unknown)}"
             )
         values = {k: tuple(map(float, v)) if k.endswith("_values") else v for k, v in d.items()}
-        return cls(**values)
+        stored = values.pop("resolution")
+        floors = cls(**values)
+        stored = math.inf if stored is None else float(stored)
+        if not math.isclose(stored, floors.resolution, rel_tol=1e-9):
+            raise ValueError(
+                f"a Floors dict's resolution must be (floor + {AT_FLOOR_SPREADS:g} * "
+                f"floor_spread) / floor = {floors.resolution!r}, but got resolution={stored!r}"
+            )
+        return floors
+
+
+def floor_method_text(floors: Mapping[str, Any]) -> str:
+    """How a stored floor (``Floors.to_dict()``) was measured, in words; ``""`` for a dict
+    from before floors recorded it."""
+    n, m = floors.get("floor_num_images"), floors.get("held_out_images")
+    method = floors.get("floor_method")
+    if n is None or method not in FLOOR_METHODS:
+        return ""
+    if method == "truth":
+        return f"{n:,} images, fresh samples of the true distribution"
+    if method == "extrapolated":
+        return (
+            f"{n:,} images, extrapolated from subsets of the {m:,} held-out images (fewer than "
+            "a score uses)"
+        )
+    return f"{n:,} images, {FLOOR_METHODS[method].split(' of ')[0]} of {m:,} held out"
 
 
 # -- the scorer --------------------------------------------------------------------------------
@@ -480,10 +586,16 @@ def _check_reference(reference: Any, labels: Any) -> tuple[Tensor, Tensor | None
     return reference, None if labels is None else torch.as_tensor(labels)
 
 
-# When the held-out split is smaller than fid_num_images, each floor set is a seeded random
-# subset of this fraction of it, so that the sets differ. Two such sets share about this
-# fraction of their images, so the floor's spread is then an underestimate.
+# Floors (Floors.floor_method): overlapping random sets of fid_num_images while the held-out
+# split holds at least this many times fid_num_images (two sets then share at most 2/3 of their
+# images, and the spread's correction stays below sqrt(3)); extrapolated from subsets of
+# HELD_OUT_FRACTION of it (and of half that) when it holds fewer.
+OVERLAP_MIN_RATIO = 1.5
 HELD_OUT_FRACTION = 0.8
+# The floors' entry in the cache: a new version when what a cached floor means changes (2: floors
+# of fid_num_images, issue 19). An entry of another version is measured again; the reference
+# statistics and the extractor beside it stay valid.
+FLOORS_VERSION = 2
 
 Truth = Callable[..., Tensor]  # truth(n, generator=g) -> [n, *shape], e.g. GaussianMixture.sample
 
@@ -724,24 +836,32 @@ class Scorer:
         """The real-vs-real floor and noise-vs-real ceiling over ``sets`` (>= 2) seed sets
         (:class:`Floors`), measured once and cached with the reference statistics.
 
-        Real sets: with ``truth``, ``fid_num_images`` fresh true samples each; otherwise from
-        the held-out split (the samples outside the reference subset): disjoint sets of
-        ``fid_num_images`` when it holds ``sets`` of them, seeded random subsets of
-        ``fid_num_images`` when it holds one, else seeded random subsets of
-        :data:`HELD_OUT_FRACTION` of it (``floor_num_images`` says how many). Noise sets:
-        ``fid_num_images`` samples of N(0, sigma_data^2 I), sigma_data the reference's
-        overall standard deviation. Every set has its own deterministic seed."""
+        Every floor value stands for ``fid_num_images`` real images against the reference
+        subset, as many as a score's generated images (DESIGN, "floors of the same size"):
+        with ``truth``, ``fid_num_images`` fresh true samples; otherwise from the held-out
+        split (the m samples outside the reference subset): disjoint sets when it holds
+        ``sets`` of them, overlapping seeded random sets when it holds
+        :data:`OVERLAP_MIN_RATIO` times ``fid_num_images``, else extrapolated from smaller
+        subsets (``Floors.floor_method`` says which, ``held_out_images`` how many there were).
+        Noise sets: ``fid_num_images`` samples of N(0, sigma_data^2 I), sigma_data the
+        reference's overall standard deviation. Every set has its own deterministic seed."""
         sets = _check_positive_int("sets", sets, 2)
         source = "held_out" if self._truth is None else "truth"
-        name = f"{source}/{sets}"
-        stored = dict(self._state.get("floors", {}))
+        name = f"v{FLOORS_VERSION}/{source}/{sets}"
+        stored = {
+            k: v
+            for k, v in self._state.get("floors", {}).items()
+            if k.startswith(f"v{FLOORS_VERSION}/")  # older floors are measured again
+        }
         if name not in stored:
-            real = [(self.score_tensor(x), x.shape[0]) for x in self._real_sets(sets)]
+            values, method, m = self._floor_values(sets)
             floors = Floors.from_values(
-                [fid for fid, _ in real],
+                values,
                 [self.score_tensor(self._noise_set(k)) for k in range(sets)],
-                floor_num_images=real[0][1],
+                floor_num_images=self.settings.fid_num_images,
                 floor_source=source,
+                floor_method=method,
+                held_out_images=m,
             )
             stored[name] = floors.to_dict()
             self._state = {**self._state, "floors": stored}
@@ -753,33 +873,53 @@ class Scorer:
         text = f"sigmatune-floors/{self.settings.seed}/{kind}/{k}".encode()
         return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(text).digest()[:8]))
 
-    def _real_sets(self, sets: int) -> Iterator[Tensor]:
-        """The floor's real sets, one at a time (see :meth:`floors`)."""
+    def floor_plan(self, sets: int) -> tuple[str, int, list[list[Tensor]]]:
+        """How the floor's real sets are drawn (see :meth:`floors`): ``(method, m, picks)``,
+        ``picks[k]`` the index tensors (into the reference data) of set ``k``: one set of
+        ``fid_num_images``, or for ``"extrapolated"`` two nested subsets of sizes k1 < k2.
+        Empty for ``"truth"`` (fresh samples)."""
         n = self.settings.fid_num_images
         if self._truth is not None:
-            for k in range(sets):
-                yield self._truth(n, generator=self._generator("truth", k))
-            return
+            return "truth", 0, []
         held_out = self._split()[1]
         m = held_out.shape[0]
-        size = n if m >= n else int(HELD_OUT_FRACTION * m)
-        if size < 2:
+        k2 = min(n, int(HELD_OUT_FRACTION * m))
+        if k2 // 2 < 2:
             raise ValueError(
                 f"the real-vs-real floor needs a held-out split, but the reference subset takes "
                 f"{self.num_reference} of the {self._reference.shape[0]} samples "
                 f"(fid_num_images={n}), leaving {m}; use fewer fid_num_images than the data set "
                 "holds, or pass truth= (a sampler of the true distribution)"
             )
-        if sets * size <= m:  # disjoint sets
-            perm = held_out[torch.randperm(m, generator=self._generator("held_out", 0))]
-            picks = [perm[k * size : (k + 1) * size] for k in range(sets)]
-        else:
-            picks = [
-                held_out[torch.randperm(m, generator=self._generator("held_out", k))[:size]]
+
+        def perm(k: int) -> Tensor:
+            return held_out[torch.randperm(m, generator=self._generator("held_out", k))]
+
+        if sets * n <= m:  # disjoint sets
+            whole = perm(0)
+            return "disjoint", m, [[whole[k * n : (k + 1) * n]] for k in range(sets)]
+        if m >= OVERLAP_MIN_RATIO * n:
+            return "overlapping", m, [[perm(k)[:n]] for k in range(sets)]
+        return "extrapolated", m, [[perm(k)[: k2 // 2], perm(k)[:k2]] for k in range(sets)]
+
+    def _floor_values(self, sets: int) -> tuple[list[float], str, int]:
+        """The floor's value per set, its method and the held-out split's size."""
+        n = self.settings.fid_num_images
+        method, m, picks = self.floor_plan(sets)
+        if method == "truth":
+            values = [
+                self.score_tensor(self._truth(n, generator=self._generator("truth", k)))
                 for k in range(sets)
             ]
+            return values, method, m
+        values = []
         for idx in picks:
-            yield self._reference[idx.sort().values]
+            fids = [self.score_tensor(self._reference[i.sort().values]) for i in idx]
+            if method == "extrapolated":  # FID_k = a + b/k through (k1, F1), (k2, F2), at n
+                (k1, f1), (k2, f2) = ((len(i), f) for i, f in zip(idx, fids, strict=True))
+                fids = [f2 + (f2 - f1) * (1 / n - 1 / k2) / (1 / k2 - 1 / k1)]
+            values.append(fids[0])
+        return values, method, m
 
     def _noise_set(self, k: int) -> Tensor:
         sigma_data = float(self._reference.double().std())

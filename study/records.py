@@ -255,6 +255,12 @@ class HeldOut:
         value = self.mean(name)
         return value is not None and value <= self.floor + 2 * self.floor_spread
 
+    @property
+    def resolution(self) -> float:
+        """The smallest ratio of two scores told apart at two floor spreads
+        (:func:`floor_resolution`)."""
+        return floor_resolution(self.floor, self.floor_spread)
+
     def ratio(self, name: str, reference: str) -> float | None:
         """``mean(name) / mean(reference)``; None where either is missing, where the reference
         is 0, or where both are at the floor (no ratio between two scores at the floor)."""
@@ -518,6 +524,58 @@ def fid_text(value: float | None, digits: int = 4) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
+def floor_resolution(floor: float, floor_spread: float) -> float:
+    """``(floor + 2 * floor_spread) / floor``: the smallest ratio between two scores that is
+    not inside the floor's spread (``objectives.fid.resolution``, the same formula, kept here
+    so that readers of a study need not import the scorer); ``inf`` where the floor is not
+    positive or a figure is not finite."""
+    floor, floor_spread = float(floor), float(floor_spread)
+    if not (math.isfinite(floor) and math.isfinite(floor_spread)) or floor <= 0:
+        return math.inf
+    return (floor + 2 * floor_spread) / floor
+
+
+_FLOOR_HOW = {  # objectives.fid.FLOOR_METHODS, as a floor's line says it
+    "truth": "fresh samples of the true distribution",
+    "disjoint": "disjoint held-out sets",
+    "overlapping": "overlapping held-out sets",
+    "extrapolated": "extrapolated from subsets of the images",
+}
+
+
+def floor_text(floors: Mapping[str, Any], num_images: int | None = None) -> str:
+    """The stored floors (``objectives.fid.Floors.to_dict()``) in one line, as status, the
+    report and the dashboard's note print them: the floor ± its spread, the images each floor
+    value stands for and how they were drawn, and the resolution, e.g. ``floor (real vs real)
+    1.43 ± 0.54 on 1,000 images (extrapolated from subsets of the 797 held-out images, fewer
+    than a score uses); resolution x1.75``. A floor from fewer images than the scores'
+    ``num_images`` (a study stored by an older sigmatune) says so: it is biased high."""
+    floor, spread = floors["floor"], floors["floor_spread"]
+    text = f"floor (real vs real) {fid_text(floor)} ± {fid_text(spread, 2)}"
+    n, method = floors.get("floor_num_images"), floors.get("floor_method")
+    if n is not None:
+        text += f" on {int(n):,} images"
+        if method in _FLOOR_HOW:
+            how = _FLOOR_HOW[method]
+            m = int(floors.get("held_out_images") or 0)
+            if method == "extrapolated":
+                how = f"{how[: -len('images')]}{m:,} held-out images, fewer than a score uses"
+            elif m:
+                how += f" of {m:,}"
+            text += f" ({how})"
+        if num_images is not None and int(n) < int(num_images):
+            text += (
+                f" — fewer than a score's {int(num_images):,}: this floor is biased high "
+                "(measured before floors of the same size; recompute it)"
+            )
+    if "resolution" in floors:  # stored (None: infinite)
+        stored = floors["resolution"]
+        resolution = math.inf if stored is None else float(stored)
+    else:  # floors stored before they carried it
+        resolution = floor_resolution(floor, spread)
+    return f"{text}; resolution x{fid_text(float(resolution), 3)}"
+
+
 def worse_budgets(inner: Mapping[int, InnerRecord]) -> list[str]:
     """Budgets whose tuned schedule scores worse (held-out) than that of a smaller budget of
     the same model beyond both spreads: more steps should never score worse, so each is a
@@ -569,7 +627,10 @@ def held_out_line(record: InnerRecord) -> str:
         gains.append(f"step placement x{placement_gain:.3g}")
     elif h.at_floor("tuned") and h.at_floor("karras_rho7_same_range"):
         gains.append("step placement: both at the floor")
-    floor = f"floor {fid_text(h.floor)} ± {fid_text(h.floor_spread, 2)}"
+    floor = (
+        f"floor {fid_text(h.floor)} ± {fid_text(h.floor_spread, 2)}, "
+        f"resolution x{fid_text(h.resolution, 3)}"
+    )
     return f"{text} ({'; '.join(parts)}; {floor})" + (f" [{', '.join(gains)}]" if gains else "")
 
 

@@ -34,6 +34,10 @@ SYNTH_FLOORS = {
     "ceiling_spread": 0.1,
     "ceiling_values": [2.4, 2.5, 2.6],
     "sets": 3,
+    "floor_source": "held_out",
+    "floor_method": "disjoint",
+    "held_out_images": 5000,
+    "resolution": 1.5,  # (floor + 2 spreads) / floor
 }
 
 

@@ -69,8 +69,7 @@ def format_status(study: StudyRecord, *, heartbeat_grace_s: float = 30.0) -> str
     if study.floors:
         fl = study.floors
         lines.append(
-            f"floor (real vs real) {records.fid_text(fl['floor'])} ± "
-            f"{records.fid_text(fl['floor_spread'], 2)}; noise vs real "
+            f"{records.floor_text(fl, study.seeds.num_images)}; noise vs real "
             f"{records.fid_text(fl['ceiling'])} (a reference point, not an upper bound)"
         )
     lines.append(f"{'trial':>5}  {'state':<8}  {'training weighting':<{LABEL_WIDTH}}  name")

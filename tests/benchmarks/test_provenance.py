@@ -44,6 +44,7 @@ DEFAULT_RUNS = {
     "benchmarks.presets": [],
     "benchmarks.quality_analytic": [],
     "benchmarks.quality_trained": [],
+    "benchmarks.scorer_resolution": [],
     "benchmarks.storage_overhead": [],
 }
 

@@ -51,6 +51,7 @@ def test_quick_run(tmp_path) -> None:
     (row,) = d["rows"]
     assert row["nfe"] == 5 and row["range_ratio"] in (None, pytest.approx(1.0))  # range fixed
     assert d["target"]["measured"] is False and d["target"]["met"] is None  # NFE 9 not run
+    assert d["target"]["verdict"] == "not measured"
     check = d["independent_check"]["raw_frechet"]
     assert set(check) == {"5"} and set(check["5"]) == {"tuned", "karras_rho7_same_range"}
     assert d["independent_check"]["real_vs_real"]["mean"] > 0

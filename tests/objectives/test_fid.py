@@ -390,7 +390,9 @@ def test_held_out_floor_sets_never_overlap_the_reference_subset():
     assert len(index) == 200 and len(held_out) == 800
     assert sorted(index.tolist() + held_out.tolist()) == list(range(1000))
     np.testing.assert_allclose(scorer.reference_stats[0], ref[index].mean(0).numpy())
-    sets = list(scorer._real_sets(3))  # 3 x 200 <= 800: disjoint sets of fid_num_images
+    method, m, picks = scorer.floor_plan(3)  # 3 x 200 <= 800: disjoint sets of fid_num_images
+    assert (method, m) == ("disjoint", 800) and all(len(p) == 1 for p in picks)
+    sets = [ref[p[0].sort().values] for p in picks]
     reference_rows = rows(ref[index])
     assert all(len(rows(s)) == 200 and not rows(s) & reference_rows for s in sets)
     assert not rows(sets[0]) & rows(sets[1]) and not rows(sets[1]) & rows(sets[2])
@@ -398,6 +400,7 @@ def test_held_out_floor_sets_never_overlap_the_reference_subset():
     expected = [fd_scipy(ref[index].numpy(), s.numpy()) for s in sets]
     assert floors.floor_values == pytest.approx(expected, rel=1e-6)
     assert (floors.floor_num_images, floors.sets, floors.floor_source) == (200, 3, "held_out")
+    assert (floors.floor_method, floors.held_out_images) == ("disjoint", 800)
     # the ceiling: N(0, sigma_data^2 I) noise of the data's shape, fid_num_images per set
     noise = scorer._noise_set(0)
     assert noise.shape == (200, 3)
@@ -407,16 +410,23 @@ def test_held_out_floor_sets_never_overlap_the_reference_subset():
     )
 
 
-def test_a_small_held_out_split_gives_differing_subsets_and_says_how_many():
+def test_a_small_held_out_split_is_extrapolated_to_fid_num_images_and_says_so():
     ref = torch.randn(250, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     scorer = raw_scorer(ref, 200)  # 50 held out, fewer than fid_num_images
     floors = scorer.floors(sets=4)
-    assert floors.floor_num_images == 40  # HELD_OUT_FRACTION = 0.8 of them
+    assert floors.floor_num_images == 200  # what it stands for: as many as a score's images
+    assert (floors.floor_method, floors.held_out_images) == ("extrapolated", 50)
+    assert "extrapolated from subsets of the 50 held-out images" in floors.describe()
     assert len(set(floors.floor_values)) == 4 and floors.sets == 4
-    sets = list(scorer._real_sets(4))
+    method, _, picks = scorer.floor_plan(4)
     reference_rows = rows(ref[scorer._split()[0]])
-    assert all(not rows(s) & reference_rows for s in sets)
-    assert len({frozenset(rows(s)) for s in sets}) == 4
+    for small, large in picks:  # nested subsets of 20 and 40 (HELD_OUT_FRACTION of 50)
+        assert (len(small), len(large)) == (20, 40)
+        assert set(small.tolist()) < set(large.tolist())
+        assert not rows(ref[large]) & reference_rows
+    # each value: the line through (1/20, FID_20) and (1/40, FID_40), read at 1/200
+    f1, f2 = (scorer.score_tensor(ref[i.sort().values]) for i in picks[0])
+    assert floors.floor_values[0] == pytest.approx(f2 + (f2 - f1) * (1 / 200 - 1 / 40) * -40)
     with pytest.raises(ValueError, match="sets must be an integer >= 2"):
         scorer.floors(sets=1)
     everything = raw_scorer(ref, 250)  # the reference takes every sample
@@ -435,6 +445,7 @@ def test_floor_from_a_truth_sampler_uses_fresh_samples_of_fid_num_images():
     floors = raw_scorer(ref, 300, truth=truth).floors()  # no held-out split at all
     assert calls == [300, 300, 300]
     assert (floors.floor_num_images, floors.floor_source) == (300, "truth")
+    assert (floors.floor_method, floors.held_out_images) == ("truth", 0)
     assert len(set(floors.floor_values)) == 3
     assert floors.floor < 0.1 < 7 < floors.ceiling  # noise: N(0, 1), 2 sqrt(2) away
 

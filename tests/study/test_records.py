@@ -89,6 +89,42 @@ def test_no_ratio_between_two_scores_at_the_floor():
     assert "step placement x" not in line
 
 
+def test_floor_line_names_its_images_method_and_resolution():
+    from sigmatune.objectives.fid import Floors, resolution
+
+    for floor, spread in [(2.0, 0.81), (0.004, 0.001), (0.0, 0.1), (1.0, math.nan)]:
+        assert records.floor_resolution(floor, spread) == resolution(floor, spread)
+    f = Floors.from_values(
+        [1.2, 1.4, 1.6],
+        [50.0, 60.0],
+        floor_num_images=1000,
+        floor_source="held_out",
+        floor_method="extrapolated",
+        held_out_images=797,
+    )
+    line = records.floor_text(f.to_dict(), 1000)
+    assert line.startswith("floor (real vs real) 1.4 ± 0.2 on 1,000 images (extrapolated from")
+    assert "the 797 held-out images, fewer than a score uses" in line
+    assert line.endswith("resolution x1.29")  # (1.4 + 2 x 0.2) / 1.4
+    assert "biased high" not in line
+    old = {"floor": 2.0, "floor_spread": 0.81, "floor_num_images": 637, "ceiling": 9.0}
+    line = records.floor_text(old, 1000)  # a study's floors from before issue 19
+    assert "on 637 images — fewer than a score's 1,000: this floor is biased high" in line
+    assert line.endswith("resolution x1.81")
+    assert "resolution x1.5" in records.held_out_line(
+        InnerRecord(
+            nfe=5,
+            study_name="s/nfe-5",
+            search_fid=0.003,
+            search_trial=4,
+            params={},
+            schedules={"tuned": Schedule("heun", (1.0, 0.1, 0.0))},
+            search_baselines={},
+            held_out=_held(),
+        )
+    )
+
+
 def test_gain_splits_into_sigma_range_and_step_placement():
     h = _held()
     range_gain = h.ratio("karras_rho7_same_range", "karras_rho7")

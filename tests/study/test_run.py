@@ -163,6 +163,10 @@ def test_run_stores_outer_and_inner_studies_links_and_artifacts(tmp_path):
     study = records.read_study(optuna.storages.RDBStorage(url), NAME)
     assert study.config.train.train_nimg == 16_384  # the full config is on the study
     assert study.floors["floor"] > 0 and study.floors["ceiling"] > study.floors["floor"]
+    # the floors of as many images as a score, and the resolution, are stored with the study
+    fl = study.floors
+    assert fl["floor_num_images"] == study.seeds.num_images and fl["floor_method"] == "truth"
+    assert fl["resolution"] == pytest.approx(1 + 2 * fl["floor_spread"] / fl["floor"])
     assert [t.state for t in study.trials] == ["COMPLETE"] * 2
     assert study.trials[0].name == "edm"
     store = optuna.artifacts.FileSystemArtifactStore(tmp_path / "run-artifacts")
