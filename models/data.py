@@ -27,7 +27,14 @@ from torch import Tensor
 from sigmatune.models.analytic import GaussianMixture
 from sigmatune.objectives.fid import check_value_range
 
-__all__ = ["DATASETS", "Dataset", "default_root", "gmm2d_mixture", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "default_root",
+    "gmm2d_mixture",
+    "gmm32_mixture",
+    "load_dataset",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CIFAR_FOLDER = "cifar-10-batches-py"
@@ -153,6 +160,30 @@ def _gmm2d(
     n = 20_000 if n is None else n
     x = mixture.sample(n, generator=torch.Generator().manual_seed(seed))
     return _make("gmm2d", x, analytic=mixture, value_range=None)
+
+
+def gmm32_mixture() -> GaussianMixture:
+    """The mixture behind ``gmm32``: 8 Gaussians in 32 dimensions, means uniform in
+    [-0.8, 0.8]^32, stds uniform in [0.05, 0.15], weights uniform in [0.5, 1.5] before
+    normalising (``GaussianMixture.random``, seed 0): well-separated modes whose exact denoiser
+    and exact samples make every error measurable."""
+    return GaussianMixture.random(d=32, K=8, seed=0, std_range=(0.05, 0.15))
+
+
+def _gmm32(
+    arg: str | None,
+    *,
+    root: Path,
+    n: int | None,
+    seed: int,
+    image_size: int | None,
+    download: bool,
+) -> Dataset:
+    _no_image_size("gmm32", image_size)
+    mixture = gmm32_mixture()
+    n = 20_000 if n is None else n
+    x = mixture.sample(n, generator=torch.Generator().manual_seed(seed))
+    return _make("gmm32", x, analytic=mixture, value_range=None)
 
 
 def _moons(
@@ -363,6 +394,7 @@ Loader = Callable[..., Dataset]
 
 DATASETS: dict[str, Loader] = {
     "gmm2d": _gmm2d,
+    "gmm32": _gmm32,
     "moons": _moons,
     "digits": _digits,
     "mnist5k": _mnist5k,
@@ -383,11 +415,12 @@ def load_dataset(
     """Load the data set ``spec`` (a key of ``DATASETS``; ``folder:PATH`` for a folder).
 
     Args:
-        spec: ``gmm2d``, ``moons``, ``digits``, ``mnist5k``, ``cifar10`` or ``folder:PATH``.
+        spec: ``gmm2d``, ``gmm32``, ``moons``, ``digits``, ``mnist5k``, ``cifar10`` or
+            ``folder:PATH``.
         root: where ``cifar10`` lives (``ROOT/cifar-10-batches-py``); default
             :func:`default_root`.
-        n: number of examples: drawn for ``gmm2d``/``moons`` (default 20,000), a seeded random
-            subset for the others (default all).
+        n: number of examples: drawn for ``gmm2d``/``gmm32``/``moons`` (default 20,000), a
+            seeded random subset for the others (default all).
         seed: seed of the draws and of the subset.
         image_size: resize images to ``image_size`` x ``image_size``.
         download: let ``cifar10`` download when its files are missing (needs torchvision and

@@ -18,6 +18,9 @@ The families (Dieleman 2024 §3; Kingma & Gao 2023):
 - ``uniform(lam_min, lam_max)``: uniform in λ on a sub-range of the run's (by default all of it).
 - ``piecewise(heights)``: piecewise constant in λ on K equal bins of the run's range, with a
   piecewise-linear CDF (CDCD's time warping, Dieleman et al. 2022).
+- ``wlam(shape, split)``: ``p(λ) ∝ W(λ)^split`` for a member ``W`` of the effective-weighting
+  family of ``objectives.wfamily`` (the sampling share of the outer "weighting" space; the
+  weighting ``wlam`` carries the rest), exactly piecewise exponential on a fine grid.
 
 All arithmetic is float64.
 """
@@ -34,6 +37,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from sigmatune.objectives.wfamily import ExpTable, make_shape
+
 __all__ = [
     "Density",
     "LogNormal",
@@ -41,6 +46,7 @@ __all__ = [
     "Laplace",
     "Uniform",
     "Piecewise",
+    "WLam",
     "DENSITIES",
     "make_density",
     "check_real",
@@ -463,12 +469,73 @@ class Piecewise(Density):
         return {"heights": list(self.heights)}
 
 
+class WLam(Density):
+    """``p(λ) ∝ W(λ)^split`` on the run's range, ``W`` a member of the family of
+    ``objectives.wfamily`` (the bump's ``center``, ``slope_low``, ``slope_high``, ``knee``,
+    ``curvature``, or a piecewise ``log_values``). ``split`` in [0, 1] is the share of ``W``
+    that sampling carries (0: uniform in λ; 1: ``p ∝ W``); the ``wlam`` weighting carries the
+    rest. The log density is interpolated linearly between 4097 grid points, which makes the
+    law exactly piecewise exponential (CDF and inverse in closed form)."""
+
+    name = "wlam"
+
+    def __init__(
+        self,
+        center: float | None = None,
+        slope_low: float | None = None,
+        slope_high: float | None = None,
+        knee: float | None = None,
+        curvature: float | None = None,
+        log_values: Sequence[float] | None = None,
+        split: float = 1.0,
+        *,
+        sigma_min: float,
+        sigma_max: float,
+    ) -> None:
+        super().__init__(sigma_min=sigma_min, sigma_max=sigma_max)
+        self.shape = make_shape(
+            {
+                "center": center,
+                "slope_low": slope_low,
+                "slope_high": slope_high,
+                "knee": knee,
+                "curvature": curvature,
+                "log_values": log_values,
+            },
+            lam_min=self.lam_min,
+            lam_max=self.lam_max,
+            owner="density 'wlam'",
+        )
+        self.split = check_real("split", split)
+        if not 0 <= self.split <= 1:
+            raise ValueError(f"split must be in [0, 1], but got split={self.split}")
+        self._table = ExpTable(self.shape, self.split)
+
+    def log_prob(self, lam: Tensor) -> Tensor:
+        lam = _as_float64(lam)
+        return torch.where(self._inside(lam), self._table.log_prob(lam), -math.inf)
+
+    def cdf(self, lam: Tensor) -> Tensor:
+        return self._table.cdf(_as_float64(lam))
+
+    def icdf(self, u: Tensor) -> Tensor:
+        return self._table.icdf(_as_float64(u))
+
+    def table_log_prob(self, lam: Tensor) -> Tensor:
+        """:meth:`log_prob` with the end bins' exponentials extended beyond the range."""
+        return self._table.log_prob(_as_float64(lam))
+
+    def params(self) -> dict[str, float | list[float]]:
+        return {**self.shape.params(), "split": self.split}
+
+
 DENSITIES: dict[str, type[Density]] = {
     "lognormal": LogNormal,
     "cosine": Cosine,
     "laplace": Laplace,
     "uniform": Uniform,
     "piecewise": Piecewise,
+    "wlam": WLam,
 }
 
 

@@ -81,6 +81,9 @@ class DiffusionObjective:
                     f"weighting {weighting.name!r} has {key}={getattr(weighting, key)}, but the "
                     f"density has {key}={getattr(density, key)}; they must be the run's same range"
                 )
+        check = getattr(weighting, "check_objective", None)
+        if check is not None:  # a weighting made for one density and parameterisation (wlam)
+            check(parameterisation, density, float(sigma_data))
         self.density = density
         self.weighting = weighting
         self.sigma_data = float(sigma_data)

@@ -8,13 +8,18 @@ The per-example loss is ``w(σ)·‖F − F_target‖²`` (``objectives.loss``);
 - ``min_snr(gamma)``: ``w = min(1, γ·e^{−λ}) = min(SNR, γ)/SNR`` (Min-SNR-γ in ε-space);
 - ``sigmoid(b)``: ``w = sigmoid(b − λ)`` (Kingma & Gao 2023, §5);
 - ``piecewise(log_weights)``: ``w = exp(log_weights[k])`` on K equal λ-bins of the run's range,
-  the end bins extended beyond it.
+  the end bins extended beyond it;
+- ``wlam(shape, split, parameterisation, sigma_data)``: ``w = W/p_λ·c_out²/σ²`` with ``W`` a
+  member of ``objectives.wfamily`` and ``p_λ`` the density ``wlam`` of the same shape and
+  split, so that the objective's effective weighting is ``W`` itself (normalised so that
+  ``E_p[w] = 1``); only valid with that density, that parameterisation and that σ_data.
 
 Each is computed in float64 and returned in σ's dtype, finite and positive.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -23,12 +28,15 @@ import torch
 from torch import Tensor
 
 from sigmatune.objectives.densities import (
+    Density,
+    WLam,
     build,
     check_real,
     check_real_list,
     check_sigma_range,
     lam_range,
 )
+from sigmatune.objectives.parameterisations import get_parameterisation
 
 __all__ = [
     "Weighting",
@@ -38,6 +46,7 @@ __all__ = [
     "Sigmoid",
     "PiecewiseWeighting",
     "Piecewise",
+    "WLamWeighting",
     "WEIGHTINGS",
     "make_weighting",
 ]
@@ -165,12 +174,131 @@ class PiecewiseWeighting(Weighting):
 
 Piecewise = PiecewiseWeighting  # the contract's name for it in this module
 
+
+class WLamWeighting(Weighting):
+    """The loss weight that makes an objective's effective weighting a chosen ``W(λ)``.
+
+    ``W`` is a member of ``objectives.wfamily`` (the bump's five numbers or a piecewise
+    ``log_values``); sampling draws λ from the density ``wlam`` with the same shape and
+    ``split`` (``p_λ ∝ W^split``), or, given ``sampling`` (a ``wlam`` density's params), from
+    that density, and this weighting is ``w(σ) = W(λ)/p_λ(λ)·c_out(σ)²/σ²``
+    in the ``parameterisation``'s own space, so that ``p_λ·w·σ²/c_out² = W`` exactly (up to one
+    constant, chosen so that ``E_p[w] = 1``). It checks, through :meth:`check_objective`, that
+    the objective it joins has that density, parameterisation and ``sigma_data``.
+    """
+
+    name = "wlam"
+
+    def __init__(
+        self,
+        center: float | None = None,
+        slope_low: float | None = None,
+        slope_high: float | None = None,
+        knee: float | None = None,
+        curvature: float | None = None,
+        log_values: Sequence[float] | None = None,
+        split: float = 1.0,
+        parameterisation: str = "eps",
+        sigma_data: float = 1.0,
+        sampling: Mapping[str, Any] | None = None,
+        *,
+        sigma_min: float,
+        sigma_max: float,
+    ) -> None:
+        self.sigma_min, self.sigma_max = check_sigma_range(sigma_min, sigma_max)
+        shape = {
+            "center": center,
+            "slope_low": slope_low,
+            "slope_high": slope_high,
+            "knee": knee,
+            "curvature": curvature,
+            "log_values": log_values,
+        }
+        # W's own shape (split 0: its params, never a density of its own)
+        self.shape = WLam(**shape, split=0.0, sigma_min=sigma_min, sigma_max=sigma_max).shape
+        if sampling is None:  # p ∝ W^split
+            self.density = WLam(**shape, split=split, sigma_min=sigma_min, sigma_max=sigma_max)
+        else:  # p a member of its own (the wlam density with these params)
+            if not isinstance(sampling, Mapping):
+                raise ValueError(
+                    f"sampling must be the params of a 'wlam' density (a table), but got "
+                    f"sampling={sampling!r}"
+                )
+            if split != 1.0:
+                raise ValueError(
+                    f"split belongs to the sampling density's params when sampling is given, but "
+                    f"got split={split!r} and sampling={dict(sampling)}"
+                )
+            self.density = WLam(**dict(sampling), sigma_min=sigma_min, sigma_max=sigma_max)
+        self.sampling = None if sampling is None else self.density.params()
+        self.split = self.density.split
+        self._coefficients = get_parameterisation(parameterisation)
+        self.parameterisation = parameterisation
+        self.sigma_data = check_real("sigma_data", sigma_data)
+        if not self.sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0, but got sigma_data={self.sigma_data}")
+        lam = torch.linspace(self.density.lam_min, self.density.lam_max, 4097, dtype=torch.float64)
+        log_mass = self.shape.log_w(lam) + self._log_factor(torch.exp(-lam / 2))
+        top = float(log_mass.max())
+        self._log_norm = top + math.log(float(torch.trapezoid(torch.exp(log_mass - top), lam)))
+
+    def _log_factor(self, sigma: Tensor) -> Tensor:
+        """``ln(c_out²/σ²)``, float64."""
+        c_out = self._coefficients(sigma, self.sigma_data).c_out
+        return 2 * (torch.log(c_out.abs()) - torch.log(sigma))
+
+    def __call__(self, sigma: Tensor) -> Tensor:
+        s = sigma.to(torch.float64)
+        lam = -2 * torch.log(s)
+        log_w = (
+            self.shape.log_w(lam)
+            - self.density.table_log_prob(lam)
+            + self._log_factor(s)
+            - self._log_norm
+        )
+        return _finish(torch.exp(log_w), sigma)
+
+    def check_objective(self, parameterisation: str, density: Density, sigma_data: float) -> None:
+        """A ValueError unless the objective has this weighting's parameterisation,
+        ``sigma_data`` and the ``wlam`` density of the same shape and split."""
+        if parameterisation != self.parameterisation:
+            raise ValueError(
+                f"weighting 'wlam' was made for parameterisation={self.parameterisation!r}, but "
+                f"the objective's parameterisation is {parameterisation!r}"
+            )
+        if not math.isclose(float(sigma_data), self.sigma_data, rel_tol=1e-9):
+            raise ValueError(
+                f"weighting 'wlam' was made for sigma_data={self.sigma_data}, but the "
+                f"objective's sigma_data is {sigma_data}"
+            )
+        if not isinstance(density, WLam) or density.params() != self.density.params():
+            raise ValueError(
+                f"weighting 'wlam' needs the density 'wlam' with params {self.density.params()} "
+                f"(the same shape and split), but got density {density!r}"
+            )
+
+    def params(self) -> dict[str, Any]:
+        if self.sampling is None:
+            return {
+                **self.density.params(),
+                "parameterisation": self.parameterisation,
+                "sigma_data": self.sigma_data,
+            }
+        return {
+            **self.shape.params(),
+            "parameterisation": self.parameterisation,
+            "sigma_data": self.sigma_data,
+            "sampling": dict(self.sampling),
+        }
+
+
 WEIGHTINGS: dict[str, type[Weighting]] = {
     "unit": Unit,
     "snr": SNR,
     "min_snr": MinSNR,
     "sigmoid": Sigmoid,
     "piecewise": PiecewiseWeighting,
+    "wlam": WLamWeighting,
 }
 
 

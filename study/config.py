@@ -17,8 +17,9 @@ stored in ``study/presets/``) with top-level keys and four tables::
 
     [network]  name, params       # models.networks.make_network(name, params, shape)
     [train]    train_nimg, batch_size, lr, ema_halflife_nimg, checkpoint_nimg, grad_clip
-    [outer]    outer_trials, sampler, pruner, parameterisations, densities, weightings,
-               adaptive, piecewise_bins, enqueue_baseline, literature, objectives
+    [outer]    outer_trials, sampler, pruner, space, weighting_shape, split,
+               parameterisations, densities, weightings, adaptive, piecewise_bins,
+               enqueue_baseline, literature, objectives
     [inner]    inner_trials, nfe_budgets, samplers, sampler, space, tune_sigma_range, tune_churn,
                fid_num_images, held_out_sets, fid_extractor, fid_inception_weights, kid,
                batch_size, prune, peers
@@ -70,11 +71,19 @@ __all__ = [
     "preset_names",
 ]
 
-POINT_DATASETS = ("gmm2d", "moons")  # 2-D points: an MLP, no Inception features
+POINT_DATASETS = ("gmm2d", "gmm32", "moons")  # points: an MLP, no Inception features
 FID_EXTRACTORS = ("rff", "raw", "classifier", "inception")
 OUTER_SAMPLERS = ("tpe", "random")
 OUTER_PRUNERS = ("hyperband", "successive_halving", "median", "none")
 INNER_SAMPLERS = ("gp", "tpe", "random")
+# what an outer trial searches (study.spaces): the parameterisation, p and w apart
+# ("components"), or the effective weighting W(lambda) of objectives.wfamily, the split of it
+# between p and w, and the parameterisation ("weighting")
+OUTER_SPACES = ("components", "weighting")
+WEIGHTING_SHAPES = ("bump", "piecewise")  # objectives.wfamily.SHAPES
+WEIGHTING_SPLITS = ("shape", "power")  # objectives.wlam.SPLITS
+# the density and weighting that only the "weighting" space makes (never in outer.densities)
+WEIGHTING_SPACE_ONLY = ("wlam",)
 # what an inner trial searches (study.spaces): the gaps in lam between the steps, or a
 # two-parameter step density shared by every NFE budget (karras of any rho and loglinear in it)
 INNER_SPACES = ("gaps", "density")
@@ -101,10 +110,11 @@ def _registry(kind: str) -> list[str]:
         return ["none", *ADAPTIVE]
     if kind == "datasets":
         return [name for name in DATASETS if name != "folder"]  # folder:PATH
+    if kind in ("densities", "weightings"):  # wlam: the weighting space's own, not a choice
+        reg = DENSITIES if kind == "densities" else WEIGHTINGS
+        return [name for name in reg if name not in WEIGHTING_SPACE_ONLY]
     registries = {
         "parameterisations": PARAMETERISATIONS,
-        "densities": DENSITIES,
-        "weightings": WEIGHTINGS,
         "samplers": SAMPLERS,
         "networks": NETWORKS,
     }
@@ -299,17 +309,18 @@ def _literature_checks(outer: dict[str, Any], errors: list[str]) -> None:
     if not names:
         return
 
+    weighting_space = outer.get("space") == "weighting"  # mapped points: p and w are wlam's
     for name in names:
         entry = LITERATURE[name]
         terms = (
             ("parameterisations", entry.parameterisation),
-            ("densities", entry.density.name),
-            ("weightings", entry.weighting.name),
+            ("densities", None if weighting_space else entry.density.name),
+            ("weightings", None if weighting_space else entry.weighting.name),
             ("adaptive", entry.adaptive.name if entry.adaptive else "none"),
         )
         for key, needed in terms:
             allowed = outer.get(key)
-            if allowed is not None and needed not in allowed:
+            if needed is not None and allowed is not None and needed not in allowed:
                 errors.append(
                     f"outer.{key} must include {needed!r} for the literature configuration "
                     f"{name!r} in outer.literature (or leave {name!r} out), but got {list(allowed)}"
@@ -367,6 +378,13 @@ class OuterConfig:
     sampler: str = _field("tpe", _choice(OUTER_SAMPLERS))
     # multi-fidelity over training images: rungs at checkpoints (Optuna's pruners)
     pruner: str = _field("hyperband", _choice(OUTER_PRUNERS))
+    # "components": parameterisations x densities x weightings; "weighting": W(lambda) itself
+    space: str = _field("components", _choice(OUTER_SPACES))
+    # the family of W(lambda) in the "weighting" space: five numbers, or piecewise_bins knots
+    weighting_shape: str = _field("bump", _choice(WEIGHTING_SHAPES))
+    # how the "weighting" space splits W between p and w: p a shape of the same family with
+    # w = W/p ("shape"), or p proportional to W^split with split in [0, 1] ("power")
+    split: str = _field("shape", _choice(WEIGHTING_SPLITS))
     parameterisations: tuple[str, ...] = _field(
         lambda: tuple(_registry("parameterisations")), _names("parameterisations")
     )
@@ -642,14 +660,15 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
         )
     if outer.get("enqueue_baseline"):
         # EDM's defaults (Karras et al. 2022, Table 1): edm, lognormal(-1.2, 1.2), unit, none.
+        weighting_space = outer.get("space") == "weighting"
         for key, needed in (
             ("parameterisations", "edm"),
-            ("densities", "lognormal"),
-            ("weightings", "unit"),
+            ("densities", None if weighting_space else "lognormal"),
+            ("weightings", None if weighting_space else "unit"),
             ("adaptive", "none"),
         ):
             names = outer.get(key)
-            if names is not None and needed not in names:
+            if needed is not None and names is not None and needed not in names:
                 errors.append(
                     f"outer.{key} must include {needed!r} when outer.enqueue_baseline = true "
                     f"(EDM's defaults are enqueued first), but got {list(names)}"

@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 import torch
 
+from sigmatune.models.capacity import LamErrors, denoising_error_by_lam, lam_edges
 from sigmatune.models.denoiser import Denoiser
 from sigmatune.models.networks import make_network
 from sigmatune.models.placement import gits
@@ -53,6 +54,7 @@ def train_trial(trial: optuna.trial.Trial, ctx: RunContext, study_uid: str) -> f
         ema, nimg = train_model(ctx, trial, description, trial_dir, study_uid, original)
         upload_model(ctx, trial, ema, description, trial_dir / "model.pt", nimg)
         denoiser = Denoiser(ema.to(ctx.device), description["parameterisation"], ctx.sigma_data)
+        records.write_lam_errors(trial, capacity(ctx, denoiser.eval()).to_dict())
         training = objective_from_description(description).density
         inner = tune_all_budgets(ctx, denoiser.eval(), trial, original, training)
         records.write_inner_records(trial, inner)
@@ -64,6 +66,36 @@ def train_trial(trial: optuna.trial.Trial, ctx: RunContext, study_uid: str) -> f
     except Exception as exc:
         records.write_failure(trial, exc)
         raise
+
+
+CAPACITY_BINS = 16  # lam bins of the per-lam denoising error, over the run's range
+CAPACITY_PER_BIN = 256  # examples per bin
+
+
+def capacity(ctx: RunContext, denoiser: Denoiser) -> LamErrors:
+    """Where the trained model spends its capacity: its denoising error per lam bin
+    (``models.capacity``), exact (excess over the true denoiser, on fresh samples of the true
+    distribution) where the data set has one, else its denoising loss on the data set's
+    examples (the training set: the run holds no images out of training)."""
+    config = ctx.config
+    edges = lam_edges(float(config.sigma_min), float(config.sigma_max), CAPACITY_BINS)
+    analytic = ctx.data.analytic
+    if analytic is not None:
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        x0 = analytic.sample(CAPACITY_BINS * CAPACITY_PER_BIN, generator=generator)
+        exact = analytic.denoise
+    else:
+        x0, exact = ctx.data.x, None
+    return denoising_error_by_lam(
+        denoiser,
+        x0.to(torch.float32),
+        edges,
+        exact=exact,
+        per_bin=CAPACITY_PER_BIN,
+        seed=config.seed,
+        batch_size=config.inner.batch_size,
+        device=ctx.device,
+    )
 
 
 def train_model(

@@ -16,8 +16,9 @@ Layout (``NAME`` is the outer study; inner studies are ``NAME/trial-NNNN/nfe-K``
 - outer trial user attrs (short, for people reading optuna-dashboard): the training
   weighting's label, its literature name, the original trial of a retry, why it failed or was
   pruned, a one-line held-out summary per NFE; outer trial *system* attrs (long JSON, for
-  programs): the objective's description, per NFE the :class:`InnerRecord`, and the step
-  density fitted to the tuned schedules (a ``models.placement.StepDensity`` as a dict);
+  programs): the objective's description, per NFE the :class:`InnerRecord`, the step
+  density fitted to the tuned schedules (a ``models.placement.StepDensity`` as a dict), and
+  the model's denoising error per λ bin (``models.capacity.LamErrors`` as a dict);
 - inner study user attrs: schema, role ``"inner"``, its NFE, the links back to the outer
   trial, the published methods' schedules (:class:`Peer`, computed once), and the
   :class:`HeldOut` figures written when its search ends;
@@ -85,6 +86,9 @@ OBJECTIVE = "sigmatune:objective"  # DiffusionObjective.describe()
 INNER = "sigmatune:inner"  # {str(nfe): InnerRecord.to_dict()}
 GAPS = "sigmatune:gaps"  # sampling studies: {str(nfe): gap-closed figures}
 DENSITY = "sigmatune:density"  # {"sampler", "nfe", "sigma_min", "sigma_max", "masses"}
+# the trained model's denoising error per lam bin: models.capacity.LamErrors.to_dict()
+# ({"edges", "error", "stderr", "per_bin", "reference"})
+LAM_ERRORS = "sigmatune:lam_errors"
 
 # -- inner trial user attrs (the trial's value is ln FID, which the GP models far better
 # than FID spanning orders of magnitude; the FID itself is kept here)
@@ -417,6 +421,9 @@ class TrialRecord:
     # the step density over lam fitted to the tuned schedules (StepDensity.to_dict() with
     # "sampler" and "nfe"), for schedules at NFE budgets that were not tuned; or None
     density: dict[str, Any] | None = None
+    # where the model spends its capacity: its denoising error per lam bin
+    # (models.capacity.LamErrors.to_dict(); LamErrors.from_dict reads it back), or None
+    lam_errors: dict[str, Any] | None = None
 
     @property
     def value(self) -> float | None:
@@ -517,6 +524,19 @@ def objective_label(desc: Mapping[str, Any] | None) -> str:
 
     adaptive = desc.get("adaptive")
     extra = f" +{fam(adaptive)}" if adaptive else ""
+    if desc["weighting"].get("name") == desc["density"].get("name") == "wlam":
+        # a point of the "weighting" space: W(lambda)'s shape and its split into p
+        shape = dict(desc["weighting"].get("params") or {})
+        for key in ("parameterisation", "sigma_data"):
+            shape.pop(key, None)
+        sampling, split = shape.pop("sampling", None), shape.pop("split", None)
+        if sampling is not None:  # p a shape of its own
+            p_shape = {k: v for k, v in dict(sampling).items() if k != "split"}
+            split_text = f" {fam({'name': 'p', 'params': p_shape})}"
+        else:
+            split_text = "" if split is None else f" split {float(split):.3g}"
+        W = fam({"name": "W", "params": shape})
+        return f"{desc['parameterisation']} {W}{split_text}{extra}"
     return f"{desc['parameterisation']} {fam(desc['weighting'])} {fam(desc['density'])}{extra}"
 
 
@@ -751,6 +771,7 @@ def begin_outer_trial(
             trial.set_user_attr(key, None)
     adapter.set_trial_system_attr(trial, INNER, None)
     adapter.set_trial_system_attr(trial, DENSITY, None)
+    adapter.set_trial_system_attr(trial, LAM_ERRORS, None)
     trial.set_user_attr(SCHEMA_KEY, SCHEMA)
     trial.set_user_attr(ORIGINAL_TRIAL, int(original))
     trial.set_user_attr(LABEL, objective_label(objective))
@@ -785,6 +806,17 @@ def write_density(trial: optuna.trial.Trial, density: Mapping[str, Any] | None) 
     """The step density fitted to an outer trial's tuned schedules (nothing when None)."""
     if density is not None:
         adapter.set_trial_system_attr(trial, DENSITY, dict(density))
+
+
+def write_lam_errors(trial: optuna.trial.Trial, lam_errors: Mapping[str, Any]) -> None:
+    """The trained model's denoising error per lam bin (``LamErrors.to_dict()``)."""
+    keys = {"edges", "error", "stderr", "per_bin", "reference"}
+    if set(lam_errors) != keys:
+        raise ValueError(
+            f"lam_errors must have the keys {sorted(keys)} (LamErrors.to_dict()), but got "
+            f"{sorted(lam_errors)}"
+        )
+    adapter.set_trial_system_attr(trial, LAM_ERRORS, dict(lam_errors))
 
 
 def add_sampling_trial(
@@ -908,6 +940,7 @@ def read_trial(ft: FrozenTrial) -> TrialRecord:
         gaps={int(k): dict(v) for k, v in (sa.get(GAPS) or {}).items()},
         interim={int(k): float(v) for k, v in ft.intermediate_values.items()},
         density=None if sa.get(DENSITY) is None else dict(sa[DENSITY]),
+        lam_errors=None if sa.get(LAM_ERRORS) is None else dict(sa[LAM_ERRORS]),
     )
 
 

@@ -244,10 +244,13 @@ def enqueue_configurations(ctx: RunContext, study: optuna.Study) -> None:
     once, by the process that creates the study (so that workers started together never
     enqueue them twice)."""
     configurations = list(enqueued_configurations(ctx).items())[: ctx.config.outer.outer_trials]
+    enqueued: list[dict[str, Any]] = []
     for name, desc in configurations:
-        study.enqueue_trial(
-            spaces.objective_params(desc, ctx.config), user_attrs=records.name_attrs(name)
-        )
+        params = spaces.objective_params(desc, ctx.config)
+        if params in enqueued:  # the same point (W(lambda), split, ...) as an earlier one
+            continue
+        enqueued.append(params)
+        study.enqueue_trial(params, user_attrs=records.name_attrs(name))
 
 
 def enqueued_configurations(ctx: RunContext) -> dict[str, records.ObjectiveDescription]:

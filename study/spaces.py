@@ -17,6 +17,28 @@ Outer space (one trial = one training objective, Optuna's conditional "define-by
 - ``adaptive``: categorical over ``config.outer.adaptive`` (``"none"`` or a mechanism of
   ``objectives.adaptive`` with its default parameters).
 
+With ``outer.space = "weighting"`` the outer space is the effective weighting ``W(λ)`` itself
+(``objectives.wfamily``), its split between p and w, and the parameterisation:
+
+- ``parameterisation`` and ``adaptive`` as above (without ``timewarp``, which replaces p and
+  with it the point's W);
+- ``outer.weighting_shape = "bump"``: ``wlam.center`` in the run's λ range,
+  ``wlam.slope_low`` and ``wlam.slope_high`` in [-4, 4], ``wlam.knee`` in [0.05, 8] (log),
+  ``wlam.curvature`` in [0, 2]; ``"piecewise"``: ``wlam.v{i}`` in [-30, 0] for
+  ``i < outer.piecewise_bins`` (``ln W`` at equally spaced knots);
+- the split of W between the sampling density p and the loss weight w
+  (``objectives.wlam.point_description``: the ``wlam`` density and weighting): with
+  ``outer.split = "power"``, ``wlam.split`` in [0, 1] and ``p_λ ∝ W^split``; with
+  ``"shape"`` (the default), p is a shape of the same family, its own numbers
+  ``wlam.p.center`` ... (or ``wlam.p.v{i}``) in the same ranges, and ``w = W/p``. Every
+  literature configuration's p is such a shape (the Laplace schedule's within 2% L1), so
+  there the enqueued points are the literature's objectives themselves where W is exact;
+  p ∝ W^split is not (EDM's p peaks at λ = 2.4, its W near λ = -3.4).
+
+:func:`objective_params` maps any described objective into it: a ``wlam`` point exactly, any
+other (EDM's defaults, a literature configuration) by fitting its ``W`` and split
+(``objectives.wlam.fit_description``), so the enqueued literature are their nearest points.
+
 Inner space (one trial = one schedule at a fixed NFE budget):
 
 - ``sampler``: categorical over ``config.inner.samplers`` (always a param, also when there is
@@ -42,6 +64,8 @@ Inner space (one trial = one schedule at a fixed NFE budget):
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -56,6 +80,8 @@ from sigmatune.models.samplers import steps_for_nfe
 from sigmatune.models.schedules import _append_zero, from_gaps, karras, loglinear, to_gaps, validate
 from sigmatune.objectives.adaptive import make_adaptive
 from sigmatune.objectives.loss import DiffusionObjective, objective_from_description
+from sigmatune.objectives.wfamily import BUMP_BOUNDS, LOG_VALUE_BOUNDS
+from sigmatune.objectives.wlam import fit_description, point_description, point_of_description
 from sigmatune.study.config import Config
 from sigmatune.study.optuna_adapter import PerTrialSeed
 
@@ -186,6 +212,8 @@ def suggest_objective_description(
     ``{"parameterisation", "sigma_data", "density": {"name", "params"}, "weighting": {...},
     "adaptive": {"name", "params"} | None, "sigma_min", "sigma_max"}``."""
     outer = config.outer
+    if outer.space == "weighting":
+        return suggest_weighting_description(trial, config, sigma_data)
     parameterisation = trial.suggest_categorical("parameterisation", list(outer.parameterisations))
     families = {}
     for kind, choices, piecewise in (
@@ -249,7 +277,10 @@ def objective_params(
 ) -> dict[str, Any]:
     """Trial params (for ``study.enqueue_trial``) from which :func:`suggest_objective_description`
     reproduces ``description``. Raises ``ValueError`` for a configuration outside the space
-    (and, given ``config``, outside its allowed names or piecewise bin count)."""
+    (and, given ``config``, outside its allowed names or piecewise bin count). With
+    ``outer.space = "weighting"``, :func:`weighting_params`: the nearest point."""
+    if config is not None and config.outer.space == "weighting":
+        return weighting_params(description, config)
     params: dict[str, Any] = {"parameterisation": description["parameterisation"]}
     if config is not None:
         _check_choice(
@@ -290,14 +321,179 @@ def objective_params(
                 f"{kind} {name!r} parameters {sorted(values)} are not in the "
                 f"search space, but got params={family.get('params')}"
             )
+    params["adaptive"] = _adaptive_param(description, config)
+    return params
+
+
+def _adaptive_param(description: Mapping[str, Any], config: Config | None) -> str:
     adaptive = description.get("adaptive")
     name = "none" if not adaptive else adaptive["name"]
     if adaptive and adaptive.get("params"):
         _check_adaptive_defaults(name, dict(adaptive["params"]))
     if config is not None:
         _check_choice("adaptive", name, config.outer.adaptive)
-    params["adaptive"] = name
+    return name
+
+
+# ----------------------------------------------------------------------------- outer: W(lambda)
+
+SPLIT_RANGE = _Float(0.0, 1.0)
+WLAM_PREFIX = "wlam."
+SAMPLING_PREFIX = "wlam.p."
+
+
+def weighting_space(config: Config) -> dict[str, _Float]:
+    """The shape's numbers of the "weighting" space (param name without ``wlam.`` -> range):
+    the bump's five (``center`` over the run's λ range) or ``v{i}`` for the piecewise knots."""
+
+    if config.outer.weighting_shape == "piecewise":
+        return {f"v{i}": _Float(*LOG_VALUE_BOUNDS) for i in range(config.outer.piecewise_bins)}
+    lam_min = -2 * math.log(float(config.sigma_max))
+    lam_max = -2 * math.log(float(config.sigma_min))
+    return {
+        "center": _Float(lam_min, lam_max),
+        **{k: _Float(lo, hi, log=(k == "knee")) for k, (lo, hi) in BUMP_BOUNDS.items()},
+    }
+
+
+def _shape_from_numbers(config: Config, numbers: Mapping[str, float]) -> dict[str, Any]:
+    if config.outer.weighting_shape == "piecewise":
+        return {"log_values": [numbers[f"v{i}"] for i in range(config.outer.piecewise_bins)]}
+    return dict(numbers)
+
+
+def _suggest_shape(trial: optuna.trial.BaseTrial, config: Config, prefix: str) -> dict[str, Any]:
+    numbers = {
+        key: _suggest(trial, prefix + key, space) for key, space in weighting_space(config).items()
+    }
+    return _shape_from_numbers(config, numbers)
+
+
+def suggest_weighting_description(
+    trial: optuna.trial.BaseTrial, config: Config, sigma_data: float | None
+) -> dict[str, Any]:
+    """Suggest a point of the "weighting" space (parameterisation, W(λ)'s shape, its split
+    into p and w, adaptive) and return its objective (``objectives.wlam.point_description``)."""
+
+    if sigma_data is None:
+        raise ValueError(
+            "outer.space = 'weighting' needs the data's sigma_data to build an objective "
+            "(its loss weight is written in the parameterisation's space), but got None"
+        )
+    outer = config.outer
+    parameterisation = trial.suggest_categorical("parameterisation", list(outer.parameterisations))
+    shape = _suggest_shape(trial, config, WLAM_PREFIX)
+    if outer.split == "power":
+        split, sampling = _suggest(trial, WLAM_PREFIX + "split", SPLIT_RANGE), None
+    else:
+        split, sampling = 1.0, {**_suggest_shape(trial, config, SAMPLING_PREFIX), "split": 1.0}
+    adaptive = trial.suggest_categorical("adaptive", weighting_adaptive(config))
+    return point_description(
+        shape,
+        split,
+        parameterisation,
+        float(sigma_data),
+        float(config.sigma_min),
+        float(config.sigma_max),
+        None if adaptive == "none" else {"name": adaptive, "params": {}},
+        sampling,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _fit_cached(description_json: str, shape: str, bins: int, split: str) -> Any:
+
+    return fit_description(json.loads(description_json), shape, bins, split)
+
+
+def weighting_fit(description: Mapping[str, Any], config: Config) -> Any:
+    """``objectives.wlam.fit_description`` of ``description`` in the config's shape and split
+    (cached: a study maps each literature configuration once per process)."""
+    key = json.dumps(dict(description), sort_keys=True, default=float)
+    outer = config.outer
+    return _fit_cached(key, outer.weighting_shape, outer.piecewise_bins, outer.split)
+
+
+def _shape_params(
+    shape: Mapping[str, Any], config: Config, prefix: str, what: str
+) -> dict[str, float]:
+    """Trial params ``prefix + number`` of one shape, checked against the space."""
+    shape = dict(shape)
+    space = weighting_space(config)
+    if config.outer.weighting_shape == "piecewise":
+        values = list(shape.pop("log_values", None) or [])
+        if len(values) != config.outer.piecewise_bins or shape:
+            raise ValueError(
+                f"a piecewise {what} needs outer.piecewise_bins={config.outer.piecewise_bins} "
+                f"log_values to be in the search space (outer.weighting_shape = 'piecewise'), "
+                f"but got log_values={values} and {shape}"
+            )
+        shape = {f"v{i}": v for i, v in enumerate(values)}
+    elif "log_values" in shape:
+        raise ValueError(
+            f"a piecewise {what} is not in the search space with outer.weighting_shape = "
+            f"'bump', but got log_values={shape['log_values']}"
+        )
+    params = {}
+    for key, value in shape.items():
+        if key not in space:
+            raise ValueError(f"{key} is not a number of the {what} search space {list(space)}")
+        params[prefix + key] = _check_in(key, value, space[key])
     return params
+
+
+def weighting_params(description: Mapping[str, Any], config: Config) -> dict[str, Any]:
+    """Trial params of the "weighting" space for ``description``: a ``wlam`` point exactly;
+    any other objective by its nearest point (:func:`weighting_fit`; its parameterisation and
+    adaptive mechanism kept). Raises ``ValueError`` for a point outside the space."""
+
+    point = point_of_description(description)
+    if point is None:
+        fit = weighting_fit(description, config)
+        shape, split, sampling = dict(fit.shape), fit.split, fit.sampling
+    else:
+        shape, split, sampling = point
+    params: dict[str, Any] = {
+        "parameterisation": _check_choice(
+            "parameterisation", description["parameterisation"], config.outer.parameterisations
+        ),
+        **_shape_params(shape, config, WLAM_PREFIX, "W(lambda)"),
+    }
+    if config.outer.split == "power":
+        if sampling is not None:
+            raise ValueError(
+                "a point with a sampling density of its own is not in the search space with "
+                f"outer.split = 'power' (p ∝ W^split), but got sampling={sampling}"
+            )
+        params[WLAM_PREFIX + "split"] = _check_in("split", split, SPLIT_RANGE)
+    else:
+        if sampling is None:
+            raise ValueError(
+                "a point with p ∝ W^split is not in the search space with outer.split = "
+                f"'shape' (p a shape of its own), but got split={split}"
+            )
+        sampling = dict(sampling)
+        if sampling.pop("split", 1.0) != 1.0:
+            raise ValueError(
+                f"the sampling density's split must be 1 with outer.split = 'shape', but got "
+                f"sampling={point_of_description(description)}"
+            )
+        params.update(_shape_params(sampling, config, SAMPLING_PREFIX, "sampling density"))
+    params["adaptive"] = _check_choice(
+        "adaptive", _adaptive_param(description, config), weighting_adaptive(config)
+    )
+    return params
+
+
+# mechanisms that replace the sampling density p, and so the point's W (CDCD's time warping)
+REPLACES_DENSITY = ("timewarp",)
+
+
+def weighting_adaptive(config: Config) -> list[str]:
+    """``outer.adaptive`` without the mechanisms that replace p (:data:`REPLACES_DENSITY`):
+    in the "weighting" space a point's W is the objective's, so only mechanisms that keep it
+    (``importance``) or learn a factor on it (``uncertainty``, from 1) are searched."""
+    return [a for a in config.outer.adaptive if a not in REPLACES_DENSITY]
 
 
 def _check_uniform_range(values: dict[str, Any], description: Mapping[str, Any]) -> None:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sigmatune.study.config import preset_names
 from sigmatune.study.errors import run_command
 from sigmatune.study.schedules import METHODS
 from sigmatune.study.urls import DEFAULT_STORAGE_URL
@@ -73,6 +74,7 @@ paths. `tune-sampling` searches on FID instead (and scores GITS and LD3 beside i
 """
 
 STORAGE_HELP = f"Optuna storage URL (default: {DEFAULT_STORAGE_URL})"
+PRESET_HELP = f"a built-in config: {', '.join(preset_names())}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ STORAGE_HELP = f"Optuna storage URL (default: {DEFAULT_STORAGE_URL})"
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="a TOML config file (or use --preset)")
-    p.add_argument("--preset", help="a built-in config: toy, digits, mnist, cifar10")
+    p.add_argument("--preset", help=PRESET_HELP)
     p.add_argument("--storage", help=STORAGE_HELP)
     p.add_argument("--study-name", help="the outer study's name (default: the config's name)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -207,7 +209,7 @@ def _parser_schedule(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="a TOML config file (or --preset; optional)")
-    p.add_argument("--preset", help="a built-in config: toy, digits, mnist, cifar10")
+    p.add_argument("--preset", help=PRESET_HELP)
     p.add_argument("--method", required=True, choices=METHODS, help="the schedule's method")
     p.add_argument(
         "--nfe",

@@ -6,7 +6,7 @@ import argparse
 import tomllib
 from typing import Any
 
-from sigmatune.study.config import Config, load_config
+from sigmatune.study.config import Config, load_config, preset_names
 
 
 def parse_set(item: str) -> tuple[str, Any]:
@@ -51,7 +51,7 @@ def config_of(args: argparse.Namespace) -> Config:
     ``--set`` items over it."""
     source = args.config if args.config else args.preset
     if source is None:
-        raise ValueError("give a config file or --preset NAME (toy, digits, mnist, cifar10)")
+        raise ValueError(f"give a config file or --preset NAME ({', '.join(preset_names())})")
     if args.config and args.preset:
         raise ValueError("give a config file or --preset, not both")
     return load_config(source, overrides_of(args))

@@ -67,7 +67,7 @@ def _load(name: str, tmp_path: Path) -> Dataset:
         return load_dataset(f"folder:{tmp_path / 'imgs'}", image_size=8)
     if name == "mnist5k":
         return mnist5k()
-    return load_dataset(name, n=2000 if name in ("gmm2d", "moons") else None)
+    return load_dataset(name, n=2000 if name in ("gmm2d", "gmm32", "moons") else None)
 
 
 @functools.cache
@@ -77,6 +77,7 @@ def mnist5k() -> Dataset:
 
 EXPECTED_SHAPES = {
     "gmm2d": (2000, 2),
+    "gmm32": (2000, 32),
     "moons": (2000, 2),
     "digits": (1797, 1, 8, 8),
     "mnist5k": (5000, 1, 28, 28),
@@ -88,6 +89,7 @@ EXPECTED_SHAPES = {
 IMAGE_RANGE = (-1.0, 1.0)
 EXPECTED_RANGES = {  # what a saved sample is clamped to; points are not clamped
     "gmm2d": None,
+    "gmm32": None,
     "moons": None,
     "digits": IMAGE_RANGE,
     "mnist5k": IMAGE_RANGE,
@@ -131,7 +133,8 @@ def test_every_data_set_loads_with_shape_range_and_measured_sigma_data(name, tmp
     assert data.x.shape == EXPECTED_SHAPES[name]
     assert data.shape == EXPECTED_SHAPES[name][1:]
     assert data.x.dtype == torch.float32
-    bound = 1.0 + 1e-6 if name != "gmm2d" else 1.1  # gmm2d: Gaussian tails past the ring
+    # gmm2d: Gaussian tails past the ring; gmm32: means up to 0.8, stds up to 0.15
+    bound = {"gmm2d": 1.1, "gmm32": 1.6}.get(name, 1.0 + 1e-6)
     assert data.x.abs().max() <= bound
     assert data.sigma_data == pytest.approx(
         np.asarray(data.x, dtype=np.float64).std(ddof=1), rel=1e-9
@@ -146,6 +149,17 @@ def test_gmm2d_sigma_data_matches_its_mixture():
     assert data.sigma_data == pytest.approx(data.analytic.sigma_data, rel=0.02)
     radius = data.x.norm(dim=1)
     assert (radius - 0.6).abs().median() < 0.08  # half-normal median: 0.067
+
+
+def test_gmm32_is_its_mixture():
+    data = load_dataset("gmm32", n=20_000, seed=1)
+    mixture = data.analytic
+    assert (mixture.K, mixture.dim) == (8, 32)
+    # its mean: the standard error per coordinate is below 0.6/sqrt(20,000) = 0.005
+    assert (data.x.double().mean(dim=0) - mixture.mean).abs().max() < 0.025
+    # every example is nearest to a mean, within a few stds of it: well-separated modes
+    nearest = torch.cdist(data.x.double(), mixture.means).min(dim=1).values
+    assert nearest.max() < 0.15 * (32**0.5) * 1.5
 
 
 def test_digits_maps_0_16_to_minus_1_1_with_labels():

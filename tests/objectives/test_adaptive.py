@@ -437,6 +437,7 @@ DENSITY_PARAMS = {
     "uniform": {"lam_min": 0.0, "lam_max": 5.0},  # a sub-range: p = 0 on most bins
     "piecewise": {"heights": [0.05, 1.0, 3.0, 0.01, 2.0]},  # jumps and near-empty stretches
     "laplace": {"mu": 1.0, "b": 0.5},
+    "wlam": {"center": 1.0, "slope_low": -0.8, "slope_high": 0.2, "curvature": 0.2},
 }
 
 

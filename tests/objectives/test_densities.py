@@ -96,6 +96,48 @@ class Case:
                 return h[k] / h.sum() / width
 
             return (lambda lam: np.interp(lam, edges, cum)), pdf, lo, hi
+        if self.name == "wlam":
+            # ln p = split·ln W interpolated linearly between 4097 equally spaced points of the
+            # range (objectives.wfamily), ln W the bump: each bin's mass in closed form
+            q = {"center": 0.0, "slope_low": 0.0, "slope_high": 0.0, "knee": 1.0}
+            q |= {"curvature": 0.0, "split": 1.0} | self.params
+            grid = np.linspace(lo, hi, 4097)
+            x = grid - q["center"]
+            log_w = (
+                q["slope_low"] * x
+                - (q["slope_low"] - q["slope_high"]) * q["knee"] * np.logaddexp(0, x / q["knee"])
+                - q["curvature"] * x**2 / 2
+            )
+            f = q["split"] * log_w
+            f = f - f.max()
+            dx = grid[1] - grid[0]
+            z = np.diff(f)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                masses = np.where(
+                    np.abs(z) < 1e-12,
+                    np.exp(f[:-1]) * dx,
+                    (np.exp(f[1:]) - np.exp(f[:-1])) * dx / z,
+                )
+            Z = masses.sum()
+            cum = np.concatenate([[0.0], np.cumsum(masses)]) / Z
+
+            def wlam_pdf(lam):
+                return np.exp(np.interp(lam, grid, f)) / Z
+
+            def wlam_cdf(lam):
+                lam = np.clip(np.asarray(lam, dtype=float), lo, hi)
+                k = np.clip(np.floor((lam - lo) / dx).astype(int), 0, len(grid) - 2)
+                t = lam - grid[k]
+                beta = z[k] / dx
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    part = np.where(
+                        np.abs(beta * t) < 1e-12,
+                        t,
+                        np.expm1(beta * t) / np.where(beta == 0, 1, beta),
+                    )
+                return np.clip(cum[k] + np.exp(f[k]) * part / Z, 0, 1)
+
+            return wlam_cdf, wlam_pdf, lo, hi
         raise AssertionError(f"no reference written for density {self.name!r}")
 
 
@@ -116,6 +158,13 @@ CASES = [
     Case("piecewise", {"heights": [1.0, 2.0, 3.0]}, *RUN),
     Case("piecewise", {"heights": [0.5, 4.0, 1.0, 0.1, 2.0]}, 0.01, 10.0),
     Case("piecewise", {"heights": [2.0]}, 0.1, 1.0),
+    Case("wlam", {}, *RUN),  # split 1 of a flat W: uniform
+    Case(
+        "wlam",
+        {"center": 1.4, "slope_low": -0.8, "slope_high": 0.2, "curvature": 0.17, "split": 0.6},
+        *RUN,
+    ),
+    Case("wlam", {"center": -2.0, "slope_low": 2.5, "slope_high": -3.0, "knee": 0.2}, 0.05, 3.0),
 ]
 IDS = [case.id for case in CASES]
 
@@ -140,6 +189,8 @@ def test_density_integrates_to_one_over_its_support(case):
         points = [case.params.get("mu", 0.0)]  # the kink at the centre
     if case.name == "piecewise":
         points = np.linspace(d.lam_min, d.lam_max, len(case.params["heights"]) + 1)[1:-1]
+    if case.name == "wlam" and d.lam_min < case.params.get("center", 0.0) < d.lam_max:
+        points = [case.params.get("center", 0.0)]  # the turn of the hinge
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", integrate.IntegrationWarning)
         total, _ = integrate.quad(

@@ -196,6 +196,7 @@ DENSITY_CASES = [
     ("uniform", {"lam_min": -2.0}),
     ("piecewise", {"heights": [3.0, 1.0, 0.5, 2.0]}),
     ("laplace", {"mu": 1.0, "b": 0.75}),
+    ("wlam", {"center": 1.0, "slope_low": -0.8, "slope_high": 0.2, "split": 0.5}),
 ]
 
 

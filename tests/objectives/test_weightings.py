@@ -33,6 +33,27 @@ def closed_form(name: str, params: dict[str, Any], lam: np.ndarray) -> np.ndarra
         edges = np.linspace(LAM_MIN, LAM_MAX, len(lw) + 1)
         k = np.clip(np.searchsorted(edges, lam, side="right") - 1, 0, len(lw) - 1)
         return np.exp(lw[k])
+    if name == "wlam":
+        # split 0 (uniform sampling): w = W·c_out²/σ², scaled so that the mean of w over the
+        # range (trapezoid rule, 4097 points) is 1; edm's c_out²/σ² = σd²/(σ² + σd²)
+        assert params["split"] == 0.0 and params["parameterisation"] in ("eps", "edm")
+        q = {"center": 0.0, "slope_low": 0.0, "slope_high": 0.0, "knee": 1.0, "curvature": 0.0}
+        q |= {k: v for k, v in params.items() if k in q}
+
+        def mass(x):
+            u = x - q["center"]
+            log_w = (
+                q["slope_low"] * u
+                - (q["slope_low"] - q["slope_high"]) * q["knee"] * np.logaddexp(0, u / q["knee"])
+                - q["curvature"] * u**2 / 2
+            )
+            if params["parameterisation"] == "edm":
+                sd2 = params["sigma_data"] ** 2
+                log_w = log_w + np.log(sd2 / (np.exp(-x) + sd2))
+            return np.exp(log_w)
+
+        grid = np.linspace(LAM_MIN, LAM_MAX, 4097)
+        return mass(lam) / np.trapezoid(mass(grid), grid) * (LAM_MAX - LAM_MIN)
     raise AssertionError(f"no closed form written for weighting {name!r}")
 
 
@@ -48,6 +69,19 @@ CASES = [
     ("sigmoid", {"b": 4.5}),
     ("piecewise", {"log_weights": LOG_WEIGHTS}),
     ("piecewise", {"log_weights": [1.7]}),
+    ("wlam", {"split": 0.0, "parameterisation": "eps", "slope_low": 0.5, "slope_high": -0.5}),
+    (
+        "wlam",
+        {
+            "split": 0.0,
+            "parameterisation": "edm",
+            "sigma_data": 0.5,
+            "center": 1.4,
+            "slope_low": -0.8,
+            "slope_high": 0.2,
+            "curvature": 0.17,
+        },
+    ),
 ]
 IDS = [f"{name}-{params}" for name, params in CASES]
 

@@ -11,11 +11,11 @@ import pytest
 from sigmatune.study.config import Config, ConfigError, load_config, preset_names
 
 
-def test_presets_are_the_four_named_in_the_design():
-    assert preset_names() == ["cifar10", "digits", "mnist", "toy"]
+def test_presets_are_the_five_named_in_the_design():
+    assert preset_names() == ["cifar10", "digits", "gmm32", "mnist", "toy"]
 
 
-@pytest.mark.parametrize("name", ["toy", "digits", "mnist", "cifar10"])
+@pytest.mark.parametrize("name", ["toy", "gmm32", "digits", "mnist", "cifar10"])
 def test_every_preset_loads_and_round_trips_through_json(name):
     config = load_config(name)
     assert config.name == name
@@ -217,7 +217,8 @@ def test_invalid_toml_names_the_file(tmp_path):
 
 
 def test_missing_file_or_unknown_preset_lists_presets(tmp_path):
-    with pytest.raises(ConfigError, match=r"'nope' does not exist; .*cifar10, digits, mnist, toy"):
+    presets = "cifar10, digits, gmm32, mnist, toy"
+    with pytest.raises(ConfigError, match=rf"'nope' does not exist; .*{presets}"):
         load_config("nope")
     with pytest.raises(ConfigError, match=r"is a directory"):
         load_config(tmp_path)
@@ -230,8 +231,11 @@ def test_a_partial_file_takes_defaults_for_the_rest(tmp_path):
     assert config.name == "small" and config.outer.outer_trials == 2
     assert config.train == type(config.train)()
     from sigmatune.objectives.densities import DENSITIES
+    from sigmatune.study.config import WEIGHTING_SPACE_ONLY
 
-    assert config.outer.densities == tuple(DENSITIES)  # by default the whole registry
+    # by default the whole registry but the density that only the "weighting" space makes
+    assert config.outer.densities == tuple(n for n in DENSITIES if n not in WEIGHTING_SPACE_ONLY)
+    assert config.outer.space == "components" and config.outer.weighting_shape == "bump"
 
 
 def test_overrides_apply_before_validation():

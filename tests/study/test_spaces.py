@@ -70,10 +70,11 @@ def _only(kind, name):
     return TOY.replace(**overrides)
 
 
+# wlam is the "weighting" space's density and weighting (tests/study/test_weighting_space.py)
 FAMILIES = (
     [("parameterisations", n) for n in PARAMETERISATIONS]
-    + [("densities", n) for n in DENSITIES]
-    + [("weightings", n) for n in WEIGHTINGS]
+    + [("densities", n) for n in DENSITIES if n != "wlam"]
+    + [("weightings", n) for n in WEIGHTINGS if n != "wlam"]
     + [("adaptive", n) for n in ["none", *ADAPTIVE]]
 )
 
@@ -428,9 +429,15 @@ def test_every_registered_family_declares_the_space_of_each_scalar_parameter(kin
     density's lam range is the run's."""
     import inspect
 
-    space = (spaces.DENSITY_SPACE if kind == "density" else spaces.WEIGHTING_SPACE).get(name)
+    if name == "wlam":  # the "weighting" space's: its shape's numbers and the split
+        config = TOY.replace(**{"outer.space": "weighting"})
+        space = {**spaces.weighting_space(config), "split": spaces.SPLIT_RANGE}
+    else:
+        space = (spaces.DENSITY_SPACE if kind == "density" else spaces.WEIGHTING_SPACE).get(name)
     assert space is not None, f"{kind} {name!r} has no entry in study.spaces"
     run_range = {"self", "sigma_min", "sigma_max", "lam_min", "lam_max", "args", "kwargs"}
-    listed = {"heights", "log_weights"}
+    # list parameters, and the wlam weighting's parameterisation and sigma_data (the point's)
+    listed = {"heights", "log_weights", "log_values", "parameterisation", "sigma_data"}
+    listed |= {"sampling"}  # the wlam weighting's sampling density (its own shape's numbers)
     scalars = set(inspect.signature(cls.__init__).parameters) - run_range - listed
     assert set(space) == scalars, (kind, name)
