@@ -18,7 +18,10 @@ computes them once. Generated batches are then streamed through the same extract
 metric's fake side; ``score`` reports the distance after fixed prefixes of the stream (the same
 seeds in every trial), so Optuna's pruners compare trials at equal image counts. KID (Bińkowski
 et al. 2018, torchmetrics' ``KernelInceptionDistance`` on the same features, seeded subsets) is
-an optional second number; :func:`fid_infinity` (Chong & Forsyth 2020) an optional third.
+an optional second number; :func:`fid_infinity` (Chong & Forsyth 2020) an optional third. A
+reference may also be given as precomputed statistics, the ``.npz`` of ``mu`` and ``sigma``
+that pytorch-fid and clean-fid write (:meth:`Scorer.from_reference_stats`,
+:func:`load_reference_stats`); such a scorer has no floors and no KID.
 
 Two measurement rules live here (DESIGN, "Measurement rules"):
 
@@ -48,6 +51,7 @@ import os
 import re
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +75,10 @@ __all__ = [
     "CACHE_SCHEMA",
     "EXTRACTORS",
     "Floors",
+    "FloorsUnavailableError",
     "NonFiniteSamplesError",
+    "ReferenceStatsError",
+    "STATS_EXTRACTORS",
     "Score",
     "Scorer",
     "ScorerCacheError",
@@ -83,6 +90,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_stats",
     "gaussian_stats",
+    "load_reference_stats",
 ]
 
 CACHE_SCHEMA = 2  # 2: value range in the key, multi-scale rff, floors stored beside the stats
@@ -545,6 +553,108 @@ def floor_method_text(floors: Mapping[str, Any]) -> str:
     return f"{n:,} images, {FLOOR_METHODS[method].split(' of ')[0]} of {m:,} held out"
 
 
+# -- a reference given as statistics ----------------------------------------------------------
+
+
+class ReferenceStatsError(ValueError):
+    """A reference-statistics file that cannot be used: the message names the file and key."""
+
+
+class FloorsUnavailableError(ValueError):
+    """A scorer whose reference is statistics alone has no floors: they need reference
+    samples (or the true distribution)."""
+
+
+# Extractors that learn nothing from the reference images, so their features of generated
+# samples can be compared with statistics computed elsewhere; the feature width for a
+# sample shape.
+STATS_EXTRACTORS: dict[str, Callable[[tuple[int, ...]], int]] = {
+    "inception": lambda shape: 2048,
+    "raw": lambda shape: math.prod(shape),
+}
+_SYMMETRY_RTOL = 1e-6  # |S - S^T| within this fraction of max |S| (float32 files)
+
+
+def load_reference_stats(
+    path: str | os.PathLike, *, num_features: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mean ``mu`` [D] and covariance ``sigma`` [D, D] (float64) of reference features
+    from an ``.npz`` with the keys ``mu`` and ``sigma``, as pytorch-fid (``--save-stats``) and
+    clean-fid write them (Inception pool3 features: D = 2048).
+
+    Checked: the file reads as an ``.npz`` (no pickles), both keys are there, ``mu`` is 1-D
+    and ``sigma`` is [D, D] with D = ``num_features`` when given, every entry is finite and
+    ``sigma`` is symmetric (to 1e-6 of its largest entry). ReferenceStatsError (a
+    ValueError), one paragraph naming the file and the key, otherwise."""
+    name = str(path)
+    what = (
+        f"the reference statistics {name!r} must be an .npz file with the arrays mu [D] and "
+        "sigma [D, D] (as pytorch-fid and clean-fid save them)"
+    )
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not hasattr(data, "files"):  # a .npy: one array
+            raise ReferenceStatsError(f"{what}, but it holds a single array")
+        with data:
+            arrays = {key: np.asarray(data[key]) for key in ("mu", "sigma") if key in data.files}
+            keys = list(data.files)
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ReferenceStatsError(
+            f"{what}, but it could not be read ({type(exc).__name__}: {exc})"
+        ) from exc
+    except ValueError as exc:
+        if isinstance(exc, ReferenceStatsError):
+            raise
+        raise ReferenceStatsError(
+            f"{what}, but it could not be read ({type(exc).__name__}: {exc})"
+        ) from exc
+    for key in ("mu", "sigma"):
+        if key not in arrays:
+            raise ReferenceStatsError(
+                f"the reference statistics {name!r} must hold the key {key!r} (mu: the mean "
+                f"[D], sigma: the covariance [D, D] of the reference features), but it holds "
+                f"{sorted(keys)}"
+            )
+    mu, sigma = arrays["mu"], arrays["sigma"]
+    for key, a in (("mu", mu), ("sigma", sigma)):
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ReferenceStatsError(
+                f"{key} in the reference statistics {name!r} must be floating-point, but it has "
+                f"dtype {a.dtype}"
+            )
+    if mu.ndim != 1:
+        raise ReferenceStatsError(
+            f"mu in the reference statistics {name!r} must be 1-D [D], but it has shape {mu.shape}"
+        )
+    d = mu.shape[0]
+    if sigma.shape != (d, d):
+        raise ReferenceStatsError(
+            f"sigma in the reference statistics {name!r} must have shape [D, D] = [{d}, {d}] "
+            f"(D from mu), but it has shape {sigma.shape}"
+        )
+    if num_features is not None and d != num_features:
+        raise ReferenceStatsError(
+            f"mu and sigma in the reference statistics {name!r} must describe {num_features} "
+            f"features (the extractor's width; 2048 for Inception pool3), but they have D={d}"
+        )
+    for key, a in (("mu", mu), ("sigma", sigma)):
+        bad = int((~np.isfinite(a)).sum())
+        if bad:
+            raise ReferenceStatsError(
+                f"{key} in the reference statistics {name!r} must be finite, but {bad} of its "
+                f"{a.size} entries are NaN or inf"
+            )
+    mu, sigma = mu.astype(np.float64), sigma.astype(np.float64)
+    asymmetry = float(np.abs(sigma - sigma.T).max(initial=0.0))
+    scale = float(np.abs(sigma).max(initial=0.0))
+    if asymmetry > _SYMMETRY_RTOL * scale:
+        raise ReferenceStatsError(
+            f"sigma in the reference statistics {name!r} must be a symmetric covariance matrix, "
+            f"but max |sigma - sigma^T| = {asymmetry:.3g} against max |sigma| = {scale:.3g}"
+        )
+    return mu, (sigma + sigma.T) / 2
+
+
 # -- the scorer --------------------------------------------------------------------------------
 
 
@@ -646,6 +756,8 @@ class Scorer:
         self.shape = tuple(reference.shape[1:])
         self.batch_size = settings.batch_size or self._cls.batch_size
         self._reference, self._truth = reference, truth
+        self._given_stats: tuple[np.ndarray, np.ndarray] | None = None
+        self.reference_stats_path: str | None = None
 
         self._key = self._cache_key(reference, labels)
         self.cache_path = self._cache_path(cache_dir)
@@ -661,6 +773,85 @@ class Scorer:
             self._save_cache(cached)
         self._state = cached
         self._build_metrics(cached)
+
+    @classmethod
+    def from_reference_stats(
+        cls,
+        path: str | os.PathLike,
+        settings: ScorerSettings,
+        *,
+        shape: Sequence[int],
+        value_range: tuple[float, float] | None,
+        dataset_name: str | None = None,
+        device: str | torch.device | None = None,
+    ) -> Scorer:
+        """A scorer whose reference is given as statistics: the ``.npz`` of ``mu`` and
+        ``sigma`` that pytorch-fid and clean-fid write (:func:`load_reference_stats`).
+
+        Generated samples of ``shape`` (e.g. (3, 32, 32)) are prepared as usual (clamped to
+        ``value_range``, quantised for Inception), their features taken with
+        ``settings.extractor`` -- one that learns nothing from reference images
+        (:data:`STATS_EXTRACTORS`: ``inception``, or ``raw`` for tests) -- and their Fréchet
+        distance to N(mu, sigma) reported. The statistics must come from the same features:
+        for ``inception``, torchmetrics' FID Inception network, which has the 2015-12-05
+        weights that pytorch-fid and the original TF FID use (clean-fid's default "clean"
+        statistics were made with another resize, so distances to them differ a little
+        from clean-fid's own).
+
+        Nothing is cached. There are no floors (:meth:`floors` raises
+        :class:`FloorsUnavailableError`; ``floors_available`` is False) and no KID: both need
+        reference samples, which statistics do not hold."""
+        if not isinstance(settings, ScorerSettings):
+            raise ValueError(
+                f"settings must be a ScorerSettings, but got {type(settings).__name__}"
+            )
+        if settings.extractor not in STATS_EXTRACTORS:
+            raise ValueError(
+                f"a reference given as statistics ({str(path)!r}) needs an extractor that "
+                "learns nothing from the reference images, one of "
+                f"{', '.join(STATS_EXTRACTORS)}, but got extractor={settings.extractor!r} "
+                "(it is fitted on reference images, which the statistics do not hold)"
+            )
+        if settings.kid:
+            raise ValueError(
+                f"kid=True needs the reference features themselves, but the reference "
+                f"{str(path)!r} is statistics (mu, sigma) only; set kid=False"
+            )
+        shape = tuple(int(v) for v in shape)
+        empty = torch.zeros(0, *shape)
+        self = cls.__new__(cls)
+        self.settings = settings
+        self._cls = get_extractor(settings.extractor)
+        self._cls.check(torch.zeros(2, *shape), None)
+        mu, sigma = load_reference_stats(
+            path, num_features=STATS_EXTRACTORS[settings.extractor](shape)
+        )
+        self.value_range = check_value_range(value_range, empty)
+        self.dataset_name = str(dataset_name or Path(path).stem)
+        self.device = torch.device("cpu" if device is None else device)
+        self.shape = shape
+        self.batch_size = settings.batch_size or self._cls.batch_size
+        self._reference, self._truth = None, None
+        self._given_stats = (mu, sigma)
+        self.reference_stats_path = str(path)
+        self._key, self.cache_path, self._state = None, None, {}
+        self.extractor = self._cls.fit(
+            torch.zeros(2, *shape),
+            None,
+            seed=settings.seed,
+            device=self.device,
+            weights=settings.inception_weights,
+        ).eval()
+        self._fid = self._new_fid()  # the generated side only
+        self._kid = None
+        self.num_reference = None
+        self._reference_root = None
+        return self
+
+    @property
+    def floors_available(self) -> bool:
+        """Whether :meth:`floors` can be measured: not for a reference given as statistics."""
+        return self._given_stats is None
 
     # -- the cache -------------------------------------------------------------------------
 
@@ -816,6 +1007,8 @@ class Scorer:
     @property
     def reference_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean [F] and covariance [F, F] of the reference features, float64."""
+        if self._given_stats is not None:
+            return self._given_stats
         return self._stats(
             self._fid.real_features_sum,
             self._fid.real_features_cov_sum,
@@ -845,6 +1038,13 @@ class Scorer:
         subsets (``Floors.floor_method`` says which, ``held_out_images`` how many there were).
         Noise sets: ``fid_num_images`` samples of N(0, sigma_data^2 I), sigma_data the
         reference's overall standard deviation. Every set has its own deterministic seed."""
+        if not self.floors_available:
+            raise FloorsUnavailableError(
+                f"the real-vs-real floor and the noise ceiling need reference samples (a "
+                f"held-out split of them) or the true distribution, but this scorer's reference "
+                f"is statistics only ({self.reference_stats_path!r}): it reports FID without "
+                "floors. Give the reference images (e.g. --dataset folder:PATH) to measure them"
+            )
         sets = _check_positive_int("sets", sets, 2)
         source = "held_out" if self._truth is None else "truth"
         name = f"v{FLOORS_VERSION}/{source}/{sets}"

@@ -5,7 +5,7 @@ stored in ``study/presets/``) with top-level keys and four tables::
 
     name = "toy"                  # outer study NAME; inner studies NAME/trial-NNNN/nfe-K
     dataset = "gmm2d"             # models.data spec: gmm2d, moons, digits, mnist5k, cifar10,
-                                  # folder:PATH
+                                  # folder:PATH; stats:PATH (FID statistics, tune-sampling)
     data_root = ""                # where cifar10 / folder data live (optional)
     seed = 0
     sigma_min = 0.002             # the run's noise range: training densities are truncated to
@@ -228,10 +228,14 @@ def _name(value: Any) -> str:
 def _dataset(value: Any) -> str:
     names = _registry("datasets")
     if isinstance(value, str) and (
-        value in names or (value.startswith("folder:") and len(value) > len("folder:"))
+        value in names
+        or any(value.startswith(p) and len(value) > len(p) for p in ("folder:", "stats:"))
     ):
         return value
-    raise _Invalid(f"must be one of {', '.join(names)} or folder:PATH")
+    raise _Invalid(
+        f"must be one of {', '.join(names)}, folder:PATH (a folder of images) or stats:PATH "
+        "(precomputed FID statistics, an .npz of mu and sigma; tune-sampling only)"
+    )
 
 
 def _device(value: Any) -> str:
@@ -692,7 +696,9 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
                 f"inner.fid_extractor must not be 'inception' (an image network) for "
                 f"the 2-D data set {dataset!r}, but got 'inception'"
             )
-    elif dataset is not None and net.get("name") == "mlp":
+    elif (
+        isinstance(dataset, str) and not dataset.startswith("stats:") and net.get("name") == "mlp"
+    ):  # (stats:PATH: tune-sampling of a model of its own; no network is built)
         errors.append(
             f"network.name must be 'unet' for the image data set {dataset!r}, but got 'mlp'"
         )

@@ -34,6 +34,17 @@ from sigmatune.study.storage import (
 
 InnerSamplerFactory = Callable[[Config, int], optuna.samplers.BaseSampler]
 
+# A data set spec that is a reference given as precomputed FID statistics (an .npz of mu and
+# sigma, as pytorch-fid and clean-fid write): ``stats:PATH``.
+STATS_PREFIX = "stats:"
+# The range of the images a model of a statistics reference makes (diffusers' [-1, 1]).
+STATS_VALUE_RANGE = (-1.0, 1.0)
+
+
+def stats_path(dataset: str) -> str | None:
+    """PATH of a ``stats:PATH`` data set spec, else None."""
+    return dataset[len(STATS_PREFIX) :] if dataset.startswith(STATS_PREFIX) else None
+
 
 @dataclass
 class RunContext:
@@ -42,6 +53,10 @@ class RunContext:
     ``inner_sampler`` makes each inner study's sampler (``spaces.make_inner_sampler`` unless a
     caller, such as a benchmark, measures another one). ``artifacts`` is the store every worker
     shares (``artifact_dir`` its folder on this machine, ``artifact_store`` its Optuna view).
+    ``sample_shape`` is the shape the samplers generate when it is not the data's (a latent
+    model's latents), and ``decode`` turns a batch of samples into what is scored (a latent
+    pipeline's VAE decoder; None: the samples themselves). With a reference given as
+    statistics (``stats:PATH``), ``data`` holds no examples, only the images' shape and range.
     """
 
     config: Config
@@ -57,10 +72,18 @@ class RunContext:
     log: Callable[[str], None] = print
     poll_seconds: float = 2.0
     inner_sampler: InnerSamplerFactory = field(default=spaces.make_inner_sampler)
+    sample_shape: tuple[int, ...] | None = None
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
+        """The shape of one sample the samplers generate."""
+        return tuple(self.sample_shape) if self.sample_shape is not None else tuple(self.data.shape)
+
+    @property
+    def floors_available(self) -> bool:
+        """False where the scorer has no floors (a reference given as statistics)."""
+        return bool(getattr(self.scorer, "floors_available", True))
 
     @property
     def sigma_data(self) -> float:
@@ -121,14 +144,24 @@ def make_context(
     grace_period: int | None = None,
     inner_sampler: InnerSamplerFactory | None = None,
     check_data: Callable[[Dataset], None] | None = None,
+    image_shape: tuple[int, ...] | None = None,
+    sample_shape: tuple[int, ...] | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> RunContext:
     """Check, then open the storage, load the data set and build the scorer (reference
     statistics and floors computed once and cached in the artifact folder). ``check_data``
-    (e.g. a model's sample shape against the data's) runs before anything is created."""
+    (e.g. a model's sample shape against the data's) runs before anything is created.
+
+    A data set ``stats:PATH`` (a reference given as FID statistics: no examples, no floors)
+    needs ``image_shape``, the shape of the images the model makes (after ``decode``)."""
     device = resolve_device(config.device)
     check_storage_location(config.storage)  # a bad URL or a missing folder fails here, first
     artifact_dir = artifact_dir_for(config.storage, config.artifact_dir)
-    data = load_dataset(config.dataset, root=config.data_root or None, seed=config.seed)
+    stats = stats_path(config.dataset)
+    if stats is not None:
+        data = stats_dataset(config, image_shape)
+    else:
+        data = load_dataset(config.dataset, root=config.data_root or None, seed=config.seed)
     if check_data is not None:
         check_data(data)
     seeds = records.SeedPlan.for_config(config)
@@ -142,15 +175,18 @@ def make_context(
                 kwargs["grace_period"] = grace_period
             storage = make_storage(config.storage, **kwargs)
         try:
-            scorer = share_scorer_cache(  # a cache another machine computed is fetched
-                artifacts,
-                scorer_series(config),
-                lambda: make_scorer(config, data, artifacts.local_dir / "fid-cache", device),
-                seeds.held_out_sets,
-            )
-            # the floors too (cached beside the statistics), so that a cache that cannot be
-            # written fails here, where what this call created is removed again
-            scorer.floors(sets=seeds.held_out_sets)
+            if stats is not None:  # nothing to cache, no floors
+                scorer = stats_scorer(config, data, device)
+            else:
+                scorer = share_scorer_cache(  # a cache another machine computed is fetched
+                    artifacts,
+                    scorer_series(config),
+                    lambda: make_scorer(config, data, artifacts.local_dir / "fid-cache", device),
+                    seeds.held_out_sets,
+                )
+                # the floors too (cached beside the statistics), so that a cache that cannot be
+                # written fails here, where what this call created is removed again
+                scorer.floors(sets=seeds.held_out_sets)
         except ScorerCacheWriteError as exc:
             err = WriteError(
                 f"{exc}. The FID cache is written before any trial: free space on that disk "
@@ -172,6 +208,47 @@ def make_context(
         progress=progress,
         log=log,
         inner_sampler=inner_sampler or spaces.make_inner_sampler,
+        sample_shape=None if sample_shape is None else tuple(int(v) for v in sample_shape),
+        decode=decode,
+    )
+
+
+def stats_dataset(config: Config, image_shape: tuple[int, ...] | None) -> Dataset:
+    """The stand-in data set of a reference given as statistics: no examples, the images'
+    shape (the model's) and range. ValueError where no model gives the shape (``run``, which
+    trains on the data, or a model without a shape of its own)."""
+    if image_shape is None:
+        raise ValueError(
+            f"dataset={config.dataset!r} (FID statistics, no images) needs a model that says "
+            "its sample shape: tune-sampling with --denoiser diffusers:PATH; `run` trains a "
+            "model and needs the data themselves (a data set name or folder:PATH)"
+        )
+    shape = tuple(int(v) for v in image_shape)
+    return Dataset(
+        name=config.dataset,
+        x=torch.zeros(0, *shape),
+        shape=shape,
+        sigma_data=0.5,  # (not used: nothing is trained on a statistics reference)
+        value_range=STATS_VALUE_RANGE,
+    )
+
+
+def stats_scorer(config: Config, data: Dataset, device: torch.device) -> Scorer:
+    """The FID scorer of a ``stats:PATH`` reference (:meth:`Scorer.from_reference_stats`)."""
+    settings = ScorerSettings(
+        config.inner.fid_extractor,
+        config.inner.fid_num_images,
+        seed=config.seed,
+        kid=config.inner.kid,
+        inception_weights=config.inner.fid_inception_weights or None,
+    )
+    return Scorer.from_reference_stats(
+        stats_path(config.dataset) or "",
+        settings,
+        shape=data.shape,
+        value_range=data.value_range,
+        dataset_name=config.dataset,
+        device=device,
     )
 
 

@@ -2,7 +2,9 @@
 every call of a denoiser that is not ours goes through.
 
 ``load_denoiser_spec`` imports ``module:function`` and calls it with no arguments;
-``load_model`` takes a model file (``--checkpoint``) or a spec (``--denoiser``);
+``load_diffusers`` wraps a local diffusers model folder (``diffusers:PATH``:
+``models.diffusers_models``); ``load_model`` takes a model file (``--checkpoint``) or a spec
+(``--denoiser``);
 ``probe_denoiser`` calls the denoiser once at each end of the sigma range before anything is
 created, and ``CheckedDenoiser`` checks every later call (shape, dtype, finiteness), so a
 model that fails names itself and its inputs instead of failing deep in a sampler.
@@ -18,9 +20,72 @@ from typing import Any
 
 import torch
 
+from sigmatune.models.diffusers_models import load_diffusers_denoiser
 from sigmatune.models.samplers import DenoiserFn
 from sigmatune.study.errors import DenoiserError, one_line
 from sigmatune.study.modelfile import load_model_file, read_model_file
+
+# ``--denoiser diffusers:PATH``: a local diffusers model or pipeline folder.
+DIFFUSERS_PREFIX = "diffusers:"
+# The keyword arguments of load_diffusers_denoiser a command passes on (class conditioning).
+DIFFUSERS_OPTIONS = ("labels", "guidance_scale", "null_label", "timestep_mode")
+
+
+def is_diffusers_spec(spec: Any) -> bool:
+    return isinstance(spec, str) and spec.startswith(DIFFUSERS_PREFIX)
+
+
+def load_diffusers(spec: str, device: torch.device, options: dict[str, Any] | None = None) -> Any:
+    """``diffusers:PATH`` as a :class:`~sigmatune.models.diffusers_models.DiffusersDenoiser`
+    on ``device``; ``options`` are :data:`DIFFUSERS_OPTIONS` (class labels, guidance scale,
+    null label, timestep mode). A bad folder is a ValueError of one paragraph naming the file
+    or key (``DiffusersModelError``)."""
+    path = spec[len(DIFFUSERS_PREFIX) :]
+    if not path:
+        raise ValueError(
+            f"denoiser {spec!r} must name a folder: diffusers:PATH, a local model or pipeline "
+            "folder (what save_pretrained writes)"
+        )
+    unknown = sorted(set(options or {}) - set(DIFFUSERS_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for a diffusers model; allowed are "
+            f"{', '.join(DIFFUSERS_OPTIONS)}"
+        )
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    return load_diffusers_denoiser(path, device=device, **given)
+
+
+def model_info(D: Any) -> dict[str, Any]:
+    """What a study stores of a diffusers model (``records.write_model_info``)."""
+    return {
+        "kind": D.kind,
+        "prediction_type": D.prediction_type,
+        "sigma_min": float(D.sigma_min),
+        "sigma_max": float(D.sigma_max),
+        "shape": list(D.shape),
+        "image_shape": list(D.image_shape),
+        "latent": D.vae is not None,
+        "labels": None if D.labels is None else list(D.labels),
+        "guidance_scale": D.guidance_scale,
+        "null_label": D.null_label,
+        "scheduler_config": dict(D.scheduler_config),
+    }
+
+
+def model_sigma_range(
+    config: Any, D: Any, defaults: Sequence[str] = ("sigma_min", "sigma_max")
+) -> Any:
+    """``config`` with the keys in ``defaults`` (those the user did not set) replaced by the
+    diffusers model ``D``'s own range, and the resulting range checked against the model's:
+    a range outside it is a ``SigmaRangeError`` (one paragraph) before anything is written."""
+    own = {"sigma_min": float(D.sigma_min), "sigma_max": float(D.sigma_max)}
+    changes = {k: own[k] for k in defaults if k in own}
+    if changes:
+        config = config.replace(changes)
+    lo, hi = float(config.sigma_min), float(config.sigma_max)
+    D.check_sigma_range([hi, lo, 0.0] if hi > lo else [hi, 0.0], key="sigma_min/sigma_max")
+    return config
 
 
 def load_denoiser_spec(spec: str) -> DenoiserFn:
@@ -166,9 +231,10 @@ def load_model(
     checkpoint: str | Path | None,
     denoiser: str | DenoiserFn | None,
     device: torch.device,
+    diffusers_options: dict[str, Any] | None = None,
 ) -> tuple[DenoiserFn | None, tuple[int, ...] | None, str | None]:
-    """``(D, shape from the model file or None, source)``; the file is checked (tensors and
-    plain values only) before any network is built."""
+    """``(D, shape from the model file or diffusers model, or None, source)``; the file is
+    checked (tensors and plain values only) before any network is built."""
     if checkpoint is not None and denoiser is not None:
         raise ValueError("give one of checkpoint (a model file) or denoiser ('module:function')")
     if checkpoint is not None:
@@ -177,6 +243,14 @@ def load_model(
         return D, tuple(int(s) for s in payload["shape"]), str(checkpoint)
     if denoiser is None:
         return None, None, None
+    if is_diffusers_spec(denoiser):
+        D = load_diffusers(str(denoiser), device, diffusers_options)
+        return D, tuple(D.shape), str(denoiser)
+    if diffusers_options and any(v is not None for v in diffusers_options.values()):
+        raise ValueError(
+            "class labels, guidance scale and null label are options of a diffusers model "
+            f"(--denoiser diffusers:PATH), but the denoiser is {denoiser!r}"
+        )
     if isinstance(denoiser, str):
         return load_denoiser_spec(denoiser), None, denoiser
     return denoiser, None, getattr(denoiser, "__name__", type(denoiser).__name__)

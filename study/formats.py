@@ -12,7 +12,11 @@ ending in 0 (k-diffusion's convention, ``models.schedules.validate``):
 - ``k-diffusion``: one tensor file per NFE (``torch.load(path, weights_only=True)["sigmas"]``)
   and a two-line snippet for ``K.sampling.sample_heun(model, x, sigmas)``.
 - ``diffusers``: the list for ``EulerDiscreteScheduler.set_timesteps(sigmas=...)``, final 0
-  included.
+  included (top level: the primary NFE or ``--nfe``), and under ``schedules`` every NFE; for a
+  study of a diffusers model (``--denoiser diffusers:PATH``) each NFE also lists what each of
+  the model's own schedulers accepts (``models.diffusers_schedules.diffusers_arguments``:
+  timesteps for DPM-Solver multistep, Heun, DDPM, LCM, TCD with the sigma error; sigmas for
+  flow-matching schedulers; the way round for DDIM and Euler ancestral).
 - the ``schedule`` command's document (:func:`schedule_document`), one schedule without a
   study, written in all of the above by :func:`write_schedule_files`.
 
@@ -37,6 +41,7 @@ from typing import Any
 
 import torch
 
+from sigmatune.models.diffusers_schedules import diffusers_arguments
 from sigmatune.models.placement import Placement
 from sigmatune.models.schedules import validate
 from sigmatune.objectives.curves import LAM_POINTS, lam_grid, weighting_curves
@@ -442,6 +447,7 @@ def export_document(study: StudyRecord, trial: int | None = None, nfe: int | Non
             "floors": study.floors,
         },
         "model_artifact": chosen.model_artifact,
+        "model_info": study.model_info,
         "training": None if chosen.objective is None else training_section(dict(chosen.objective)),
         "schedules": schedules,
         "config": config,
@@ -521,11 +527,55 @@ def kdiffusion_payload(doc: dict[str, Any], nfe: int | None, path: str | Path) -
     }
 
 
+DIFFUSERS_TUNED_FOR = (
+    "each schedule was tuned for the sigmatune sampler named in its 'sampler' (euler, heun or "
+    "dpmpp_2m), and NFE counts model evaluations of that sampler; the diffusers scheduler "
+    "that runs the same method is the one whose 'same_method_as' names it (Euler: "
+    "EulerDiscreteScheduler / FlowMatchEulerDiscreteScheduler; heun: HeunDiscreteScheduler; "
+    "dpmpp_2m: DPMSolverMultistepScheduler). Another scheduler runs another method at these "
+    "noise levels: usable, but not what was tuned"
+)
+
+
+def _model_schedulers(sigmas: list[float], info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What each of the model's own diffusers schedulers accepts for ``sigmas`` (None without
+    a stored diffusers model)."""
+    if not info or not info.get("scheduler_config"):
+        return None
+    return diffusers_arguments(sigmas, info["scheduler_config"])
+
+
+def _diffusers_schedule(sched: dict[str, Any], info: dict[str, Any] | None) -> dict[str, Any]:
+    sigmas = [float(v) for v in sched["sigmas"]]
+    out = {
+        "nfe": sched["nfe"],
+        "sampler": sched["sampler"],
+        "sampler_kwargs": sched["sampler_kwargs"],
+        "sigmas": sigmas,
+        "flow_match_sigmas": [s / (1 + s) for s in sigmas[:-1]],
+        "held_out": sched.get("held_out"),
+        "source": sched.get("source", "tuned"),
+    }
+    schedulers = _model_schedulers(sigmas, info)
+    if schedulers is not None:
+        out["schedulers"] = schedulers
+    return out
+
+
 def diffusers_document(doc: dict[str, Any], nfe: int | None = None) -> dict[str, Any]:
     """The sigmas for ``EulerDiscreteScheduler.set_timesteps(sigmas=...)`` with notes on
-    which diffusers schedulers accept them."""
+    which diffusers schedulers accept them: at the top level the primary NFE's (or
+    ``nfe``'s), under ``schedules`` every NFE of ``doc`` (or only ``nfe``). With a stored
+    diffusers model (``doc["model_info"]``), each NFE also has ``schedulers``: what each of
+    the model's own schedulers accepts (:func:`_model_schedulers`)."""
     sched = _one_schedule(doc, nfe)
     sigmas = sched["sigmas"]
+    info = doc.get("model_info")
+    keys = [str(nfe)] if nfe is not None else list(doc["schedules"])
+    model = None
+    if info:
+        model = {k: v for k, v in info.items() if k != "scheduler_config"}
+        model["scheduler"] = (info.get("scheduler_config") or {}).get("_class_name")
     return {
         "sigmas": list(sigmas),
         "scheduler": "EulerDiscreteScheduler",
@@ -539,6 +589,9 @@ def diffusers_document(doc: dict[str, Any], nfe: int | None = None) -> dict[str,
         "source": sched.get("source", "tuned"),
         "study": doc["study"],
         "trial": doc["trial"],
+        "tuned_for": DIFFUSERS_TUNED_FOR,
+        "model": model,
+        "schedules": {k: _diffusers_schedule(doc["schedules"][k], info) for k in keys},
         "notes": list(DIFFUSERS_NOTES),
     }
 
@@ -634,9 +687,11 @@ def schedule_document(
     source: str | None,
     sigma_min: float,
     sigma_max: float,
+    model_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The document the export writers read (:func:`to_csv`,
-    ``kdiffusion_payload``, ``diffusers_document``), for one schedule outside any study."""
+    ``kdiffusion_payload``, ``diffusers_document``), for one schedule outside any study
+    (``model_info``: a diffusers model's, for the arguments of its own schedulers)."""
     section = unscored_section(sampler, nfe, placement.sigmas, placement.method)
     return json_safe(
         {
@@ -651,6 +706,7 @@ def schedule_document(
             "sigma_max": float(sigma_max),
             "cost": costs(placement),
             "info": dict(placement.info),
+            "model_info": model_info,
             "schedules": {str(nfe): section},
         }
     )

@@ -57,6 +57,9 @@ CONFIG = "sigmatune:config"  # outer: Config.to_dict()
 FLOORS = "sigmatune:floors"  # outer: objectives.fid.Floors.to_dict()
 SEEDS = "sigmatune:seeds"  # outer: SeedPlan.to_dict()
 SOURCE = "sigmatune:source"  # outer, kind "sampling": the model file or module:function
+# outer, kind "sampling" with a diffusers model (diffusers:PATH): what the export of schedules
+# for the model's own schedulers needs (write_model_info / StudyRecord.model_info)
+MODEL_INFO = "sigmatune:model_info"
 # The mark in the <head> of every HTML report sigmatune writes (what lets `report` replace one).
 REPORT_MARK = '<meta name="generator" content="sigmatune report">'
 HEARTBEAT = "sigmatune:heartbeat"  # trial (gRPC proxy only): [trial id, the worker's UNIX time]
@@ -240,8 +243,8 @@ class HeldOut:
 
     seeds: tuple[int, int, int]  # first seed, images per set, number of sets
     scores: dict[str, tuple[float, ...]]
-    floor: float
-    floor_spread: float
+    floor: float | None  # None: unknown (a reference given as statistics has no floor)
+    floor_spread: float | None
     tuned_trial: int | None = None  # the inner trial whose schedule is "tuned"
     tuned_origin: str | None = None  # "search" or the starting point / peer it came from
 
@@ -257,12 +260,16 @@ class HeldOut:
         """Within the floor's spread (``fid <= floor + 2 * floor_spread``; the same rule as
         ``objectives.fid.Floors.at_floor``)."""
         value = self.mean(name)
-        return value is not None and value <= self.floor + 2 * self.floor_spread
+        if value is None or self.floor is None or self.floor_spread is None:
+            return False  # an unknown floor: nothing is said to be at it
+        return value <= self.floor + 2 * self.floor_spread
 
     @property
     def resolution(self) -> float:
         """The smallest ratio of two scores told apart at two floor spreads
-        (:func:`floor_resolution`)."""
+        (:func:`floor_resolution`; ``inf`` where the floor is unknown)."""
+        if self.floor is None or self.floor_spread is None:
+            return math.inf
         return floor_resolution(self.floor, self.floor_spread)
 
     def ratio(self, name: str, reference: str) -> float | None:
@@ -306,8 +313,8 @@ class HeldOut:
         return cls(
             seeds=(seeds[0], seeds[1], seeds[2]),
             scores={k: tuple(float(x) for x in v) for k, v in d["scores"].items()},
-            floor=float(d["floor"]),
-            floor_spread=float(d["floor_spread"]),
+            floor=None if d.get("floor") is None else float(d["floor"]),
+            floor_spread=None if d.get("floor_spread") is None else float(d["floor_spread"]),
             tuned_trial=None if d.get("tuned_trial") is None else int(d["tuned_trial"]),
             tuned_origin=None if d.get("tuned_origin") is None else str(d["tuned_origin"]),
         )
@@ -458,6 +465,8 @@ class StudyRecord:
     study_ids: dict[str, int]  # study name -> storage id (for links in notes)
     export: dict[str, Any] | None = None
     directions: tuple[str, ...] = ("minimize",)
+    # a sampling study's diffusers model (write_model_info): its scheduler config and range
+    model_info: dict[str, Any] | None = None
 
     @property
     def nfe_budgets(self) -> list[int]:
@@ -648,7 +657,9 @@ def held_out_line(record: InnerRecord) -> str:
     elif h.at_floor("tuned") and h.at_floor("karras_rho7_same_range"):
         gains.append("step placement: both at the floor")
     floor = (
-        f"floor {fid_text(h.floor)} ± {fid_text(h.floor_spread, 2)}, "
+        "floor unknown (the reference is statistics)"
+        if h.floor is None
+        else f"floor {fid_text(h.floor)} ± {fid_text(h.floor_spread, 2)}, "
         f"resolution x{fid_text(h.resolution, 3)}"
     )
     return f"{text} ({'; '.join(parts)}; {floor})" + (f" [{', '.join(gains)}]" if gains else "")
@@ -819,6 +830,14 @@ def write_lam_errors(trial: optuna.trial.Trial, lam_errors: Mapping[str, Any]) -
     adapter.set_trial_system_attr(trial, LAM_ERRORS, dict(lam_errors))
 
 
+def write_model_info(study: optuna.Study, info: Mapping[str, Any]) -> None:
+    """Store what a sampling study's diffusers model is (:data:`MODEL_INFO`): ``kind``,
+    ``prediction_type``, ``sigma_min``, ``sigma_max``, ``shape``, ``image_shape`` and its
+    ``scheduler_config``, from which ``export --format diffusers`` computes the arguments of
+    the model's own schedulers."""
+    study.set_user_attr(MODEL_INFO, dict(info))
+
+
 def add_sampling_trial(
     study: optuna.Study,
     inner: Mapping[int, InnerRecord],
@@ -980,6 +999,7 @@ def read_study(storage: optuna.storages.BaseStorage, study_name: str) -> StudyRe
         study_ids=study_ids,
         export=attrs.get(EXPORT),
         directions=directions,
+        model_info=attrs.get(MODEL_INFO),
     )
 
 

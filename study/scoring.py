@@ -2,7 +2,8 @@
 
 Every image of a figure comes from ``models.samplers.generate`` with one seed per image
 (:class:`~sigmatune.study.records.SeedPlan`), and every score from the run's scorer, which
-clamps image samples to the data set's range (what a user would save) before its features.
+clamps image samples to the data set's range (what a user would save) before its features. A
+latent model's samples are decoded first (``RunContext.decode``: its VAE's decoder).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def score_schedule(
         device=ctx.device,
         **schedule.sampler_kwargs,
     )
+    if ctx.decode is not None:  # a latent pipeline: its images are scored, not its latents
+        batches = (ctx.decode(batch) for batch in batches)
     fractions = REPORT_FRACTIONS if trial is not None else (1.0,)
     fid = math.nan
     for n_images, fid in ctx.scorer.score(batches, checkpoints=fractions, num_images=len(seeds)):
@@ -56,9 +59,12 @@ def score_schedule(
     return float(fid)
 
 
-def floors(ctx: RunContext) -> dict[str, Any]:
+def floors(ctx: RunContext) -> dict[str, Any] | None:
     """The scorer's real-vs-real floor and noise-vs-real FID over the held-out set count (computed
-    once per data set and extractor, cached beside the reference statistics)."""
+    once per data set and extractor, cached beside the reference statistics); None where the
+    scorer has none (a reference given as statistics: the floor is unknown, never made up)."""
+    if not ctx.floors_available:
+        return None
     return ctx.scorer.floors(sets=ctx.seeds.held_out_sets).to_dict()
 
 
@@ -83,7 +89,7 @@ def held_out(
     return HeldOut(
         seeds=tuple(ctx.seeds.export()),  # type: ignore[arg-type]
         scores={k: tuple(v) for k, v in scores.items()},
-        floor=float(floor["floor"]),
-        floor_spread=float(floor["floor_spread"]),
+        floor=None if floor is None else float(floor["floor"]),
+        floor_spread=None if floor is None else float(floor["floor_spread"]),
         tuned_trial=tuned_trial,
     )

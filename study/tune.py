@@ -1,7 +1,10 @@
 """``sigmatune tune-sampling``: inner studies alone, for a model you already have.
 
-The model is a sigmatune model file (``--checkpoint``) or any k-diffusion-style denoiser
-``D(x, sigma) -> x0_hat`` returned by a ``module:function`` (called with no arguments). The
+The model is a sigmatune model file (``--checkpoint``), any k-diffusion-style denoiser
+``D(x, sigma) -> x0_hat`` returned by a ``module:function`` (called with no arguments), or a
+local diffusers model folder (``diffusers:PATH``; its sample shape and sigma range are its own,
+a latent pipeline's samples are decoded by its VAE before scoring, and the study stores its
+scheduler config for ``export --format diffusers``). The
 studies are stored like a ``run``'s: an outer study ``PREFIX`` of kind ``"sampling"`` whose
 trials (one per invocation) hold the inner records of ``PREFIX/nfe-K``, so ``status``,
 ``export``, ``report`` and ``dashboard`` read them like any other study.
@@ -10,7 +13,7 @@ trials (one per invocation) hold the inner records of ``PREFIX/nfe-K``, so ``sta
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +26,16 @@ from sigmatune.objectives.distances import sliced_wasserstein
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.config import Config
-from sigmatune.study.context import RunContext, make_context, resolve_device
-from sigmatune.study.denoisers import CheckedDenoiser, load_denoiser_spec, probe_denoiser
+from sigmatune.study.context import STATS_PREFIX, RunContext, make_context, resolve_device
+from sigmatune.study.denoisers import (
+    CheckedDenoiser,
+    is_diffusers_spec,
+    load_denoiser_spec,
+    load_diffusers,
+    model_info,
+    model_sigma_range,
+    probe_denoiser,
+)
 from sigmatune.study.errors import USER_ERRORS
 from sigmatune.study.inner import inner_study_name, tune_steps
 from sigmatune.study.modelfile import load_model_file, read_model_file
@@ -199,8 +210,11 @@ def _check_reference_steps(reference_steps: Any) -> int:
     return int(reference_steps)
 
 
-def open_sampling_study(ctx: RunContext, prefix: str, source: str) -> optuna.Study:
-    """The outer study of kind "sampling" that holds a tune-sampling's results."""
+def open_sampling_study(
+    ctx: RunContext, prefix: str, source: str, info: dict[str, Any] | None = None
+) -> optuna.Study:
+    """The outer study of kind "sampling" that holds a tune-sampling's results (``info``: a
+    diffusers model's, :func:`sigmatune.study.denoisers.model_info`)."""
     scorer_floors = floors(ctx)
     study, created = adapter.create_or_load(
         prefix,
@@ -211,6 +225,8 @@ def open_sampling_study(ctx: RunContext, prefix: str, source: str) -> optuna.Stu
     if created:
         config = ctx.config.replace(name=prefix)
         adapter.set_metric_names(study, [f"FID (held-out, NFE {ctx.config.inner.nfe_budgets[0]})"])
+        if info is not None:
+            records.write_model_info(study, info)
         records.init_outer_study(
             study, config, kind="sampling", floors=scorer_floors, source=source
         )
@@ -230,13 +246,22 @@ def tune_sampling(
     log: Callable[[str], None] = print,
     context: RunContext | None = None,
     reference_steps: int = 256,
+    diffusers_options: dict[str, Any] | None = None,
+    sigma_range_from_model: Sequence[str] = ("sigma_min", "sigma_max"),
 ) -> TuneSummary:
     """Run (or resume) one inner study per NFE budget of ``config`` for one model, re-score
     on held-out seeds, and, unless ``reference_steps`` is 0, measure the gap closed to a
     ``reference_steps``-step reference (:func:`measure_gaps`). The model is checked before
     any expensive work (the FID reference is built only for a model that loads); a user's
     denoiser is tried on the data set's shape (:func:`probe_denoiser`) before anything is
-    created, and every later call of it is checked (:class:`CheckedDenoiser`)."""
+    created, and every later call of it is checked (:class:`CheckedDenoiser`).
+
+    A diffusers model (``denoiser="diffusers:PATH"``, with ``diffusers_options``: labels,
+    guidance_scale, null_label, timestep_mode) gives the sample shape; the config keys in
+    ``sigma_range_from_model`` (those the user did not set) take the model's own sigma range,
+    and a range outside the model's is refused before anything is written. With a reference
+    given as statistics (dataset ``stats:PATH``) there is no floor: it is stored and printed
+    as unknown. Progress lines (unless ``progress`` is False) say what runs, per budget."""
     reference_steps = _check_reference_steps(reference_steps)
     if (checkpoint is None) == (denoiser is None):
         raise ValueError(
@@ -244,15 +269,45 @@ def tune_sampling(
         )
     prefix = study_name or f"{config.name}-sampling"
     config.replace(name=prefix)  # a name that is too long or has a '/' fails here
+    device = context.device if context is not None else resolve_device(config.device)
+    diffusers_model = None
     if checkpoint is not None:
         source = str(checkpoint)
         payload = read_model_file(checkpoint)
     else:
         source = denoiser if isinstance(denoiser, str) else getattr(denoiser, "__name__", "D")
-    D = load_denoiser_spec(denoiser) if isinstance(denoiser, str) else denoiser
-    device = context.device if context is not None else resolve_device(config.device)
+    if is_diffusers_spec(denoiser):
+        diffusers_model = load_diffusers(str(denoiser), device, diffusers_options)
+        config = model_sigma_range(config, diffusers_model, sigma_range_from_model)
+        D = diffusers_model
+    elif diffusers_options and any(v is not None for v in diffusers_options.values()):
+        raise ValueError(
+            "class labels, guidance scale and null label are options of a diffusers model "
+            f"(--denoiser diffusers:PATH), but the model is {source!r}"
+        )
+    else:
+        D = load_denoiser_spec(denoiser) if isinstance(denoiser, str) else denoiser
+    say = log if progress and (context is None or context.progress) else (lambda _: None)
 
     def check_model(data: Any) -> None:
+        if diffusers_model is not None:
+            image_shape = tuple(diffusers_model.image_shape)
+            if tuple(data.shape) != image_shape:
+                raise ValueError(
+                    f"the diffusers model {source!r} makes images of shape {image_shape}, but "
+                    f"dataset {config.dataset!r} has shape {tuple(data.shape)}; give a data "
+                    "set (or FID statistics, stats:PATH) of the model's images"
+                )
+            probe_denoiser(
+                D,
+                source,
+                diffusers_model.shape,
+                sigma_min=float(config.sigma_min),
+                sigma_max=float(config.sigma_max),
+                device=device,
+                x0=data.x if diffusers_model.vae is None else None,
+            )
+            return
         if checkpoint is not None and tuple(payload["shape"]) != tuple(data.shape):
             raise ValueError(
                 f"checkpoint {source!r} makes samples of shape {tuple(payload['shape'])}, but "
@@ -269,18 +324,61 @@ def tune_sampling(
                 x0=data.x,
             )
 
-    ctx = context or make_context(config, progress=progress, log=log, check_data=check_model)
+    if diffusers_model is not None:
+        dm = diffusers_model
+        say(
+            f"tune-sampling: diffusers model {source} ({dm.kind.upper()}, prediction "
+            f"{dm.prediction_type}, samples {tuple(dm.shape)}"
+            + (f" decoded to images {tuple(dm.image_shape)}" if dm.vae is not None else "")
+            + f"), sigma range [{float(config.sigma_min):.6g}, {float(config.sigma_max):.6g}]"
+        )
+    say(
+        f"tune-sampling: preparing the FID reference of {config.dataset!r} "
+        f"({config.inner.fid_extractor} features"
+        + (
+            "; read from the statistics file)"
+            if config.dataset.startswith(STATS_PREFIX)
+            else "; computed once, then cached)"
+        )
+    )
+    model_kwargs: dict[str, Any] = {}
+    if diffusers_model is not None:
+        model_kwargs = {
+            "image_shape": tuple(diffusers_model.image_shape),
+            "sample_shape": tuple(diffusers_model.shape),
+            "decode": diffusers_model.decode if diffusers_model.vae is not None else None,
+        }
+    ctx = context or make_context(
+        config, progress=progress, log=log, check_data=check_model, **model_kwargs
+    )
     if context is not None:
+        if diffusers_model is not None:  # (a caller's context: the model's shape and decoder)
+            context.sample_shape = model_kwargs["sample_shape"]
+            context.decode = model_kwargs["decode"]
         check_model(ctx.data)
     if checkpoint is not None:
         D, _ = load_model_file(checkpoint, device=ctx.device)
     else:
         D = CheckedDenoiser(D, source)
-    study = open_sampling_study(ctx, prefix, source)
+    info = model_info(diffusers_model) if diffusers_model is not None else None
+    study = open_sampling_study(ctx, prefix, source, info)
+    inner = config.inner
+    held_sets, held_images = ctx.seeds.held_out_sets, len(ctx.seeds.held_out(0))
+    say(
+        f"tune-sampling: study {prefix!r}; NFE budgets {list(inner.nfe_budgets)}, "
+        f"{inner.inner_trials} inner trials each on {len(ctx.seeds.search)} images, then "
+        f"held-out scoring on {held_sets} set(s) of {held_images} images; floor "
+        + ("unknown (the reference is statistics)" if not ctx.floors_available else "known")
+    )
     results: dict[int, InnerRecord] = {}
     lines: list[str] = []
-    for nfe in config.inner.nfe_budgets:
+    for i, nfe in enumerate(config.inner.nfe_budgets):
         name = inner_study_name(prefix, nfe)
+        say(
+            f"nfe {nfe} ({i + 1}/{len(config.inner.nfe_budgets)}): searching "
+            f"{inner.inner_trials} inner trials over {', '.join(inner.samplers)}, then the "
+            "held-out scoring"
+        )
         try:
             record = tune_steps(
                 ctx,
@@ -308,6 +406,7 @@ def tune_sampling(
     gaps: dict[int, GapFigures] = {}
     if reference_steps:
         for nfe, record in results.items():
+            say(f"nfe {nfe}: scoring the {reference_steps}-step reference on held-out seeds")
             gaps[nfe] = measure_gaps(ctx, D, record, reference_steps=reference_steps)
             line = format_gaps(nfe, gaps[nfe])
             lines.append(line)

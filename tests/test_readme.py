@@ -165,6 +165,7 @@ def readme_study(tmp_path_factory: pytest.TempPathFactory):
         summary = run(config, progress=False, log=lambda _line: None)
         assert summary.best is not None
         assert main(["export", "--format", "k-diffusion"]) == 0  # every NFE, into the folder
+        _diffusers_models(folder, main)
         for line in shell_lines("sigmatune "):
             args = shlex.split(line)[1:]
             if args[0] in RUN_IN_TEST:
@@ -173,6 +174,39 @@ def readme_study(tmp_path_factory: pytest.TempPathFactory):
     finally:
         os.chdir(cwd)
         torch.set_num_threads(threads)
+
+
+def _diffusers_models(folder: Path, main) -> None:
+    """What the diffusers snippets read: tiny diffusers models with random weights saved as
+    ``my-ddpm`` (a DDPMPipeline folder) and ``my-flow`` (a UNet2DModel with a flow-matching
+    scheduler config), and their diffusers documents ``my-ddpm.json`` / ``my-flow.json`` at
+    NFE 10 (written by ``sigmatune schedule``, which writes the document ``export --format
+    diffusers`` does, from the same function)."""
+    import diffusers
+
+    def unet() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return diffusers.UNet2DModel(
+            sample_size=8,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            add_attention=False,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+        )
+
+    diffusers.DDPMPipeline(unet(), diffusers.DDPMScheduler()).save_pretrained(folder / "my-ddpm")
+    unet().save_pretrained(folder / "my-flow")
+    diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(folder / "my-flow")
+    for name in ("my-ddpm", "my-flow"):
+        out = folder / f"{name}-schedule"
+        args = ["--method", "karras", "--nfe", "10", "--sampler", "euler", "-o", str(out)]
+        assert main(["schedule", *args, "--denoiser", f"diffusers:{name}"]) == 0
+        text = (out / "karras-euler-nfe10.diffusers.json").read_text()
+        (folder / f"{name}.json").write_text(text)
 
 
 @pytest.mark.slow

@@ -56,6 +56,10 @@ examples:
   sigmatune tune-sampling --preset digits --checkpoint model.pt --nfe 5 9
       # a model file: `sigmatune run` leaves one per outer trial under
       # sigmatune-artifacts/runs/ beside sigmatune.db (`sigmatune status` names the study)
+  sigmatune tune-sampling --preset cifar10 --denoiser diffusers:./ddpm-cifar10 \\
+      --reference-stats cifar10-train.npz --nfe 10
+      # a local diffusers model folder (save_pretrained), FID against pytorch-fid
+      # statistics; sigma range: the model's own unless --set sigma_min=/sigma_max=
 Afterwards `sigmatune status`, `export`, `report` and `dashboard` read the results as the
 study PREFIX (default NAME-sampling).
 """
@@ -68,6 +72,9 @@ examples:
       # LD3 (started from GITS) for the exact denoiser of the toy data set
   sigmatune schedule --method karras --nfe 5 --set sigma_min=0.02 --set sigma_max=20
       # no model needed for karras and loglinear
+  sigmatune schedule --method gits --nfe 10 --denoiser diffusers:./ddpm-cifar10
+      # a local diffusers model folder: its shape and sigma range; the .diffusers.json
+      # lists the timesteps / sigmas each of its own schedulers takes
 It writes METHOD-SAMPLER-nfeK.json, .csv, .pt (k-diffusion: torch.load(path,
 weights_only=True)["sigmas"]) and .diffusers.json into the output folder and prints the
 paths. `tune-sampling` searches on FID instead (and scores GITS and LD3 beside its result).
@@ -120,6 +127,34 @@ def _add_study_args(p: argparse.ArgumentParser, *, positional_storage: bool) -> 
     p.add_argument("--study-name", help="which study, when the storage holds several")
 
 
+def _add_diffusers_args(p: argparse.ArgumentParser) -> None:
+    """The options of a ``--denoiser diffusers:PATH`` model."""
+    p.add_argument(
+        "--class-labels",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="diffusers:PATH, class-conditional model: the class of each sample (sample j "
+        "gets the (j mod len)-th)",
+    )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        metavar="W",
+        help="diffusers:PATH, class-conditional: classifier-free guidance uncond + W (cond - "
+        "uncond), with --null-label (a DiT's is its extra class)",
+    )
+    p.add_argument(
+        "--null-label", type=int, metavar="K", help="the unconditional class for guidance"
+    )
+    p.add_argument(
+        "--timestep-mode",
+        choices=["interpolate", "nearest"],
+        help="diffusers:PATH: the network's timestep for a sigma, interpolated in log sigma "
+        "over its table (default, as EulerDiscreteScheduler) or the nearest entry",
+    )
+
+
 def _parser_run(sub: Any) -> None:
     p = sub.add_parser(
         "run",
@@ -167,19 +202,37 @@ def _parser_tune(sub: Any) -> None:
         "tune-sampling",
         help="inner studies alone, for a model file or your own denoiser",
         description="Tune the sampling step locations of one model: a sigmatune model file "
-        "(--checkpoint) or a k-diffusion-style denoiser D(x, sigma) returned by "
-        "module:function (--denoiser). The data set of the config gives the FID reference. "
+        "(--checkpoint), a k-diffusion-style denoiser D(x, sigma) returned by "
+        "module:function (--denoiser), or a local diffusers model or pipeline folder "
+        "(--denoiser diffusers:PATH; its own shape and sigma range, a latent pipeline's "
+        "samples decoded by its VAE). The data set of the config (--dataset NAME or "
+        "folder:PATH), or FID statistics (--reference-stats), gives the FID reference. "
         "Prints held-out figures against karras rho=7 (full range and the tuned range) and "
         "the gap closed to a many-step reference.",
         epilog=TUNE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(p)
-    p.add_argument("--dataset", help="data set for the FID reference (overrides the config)")
+    p.add_argument(
+        "--dataset",
+        help="data set for the FID reference (overrides the config): a name or folder:PATH "
+        "(a folder of images)",
+    )
+    p.add_argument(
+        "--reference-stats",
+        metavar="PATH",
+        help="the FID reference as precomputed statistics: an .npz of mu and sigma (as "
+        "pytorch-fid and clean-fid write, Inception 2048-D); no floor is known then",
+    )
     p.add_argument("--sampler", nargs="+", help="samplers to search over (euler, heun, dpmpp_2m)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a model file written by `sigmatune run`")
-    src.add_argument("--denoiser", help="module:function returning D(x, sigma)")
+    src.add_argument(
+        "--denoiser",
+        help="module:function returning D(x, sigma), or diffusers:PATH (a local diffusers "
+        "model or pipeline folder)",
+    )
+    _add_diffusers_args(p)
     p.add_argument(
         "--reference-steps",
         type=int,
@@ -228,7 +281,12 @@ def _parser_schedule(sub: Any) -> None:
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="a model file written by `sigmatune run`")
-    src.add_argument("--denoiser", help="module:function returning D(x, sigma)")
+    src.add_argument(
+        "--denoiser",
+        help="module:function returning D(x, sigma), or diffusers:PATH (a local diffusers "
+        "model or pipeline folder: its shape and sigma range)",
+    )
+    _add_diffusers_args(p)
     p.add_argument("--shape", type=int, nargs="+", help="sample shape for --denoiser, e.g. 3 32 32")
     p.add_argument("--rho", type=float, default=7.0, help="karras rho (default 7)")
     p.add_argument("--num-noises", type=int, help="gits/ld3: noises (default 16 / 32)")
@@ -272,7 +330,9 @@ def _parser_export(sub: Any) -> None:
         "p, w and W tabulated over lambda and the held-out figures per NFE), csv (one row per "
         "step), k-diffusion (one tensor file per NFE and a snippet for "
         "K.sampling.sample_heun) or diffusers (sigmas for "
-        "EulerDiscreteScheduler.set_timesteps(sigmas=...)). Every sigma list is under the key "
+        "EulerDiscreteScheduler.set_timesteps(sigmas=...) for every NFE, and for a study of a "
+        "diffusers model the timesteps or sigmas each of its own schedulers takes, with the "
+        "sigma error). Every sigma list is under the key "
         "'sigmas', descending, ending in 0. Files are written atomically and their paths "
         "printed.",
     )
@@ -281,7 +341,8 @@ def _parser_export(sub: Any) -> None:
     p.add_argument(
         "--nfe",
         type=int,
-        help="one NFE budget (default: every budget; diffusers: the primary one)",
+        help="one NFE budget (default: every budget; diffusers: every budget under "
+        "'schedules', the primary one at the top level)",
     )
     p.add_argument(
         "--format",

@@ -40,6 +40,13 @@ def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
         out["inner.nfe_budgets"] = list(args.nfe)
     if getattr(args, "sampler", None):
         out["inner.samplers"] = list(args.sampler)
+    if getattr(args, "reference_stats", None):
+        if getattr(args, "dataset", None):
+            raise ValueError(
+                "give --dataset (images) or --reference-stats (FID statistics), not both; "
+                f"got --dataset {args.dataset!r} and --reference-stats {args.reference_stats!r}"
+            )
+        out["dataset"] = f"stats:{args.reference_stats}"
     for item in getattr(args, "set", None) or []:
         key, value = parse_set(item)
         out[key] = value
@@ -55,3 +62,29 @@ def config_of(args: argparse.Namespace) -> Config:
     if args.config and args.preset:
         raise ValueError("give a config file or --preset, not both")
     return load_config(source, overrides_of(args))
+
+
+def diffusers_options_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of a ``--denoiser diffusers:PATH`` model: class labels, guidance scale,
+    null label, timestep mode (None where not given)."""
+    return {
+        "labels": getattr(args, "class_labels", None),
+        "guidance_scale": getattr(args, "guidance_scale", None),
+        "null_label": getattr(args, "null_label", None),
+        "timestep_mode": getattr(args, "timestep_mode", None),
+    }
+
+
+def sigma_range_from_model(args: argparse.Namespace) -> tuple[str, ...]:
+    """The keys of ``sigma_min`` / ``sigma_max`` that the user did not set (by ``--set`` or
+    in their own config file; a preset's range is for its data set, not for a model), which
+    a diffusers model's own range replaces."""
+    given = {parse_set(item)[0] for item in getattr(args, "set", None) or []}
+    path = getattr(args, "config", None)
+    if path:
+        try:
+            with open(path, "rb") as f:
+                given |= set(tomllib.load(f))
+        except (OSError, tomllib.TOMLDecodeError):
+            pass  # the config's own loading says what is wrong with it
+    return tuple(k for k in ("sigma_min", "sigma_max") if k not in given)

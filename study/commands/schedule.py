@@ -18,10 +18,17 @@ from typing import Any
 from sigmatune.models.data import load_dataset
 from sigmatune.models.placement import PLACEMENTS, Placement
 from sigmatune.models.samplers import DenoiserFn, steps_for_nfe
-from sigmatune.study.commands.options import parse_set
+from sigmatune.study.commands.options import diffusers_options_of, parse_set, sigma_range_from_model
 from sigmatune.study.config import Config, load_config
 from sigmatune.study.context import resolve_device
-from sigmatune.study.denoisers import CheckedDenoiser, load_model, probe_denoiser
+from sigmatune.study.denoisers import (
+    CheckedDenoiser,
+    is_diffusers_spec,
+    load_model,
+    model_info,
+    model_sigma_range,
+    probe_denoiser,
+)
 from sigmatune.study.formats import schedule_document, write_schedule_files
 from sigmatune.study.schedules import DEFAULT_SETTINGS, check_method, compute_schedule
 
@@ -66,20 +73,32 @@ def make_schedule(
     output: str | Path | None = ".",
     rho: float = 7.0,
     settings: Mapping[str, Mapping[str, Any]] | None = None,
+    diffusers_options: dict[str, Any] | None = None,
+    sigma_range_from_model: Sequence[str] = ("sigma_min", "sigma_max"),
 ) -> ScheduleResult:
     """``sigmatune schedule``: the schedule of ``method`` for a model file (``checkpoint``)
     or a ``module:function`` denoiser at ``nfe``, over the config's ``[sigma_min,
     sigma_max]``, written in every export format into ``output`` (None: nothing written).
     The sample shape comes from the model file, else ``shape``, else the config's data set.
     ``settings[name]`` replace keys of :data:`DEFAULT_SETTINGS` (e.g. ``{"gits":
-    {"teacher_steps": 100}}``)."""
+    {"teacher_steps": 100}}``).
+
+    A diffusers model (``denoiser="diffusers:PATH"``, ``diffusers_options`` as
+    ``sigmatune.study.denoisers.DIFFUSERS_OPTIONS``) gives the shape, the config keys in
+    ``sigma_range_from_model`` take its own sigma range (a range outside it is refused before
+    anything is written), and its ``.diffusers.json`` lists what each of its own schedulers
+    accepts."""
     check_method(method)
     steps_for_nfe(sampler, nfe)  # an unknown sampler or too small a budget fails here
     device = resolve_device(config.device)
-    D, file_shape, source = load_model(checkpoint, denoiser, device)
+    D, file_shape, source = load_model(checkpoint, denoiser, device, diffusers_options)
+    info = None
+    if is_diffusers_spec(denoiser):
+        config = model_sigma_range(config, D, sigma_range_from_model)
+        info = model_info(D)
     if shape is not None and file_shape is not None and tuple(shape) != file_shape:
         raise ValueError(
-            f"shape must be the model file's {file_shape} (or left out), but got {tuple(shape)}"
+            f"shape must be the model's own {file_shape} (or left out), but got {tuple(shape)}"
         )
     if file_shape is None and shape is None and method in PLACEMENTS:
         shape = load_dataset(config.dataset, root=config.data_root or None, n=8).shape
@@ -113,6 +132,7 @@ def make_schedule(
         source=source,
         sigma_min=float(config.sigma_min),
         sigma_max=float(config.sigma_max),
+        model_info=info,
     )
     result = ScheduleResult(placement, sampler, int(nfe), doc)
     if output is not None:
@@ -152,6 +172,8 @@ def main(args: argparse.Namespace) -> int:
         output=args.output,
         rho=args.rho,
         settings=settings,
+        diffusers_options=diffusers_options_of(args),
+        sigma_range_from_model=sigma_range_from_model(args),
     )
     print("\n".join(result.lines()))
     return 0

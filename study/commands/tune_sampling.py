@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from sigmatune.study.commands.options import config_of
+from sigmatune.study.commands.options import (
+    config_of,
+    diffusers_options_of,
+    sigma_range_from_model,
+)
 from sigmatune.study.storage import redact_url
 from sigmatune.study.tune import tune_sampling
 
@@ -20,6 +24,8 @@ def main(args: argparse.Namespace) -> int:
         study_name=args.study_prefix,
         progress=not args.no_progress,
         reference_steps=args.reference_steps,
+        diffusers_options=diffusers_options_of(args),
+        sigma_range_from_model=sigma_range_from_model(args),
     )
     where = redact_url(config.storage)
     print(

@@ -69,7 +69,7 @@ BAD = [
     ({"name": "a/b"}, r"name must be a non-empty study name without '/'.*but got 'a/b'"),
     (
         {"dataset": "imagenet"},
-        r"dataset must be one of gmm2d, .* or folder:PATH, but got 'imagenet'",
+        r"dataset must be one of gmm2d, .*, folder:PATH .* or stats:PATH .*, but got 'imagenet'",
     ),
     ({"device": "gpu"}, r"device must be auto, cpu, cuda or cuda:N, but got 'gpu'"),
     (
