@@ -407,7 +407,53 @@ def ld3(
 
 # -- registry --------------------------------------------------------------------------------
 
-PLACEMENTS: dict[str, Callable[..., Placement]] = {"gits": gits, "ld3": ld3}
+# A teacher grid of this many points for every method that chooses its steps among one, in
+# every inner study and in `sigmatune schedule` (the papers use 100 or more; see below).
+TEACHER_STEPS = 32
+
+
+@dataclass(frozen=True)
+class PlacementMethod:
+    """One registered step-placement method: everything the study derives from it.
+
+    ``compute`` is ``(D, shape, nfe, sampler, *, sigma_min, sigma_max, seed, device,
+    **settings) -> Placement``; ``settings`` are its keyword arguments in every inner study and
+    in ``sigmatune schedule`` (whose ``--num-noises``, ``--teacher-steps`` and ``--iterations``
+    reach every method with that key); ``starts_from`` names the method whose schedule it
+    refines (passed as ``init=``, that method's cost included in this one's); ``teacher_grid``
+    says it chooses among a grid of ``settings["teacher_steps"]`` points, which bounds the NFE
+    budgets a config may ask for.
+    """
+
+    compute: Callable[..., Placement]
+    settings: dict[str, Any] = field(default_factory=dict)
+    starts_from: str | None = None
+    teacher_grid: bool = False
+
+
+# GITS's and LD3's settings, smaller than their papers' (GITS: 256 noises on a 100-step grid;
+# LD3: 100 noises, 100 iterations), as an inner study computes them for every model and NFE.
+# GITS with Heun's cost step makes one call per pair of grid points: on the digits U-Net (one
+# CPU thread) 64 noises on a 32-step grid took 37 s, 16 take a quarter of that and chose the
+# same grid points, or points one grid step away, on the exact ring and a 64-D mixture (Heun,
+# DPM++(2M), NFE 5-15). Measured on those mixtures (error to a 400-step reference on 2,000 fresh
+# noises), LD3 started from GITS ends within 14% of its error with the papers' settings with
+# Heun and with DPM++(2M) on the 64-D mixture, but 6-26x above it with DPM++(2M) on the ring at
+# NFE 7-15 (errors below 6e-4, where the 32-step teacher's own error shows).
+PLACEMENT_METHODS: dict[str, PlacementMethod] = {
+    "gits": PlacementMethod(
+        gits, {"num_noises": 16, "teacher_steps": TEACHER_STEPS}, teacher_grid=True
+    ),
+    "ld3": PlacementMethod(
+        ld3,
+        {"num_noises": 32, "teacher_steps": TEACHER_STEPS, "iterations": 30},
+        starts_from="gits",
+        teacher_grid=True,
+    ),
+}
+PLACEMENTS: dict[str, Callable[..., Placement]] = {
+    name: method.compute for name, method in PLACEMENT_METHODS.items()
+}
 
 
 def get_placement(name: str) -> Callable[..., Placement]:

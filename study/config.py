@@ -45,7 +45,7 @@ from typing import Any
 
 from sigmatune.models.data import DATASETS
 from sigmatune.models.networks import NETWORKS
-from sigmatune.models.placement import PLACEMENTS
+from sigmatune.models.placement import PLACEMENT_METHODS, PLACEMENTS, TEACHER_STEPS
 from sigmatune.models.samplers import SAMPLERS, steps_for_nfe
 from sigmatune.models.samplers import nfe as nfe_of
 from sigmatune.objectives.adaptive import ADAPTIVE
@@ -429,7 +429,7 @@ class InnerConfig:
     prune: bool = _field(True, _bool)
     # published step-placement methods (models.placement) computed for the model in every
     # inner study: scored as baselines on held-out seeds and enqueued as starting points
-    peers: tuple[str, ...] = _field(("gits", "ld3"), _peers)
+    peers: tuple[str, ...] = _field(tuple(PLACEMENTS), _peers)  # every registered method
 
 
 @dataclass(frozen=True)
@@ -587,7 +587,7 @@ def _check_network_params(net: dict[str, Any], errors: list[str]) -> None:
 # GITS chooses its steps among the points of a teacher grid, so the grid's size bounds the NFE
 # budgets: the grid of GITS in every inner study (``study.schedules.DEFAULT_SETTINGS``; LD3
 # starts from GITS) and that of the outer pruner's interim GITS fit (``study.outer``).
-PEER_TEACHER_STEPS = 32
+PEER_TEACHER_STEPS = TEACHER_STEPS  # the teacher grid of every peer that chooses among one
 INTERIM_GITS_GRID = 32
 
 
@@ -605,9 +605,19 @@ def _nfe_bounds(
 
     bounds: list[tuple[int, str, Sequence[int]]] = []
     methods = list(peers if peers is not None else InnerConfig().peers)
-    if {"gits", "ld3"} & set(methods):  # LD3 starts from GITS
-        why = f"inner.peers {methods} compute GITS"
-        bounds.append((PEER_TEACHER_STEPS, why, budgets))
+    on_grid: dict[int, list[str]] = {}  # teacher grid -> the methods computed on it
+    for name in methods:  # each method, and the methods it starts from (LD3: GITS)
+        step: str | None = name
+        while step is not None:
+            method = PLACEMENT_METHODS[step]
+            grid = int(method.settings.get("teacher_steps", PEER_TEACHER_STEPS))
+            if method.teacher_grid and step not in on_grid.setdefault(grid, []):
+                on_grid[grid].append(step)
+            step = method.starts_from
+    for grid, names in on_grid.items():
+        if names:
+            what = " and ".join(n.upper() for n in names)
+            bounds.append((grid, f"inner.peers {methods} compute {what}", budgets))
     if (pruner or OuterConfig().pruner) != "none":
         bounds.append(
             (
@@ -628,7 +638,7 @@ def _nfe_bounds(
                     + (
                         "set outer.pruner = 'none'"
                         if "pruner" in why
-                        else "leave gits and ld3 out of inner.peers"
+                        else f"leave {' and '.join(methods)} out of inner.peers"
                     )
                 )
 

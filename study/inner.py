@@ -23,7 +23,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from sigmatune.models.placement import Placement
+from sigmatune.models.placement import PLACEMENT_METHODS, Placement
 from sigmatune.models.progress import Progress
 from sigmatune.models.samplers import DenoiserFn
 from sigmatune.models.schedules import from_density, karras, loglinear
@@ -32,7 +32,7 @@ from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.context import RunContext
 from sigmatune.study.records import InnerRecord, Peer, Schedule
-from sigmatune.study.schedules import DEFAULT_SETTINGS, LD3_START, compute_schedule, costs
+from sigmatune.study.schedules import DEFAULT_SETTINGS, compute_schedule, costs
 from sigmatune.study.scoring import held_out, score_schedule
 
 FID_FLOOR = 1e-12  # ln FID of a (clamped) zero distance
@@ -193,10 +193,11 @@ def compute_peer(
     config = ctx.config
     sampler = config.inner.samplers[0]
     start = None
-    if name == "ld3" and LD3_START in done:
-        stored = done[LD3_START]
+    origin = PLACEMENT_METHODS[name].starts_from  # LD3 starts from GITS
+    if origin is not None and origin in done:
+        stored = done[origin]
         start = Placement(
-            LD3_START,
+            origin,
             torch.tensor(stored.schedule.sigmas, dtype=torch.float64),
             int(stored.costs["denoiser_calls"]),
             int(stored.costs["denoiser_evaluations"]),

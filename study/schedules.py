@@ -30,31 +30,24 @@ from typing import Any
 
 import torch
 
-from sigmatune.models.placement import PLACEMENTS, Placement, StepDensity, get_placement
+from sigmatune.models.placement import (
+    PLACEMENT_METHODS,
+    PLACEMENTS,
+    Placement,
+    StepDensity,
+    get_placement,
+)
 from sigmatune.models.samplers import DenoiserFn, steps_for_nfe
 from sigmatune.models.schedules import SCHEDULES
-from sigmatune.study.config import PEER_TEACHER_STEPS
 from sigmatune.study.records import InnerRecord
 
 METHODS = (*SCHEDULES, *PLACEMENTS)  # karras, loglinear, gits, ld3
 
 
-LD3_START = "gits"  # the schedule LD3 starts from (see the module docstring)
-
-
-# GITS's and LD3's settings here and in every inner study, smaller than their papers' (GITS:
-# 256 noises on a 100-step grid; LD3: 100 noises, 100 iterations), as an inner study computes
-# them for every model and NFE. GITS with Heun's cost step makes one call per pair of grid
-# points: on the digits U-Net (one CPU thread) 64 noises on a 32-step grid took 37 s, 16 take
-# a quarter of that and chose the same grid points, or points one grid step away, on the exact
-# ring and a 64-D mixture (Heun, DPM++(2M), NFE 5-15). Measured on those mixtures (error to a
-# 400-step reference on 2,000 fresh noises), LD3 started from GITS ends within 14% of its
-# error with the papers' settings with Heun and with DPM++(2M) on the 64-D mixture, but 6-26x
-# above it with DPM++(2M) on the ring at NFE 7-15 (errors below 6e-4, where the 32-step
-# teacher's own error shows).
+# Every placement method's settings in every inner study and in `schedule`: the registry's
+# (models.placement.PLACEMENT_METHODS, smaller than the papers'; see the comment there).
 DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
-    "gits": {"num_noises": 16, "teacher_steps": PEER_TEACHER_STEPS},
-    "ld3": {"num_noises": 32, "teacher_steps": PEER_TEACHER_STEPS, "iterations": 30},
+    name: dict(method.settings) for name, method in PLACEMENT_METHODS.items()
 }
 
 
@@ -106,9 +99,10 @@ def compute_schedule(
 ) -> Placement:
     """The schedule of ``method`` (:data:`METHODS`) for ``sampler`` at ``nfe``, over
     ``[sigma_min, sigma_max]``, with its cost. ``settings[name]`` are keyword arguments of
-    ``models.placement``'s method ``name`` (default: :data:`DEFAULT_SETTINGS`). LD3 starts from
-    ``start`` when given (a GITS placement already computed), else from GITS computed here;
-    the start's cost is included in LD3's."""
+    ``models.placement``'s method ``name`` (default: :data:`DEFAULT_SETTINGS`). A method that
+    starts from another's schedule (``PlacementMethod.starts_from``: LD3 from GITS) starts
+    from ``start`` when given (that method's placement, already computed), else from that
+    method computed here; the start's cost is included in the method's."""
     check_method(method)
     settings = DEFAULT_SETTINGS if settings is None else settings
     t0 = time.perf_counter()
@@ -123,20 +117,22 @@ def compute_schedule(
             f"method {method!r} needs the model: give a checkpoint or a module:function denoiser"
         )
     common = dict(sigma_min=sigma_min, sigma_max=sigma_max, seed=seed, device=device)
-    if method != "ld3":
-        return get_placement(method)(D, shape, nfe, sampler, **common, **settings.get(method, {}))
+    origin = PLACEMENT_METHODS[method].starts_from
+    if origin is None:
+        run = get_placement(method)
+        return run(D, shape, nfe, sampler, **common, **settings.get(method, {}))
     if start is None:
         start = compute_schedule(
-            LD3_START, D, shape, nfe, sampler, **common, rho=rho, settings=settings
+            origin, D, shape, nfe, sampler, **common, rho=rho, settings=settings
         )
     with _frozen(D):
-        found = get_placement("ld3")(
-            D, shape, nfe, sampler, **common, init=start.sigmas, **settings.get("ld3", {})
+        found = get_placement(method)(
+            D, shape, nfe, sampler, **common, init=start.sigmas, **settings.get(method, {})
         )
     info = {k: v for k, v in found.info.items() if k != "loss_history"}
     info.update(start=start.method, start_costs=costs(start))
     return Placement(
-        "ld3",
+        method,
         found.sigmas,
         found.denoiser_calls + start.denoiser_calls,
         found.denoiser_evaluations + start.denoiser_evaluations,
