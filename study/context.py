@@ -57,6 +57,9 @@ class RunContext:
     log: Callable[[str], None] = print
     poll_seconds: float = 2.0
     inner_sampler: InnerSamplerFactory = field(default=spaces.make_inner_sampler)
+    # the paired objective's reference runs (``study.scoring.ReferenceCache``), made on first
+    # use by ``study.scoring.references``
+    paired_references: Any = None
 
     @property
     def shape(self) -> tuple[int, ...]:
