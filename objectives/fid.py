@@ -1252,6 +1252,31 @@ class Scorer:
         for result in self.score_detailed(batches, checkpoints, num_images=num_images):
             yield result.n_images, result.fid
 
+    def score_features(self, features: Tensor) -> Score:
+        """The :class:`Score` of generated samples given by their features [N, F] (N >= 2), as
+        :meth:`features` computes them: for a caller that needs the features themselves too
+        (a paired distance), so they are taken once."""
+        if not isinstance(features, Tensor) or features.ndim != 2 or features.shape[0] < 2:
+            raise ValueError(
+                "a score needs the features of at least 2 samples, shape [N, F], but got "
+                f"shape={tuple(getattr(features, 'shape', ()))}"
+            )
+        if features.shape[1] != self.extractor.num_features:
+            raise ValueError(
+                f"features must have {self.extractor.num_features} columns (this scorer's "
+                f"extractor), but got shape={tuple(features.shape)}"
+            )
+        if _count_non_finite(features):
+            raise NonFiniteSamplesError("the features of the generated samples are non-finite")
+        self._fid.reset()
+        if self._kid is not None:
+            self._kid.reset()
+        f = features.to(self.device)
+        self._fid.update(f, real=False)
+        if self._kid is not None:
+            self._kid.update(f, real=False)
+        return self._result(int(features.shape[0]))
+
     def score_tensor(self, x: Tensor) -> float:
         """FID of all samples ``x`` [N, *shape] (N >= 2; N need not be ``fid_num_images``)."""
         if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 2:

@@ -20,9 +20,9 @@ stored in ``study/presets/``) with top-level keys and four tables::
     [outer]    outer_trials, sampler, pruner, space, weighting_shape, split,
                parameterisations, densities, weightings, adaptive, piecewise_bins,
                enqueue_baseline, literature, objectives
-    [inner]    inner_trials, nfe_budgets, samplers, sampler, space, tune_sigma_range, tune_churn,
-               fid_num_images, held_out_sets, fid_extractor, fid_inception_weights, kid,
-               batch_size, prune, peers
+    [inner]    inner_trials, nfe_budgets, samplers, sampler, space, objective, tune_sigma_range,
+               tune_churn, fid_num_images, held_out_sets, fid_extractor, fid_inception_weights,
+               kid, batch_size, prune, peers
 
 Every key has a default (the dataclass fields below), so a file need only state what differs.
 Unknown keys, at any level, are errors; so are wrong types and out-of-range values. All the
@@ -33,6 +33,7 @@ each, every line naming the dotted key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import inspect
 import math
 import re
@@ -75,7 +76,7 @@ POINT_DATASETS = ("gmm2d", "gmm32", "moons")  # points: an MLP, no Inception fea
 FID_EXTRACTORS = ("rff", "raw", "classifier", "inception")
 OUTER_SAMPLERS = ("tpe", "random")
 OUTER_PRUNERS = ("hyperband", "successive_halving", "median", "none")
-INNER_SAMPLERS = ("gp", "tpe", "random")
+INNER_SAMPLERS = ("gp", "tpe", "cmaes", "random")
 # what an outer trial searches (study.spaces): the parameterisation, p and w apart
 # ("components"), or the effective weighting W(lambda) of objectives.wfamily, the split of it
 # between p and w, and the parameterisation ("weighting")
@@ -87,6 +88,9 @@ WEIGHTING_SPACE_ONLY = ("wlam",)
 # what an inner trial searches (study.spaces): the gaps in lam between the steps, or a
 # two-parameter step density shared by every NFE budget (karras of any rho and loglinear in it)
 INNER_SPACES = ("gaps", "density")
+# what an inner trial is ranked by (study.scoring): FID on the search seeds, or the paired
+# bound (the few-step samples against a many-step reference run from the same noise)
+INNER_OBJECTIVES = ("fid", "paired")
 MIN_STEPS = 2  # an inner study needs at least one free step location (one gap in lam)
 MAX_PIECEWISE_BINS = 64
 MIN_HELD_OUT_SETS = 3  # a held-out figure is a mean with a spread over at least 3 seed sets
@@ -417,6 +421,7 @@ class InnerConfig:
     samplers: tuple[str, ...] = _field(("heun",), _names("samplers"))
     sampler: str = _field("gp", _choice(INNER_SAMPLERS))
     space: str = _field("density", _choice(INNER_SPACES))
+    objective: str = _field("fid", _choice(INNER_OBJECTIVES))
     tune_sigma_range: bool = _field(False, _bool)
     tune_churn: bool = _field(False, _bool)
     fid_num_images: int = _field(1000, lambda v: _bounded_int(v, 2, None))
@@ -667,6 +672,13 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
             )
     if budgets is not None and samplers is not None and not bad:
         _nfe_bounds(budgets, samplers, inner.get("peers"), outer.get("pruner"), errors)
+    if inner.get("sampler") == "cmaes":
+        if importlib.util.find_spec("cmaes") is None:
+            others = ", ".join(s for s in INNER_SAMPLERS if s != "cmaes")
+            errors.append(
+                "inner.sampler = 'cmaes' needs the Python package cmaes (pip install cmaes), "
+                f"which is not installed; or use one of {others}"
+            )
     if inner.get("tune_churn") and samplers is not None and "heun" not in samplers:
         errors.append(
             "inner.tune_churn = true tunes S_churn of 'heun' only, so inner.samplers must "

@@ -74,6 +74,9 @@ class RunContext:
     inner_sampler: InnerSamplerFactory = field(default=spaces.make_inner_sampler)
     sample_shape: tuple[int, ...] | None = None
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # the paired objective's reference runs (``study.scoring.ReferenceCache``), made on first
+    # use by ``study.scoring.references``
+    paired_references: Any = None
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -8,7 +8,11 @@ re-score the best schedule, the fair baselines and the peers on held-out seeds, 
 
 The trial's value is ln FID: the FIDs of a search span orders of magnitude (a bad schedule
 is thousands of times worse than a good one), which a Gaussian process on the FID itself
-cannot model near the optimum; the FID is kept in the trial's user attrs.
+cannot model near the optimum; the FID is kept in the trial's user attrs. With
+``inner.objective = "paired"`` it is the ln of the paired bound instead
+(``study.scoring.paired_score``: the discretisation error against a many-step reference run
+from the same noise over the schedule's own sigma range, with that reference run's FID for
+the range), the FID on the search seeds still kept beside it; held-out FID stays the verdict.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from sigmatune.study import records, spaces
 from sigmatune.study.context import RunContext
 from sigmatune.study.records import InnerRecord, Peer, Schedule
 from sigmatune.study.schedules import DEFAULT_SETTINGS, compute_schedule, costs
-from sigmatune.study.scoring import held_out, score_schedule
+from sigmatune.study.scoring import held_out, paired_score, references, score_schedule
 
 FID_FLOOR = 1e-12  # ln FID of a (clamped) zero distance
 # the held-out baseline of the model's training density drawn as steps on the tuned range
@@ -256,7 +260,8 @@ def open_inner_study(
     )
     if created:
         records.init_inner_study(study, nfe, link)
-        adapter.set_metric_names(study, [f"ln FID (search seeds, NFE {nfe})"])
+        what = "paired bound" if config.inner.objective == "paired" else "FID"
+        adapter.set_metric_names(study, [f"ln {what} (search seeds, NFE {nfe})"])
     peers = peer_schedules(ctx, study, D, nfe)
     if created or not study.get_trials(deepcopy=False):
         enqueue_starting_points(ctx, study, nfe, peers, warm_start, transfer, training)
@@ -344,13 +349,19 @@ def warm_start_params(found: Sequence[InnerRecord]) -> list[dict[str, Any]]:
 
 
 def sample_trial(trial: optuna.trial.Trial, ctx: RunContext, D: DenoiserFn, nfe: int) -> float:
-    """Inner objective: suggest step locations, generate with the search seeds, return ln FID."""
+    """Inner objective: suggest step locations, generate with the search seeds, return ln FID
+    (or, with ``inner.objective = "paired"``, the ln of the paired bound)."""
     try:
         choice = spaces.suggest_schedule(trial, ctx.config, nfe)
         schedule = Schedule(
             choice.sampler, tuple(float(s) for s in choice.sigmas), dict(choice.sampler_kwargs)
         )
         records.write_schedule(trial, schedule)
+        if ctx.config.inner.objective == "paired":
+            score = paired_score(ctx, D, schedule, ctx.seeds.search, references(ctx))
+            records.write_inner_fid(trial, score.fid)
+            records.write_inner_paired(trial, score.to_dict())
+            return math.log(max(score.value, FID_FLOOR))
         # Prefix scores are reported (each costs a score and a storage write) only where a
         # pruner reads them; the starting points report them too, for the median, but are
         # never pruned.
@@ -492,22 +503,38 @@ def fair_baselines(ctx: RunContext, tuned: Schedule, nfe: int) -> dict[str, Sche
     }
 
 
-def peer_search_fids(
+def peer_search_scores(
     ctx: RunContext, study: optuna.Study, D: DenoiserFn, peers: Mapping[str, Peer]
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float]]:
     """The search-seed FID of each peer that is not a complete trial of the study (it did
-    not fit the trial budget): scored once, beside the trials, and stored on the study, so
-    the tuned schedule is chosen among everything the study scored."""
+    not fit the trial budget), and what it is ranked by (the same FID, or with
+    ``inner.objective = "paired"`` its paired bound): scored once, beside the trials, and
+    stored on the study, so the tuned schedule is chosen among everything the study scored."""
     as_trials = {
         records.start_of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     }
+    paired = ctx.config.inner.objective == "paired"
     stored = records.read_peer_search_fids(study)
-    missing = [name for name in peers if name not in as_trials and name not in stored]
+    values = records.read_peer_search_paired(study) if paired else dict(stored)
+    missing = [
+        name
+        for name in peers
+        if name not in as_trials and (name not in stored or name not in values)
+    ]
     for name in missing:
-        stored[name] = score_schedule(ctx, D, peers[name].schedule, ctx.seeds.search)
+        if paired:
+            score = paired_score(ctx, D, peers[name].schedule, ctx.seeds.search, references(ctx))
+            stored[name], values[name] = score.fid, score.value
+        else:
+            stored[name] = values[name] = score_schedule(
+                ctx, D, peers[name].schedule, ctx.seeds.search
+            )
     if missing:
         records.write_peer_search_fids(study, stored)
-    return {name: fid for name, fid in stored.items() if name in peers and name not in as_trials}
+        if paired:
+            records.write_peer_search_paired(study, values)
+    keep = [name for name in stored if name in peers and name not in as_trials]
+    return {name: stored[name] for name in keep}, {name: values[name] for name in keep}
 
 
 def summarise(
@@ -530,13 +557,16 @@ def summarise(
             f"user attr {records.FAIL_REASON!r}"
         )
     peers = peer_schedules(ctx, study, D, nfe)
-    outside = peer_search_fids(ctx, study, D, peers)
+    outside, outside_values = peer_search_scores(ctx, study, D, peers)
     search_fid = float(records.inner_fid(best))  # type: ignore[arg-type]
+    best_value = records.inner_objective_value(best)
     origin = records.start_of(best) or "search"
     tuned, trial_number, params = records.read_inner_schedule(best), best.number, dict(best.params)
     at_bound = params_at_bound(best)
-    if outside and min(outside.values()) < search_fid:
-        origin = min(outside, key=outside.__getitem__)
+    if outside_values and min(outside_values.values()) < (
+        math.inf if best_value is None else best_value
+    ):
+        origin = min(outside_values, key=outside_values.__getitem__)
         search_fid, tuned = outside[origin], peers[origin].schedule
         trial_number, params, at_bound = -1, {}, ()
     schedules = {

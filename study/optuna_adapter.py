@@ -45,6 +45,11 @@ def set_trial_system_attr(trial: optuna.trial.Trial, key: str, value: Any) -> No
     trial.storage.set_trial_system_attr(trial_id(trial), key, value)
 
 
+def is_enqueued(trial: FrozenTrial) -> bool:
+    """Whether Optuna made ``trial`` from ``enqueue_trial`` (its ``fixed_params``)."""
+    return "fixed_params" in trial.system_attrs
+
+
 def retry_system_attrs(trial: FrozenTrial) -> dict[str, Any]:
     """The system attrs Optuna's ``RetryFailedTrialCallback`` gives a retry of ``trial``
     (``failed_trial`` and ``retry_history``, with the trial's own), so that the retry resumes

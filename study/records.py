@@ -72,6 +72,8 @@ HELD_OUT = "sigmatune:held_out"  # inner: HeldOut.to_dict()
 PEERS = "sigmatune:peers"  # inner: {method: Peer.to_dict()}, computed once per inner study
 # inner: {method: FID on the search seeds} of peers that did not fit in the trial budget
 PEER_SEARCH_FIDS = "sigmatune:peer_search_fids"
+# inner, inner.objective = "paired": {method: the paired bound on the search seeds} of those
+PEER_SEARCH_PAIRED = "sigmatune:peer_search_paired"
 
 # -- outer trial user attrs (short)
 LABEL = "sigmatune:label"
@@ -100,6 +102,9 @@ SAMPLER = "sigmatune:sampler"
 SAMPLER_KWARGS = "sigmatune:sampler_kwargs"
 SIGMAS = "sigmatune:sigmas"
 START = "sigmatune:start"  # the starting point / baseline it was enqueued as
+# inner.objective = "paired": the paired bound (the trial's value is its ln) and its parts,
+# study.scoring.PairedScore.to_dict(); the FID on the search seeds stays under FID
+PAIRED = "sigmatune:paired"
 
 # The schedules every inner study's held-out figures compare (issue "fair baselines"):
 # karras rho=7 on the run's full range, and karras rho=7 / loglinear on the tuned range.
@@ -740,6 +745,20 @@ def write_inner_fid(trial: optuna.trial.Trial, fid: float) -> None:
     trial.set_user_attr(FID, float(fid))
 
 
+def write_inner_paired(trial: optuna.trial.Trial, paired: Mapping[str, float]) -> None:
+    trial.set_user_attr(PAIRED, {k: float(v) for k, v in paired.items()})
+
+
+def inner_objective_value(trial: FrozenTrial) -> float | None:
+    """What an inner trial was ranked by: the paired bound where it has one, else its FID
+    on the search seeds (None: not scored)."""
+    paired = trial.user_attrs.get(PAIRED)
+    if paired is not None:
+        return float(paired["value"])
+    fid = trial.user_attrs.get(FID)
+    return None if fid is None else float(fid)
+
+
 def write_held_out(study: optuna.Study, held_out: HeldOut) -> None:
     study.set_user_attr(HELD_OUT, held_out.to_dict())
 
@@ -763,6 +782,15 @@ def write_peer_search_fids(study: optuna.Study, fids: Mapping[str, float]) -> No
 
 def read_peer_search_fids(study: optuna.Study) -> dict[str, float]:
     return {k: float(v) for k, v in (study.user_attrs.get(PEER_SEARCH_FIDS) or {}).items()}
+
+
+def write_peer_search_paired(study: optuna.Study, values: Mapping[str, float]) -> None:
+    """The paired bounds on the search seeds of the peers of :func:`write_peer_search_fids`."""
+    study.set_user_attr(PEER_SEARCH_PAIRED, {k: float(v) for k, v in values.items()})
+
+
+def read_peer_search_paired(study: optuna.Study) -> dict[str, float]:
+    return {k: float(v) for k, v in (study.user_attrs.get(PEER_SEARCH_PAIRED) or {}).items()}
 
 
 def read_peers(study: optuna.Study) -> dict[str, Peer]:

@@ -38,8 +38,10 @@ CLEAN = {"commit": "0" * 40, "modified": [], "untracked": []}
 # results); a benchmark missing here fails test_every_benchmark_is_checked.
 DEFAULT_RUNS = {
     "benchmarks.gpu": ["--device", "cpu", "--out", str(RESULTS_DIR / "gpu.json")],
+    "benchmarks.inner_sampler": [],
     "benchmarks.outer_study": [],
     "benchmarks.overhead.__main__": [],
+    "benchmarks.paired_objective": [],
     "benchmarks.peers": [],
     "benchmarks.presets": [],
     "benchmarks.quality_analytic": [],

@@ -141,7 +141,8 @@ BAD = [
         r"inner\.samplers must be a non-empty list of "
         r"distinct names from: euler, heun, dpmpp_2m",
     ),
-    ({"inner.sampler": "cmaes"}, r"inner\.sampler must be one of gp, tpe, random"),
+    ({"inner.sampler": "bobyqa"}, r"inner\.sampler must be one of gp, tpe, cmaes, random"),
+    ({"inner.objective": "l2"}, r"inner\.objective must be one of fid, paired, but got 'l2'"),
     ({"inner.kid": "yes"}, r"inner\.kid must be true or false, but got 'yes'"),
     (
         {"inner.fid_extractor": "clip"},
