@@ -33,6 +33,7 @@ import json
 import sqlite3
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,19 +239,11 @@ def make_storage(
     connections this process opens to a database server. Raises :class:`StorageError`.
     """
     loc = parse_storage_url(url)
-    if loc.kind == "journal":
-        _check_parent(loc)
-        check_journal_file(loc)
-
-        existed = loc.path.exists()
-        try:
-            return JournalStorage(JournalFileBackend(str(loc.path)))
-        except Exception as exc:
-            _remove_if_created(loc.path, existed)
-            raise _error(loc.url, _reason(exc)) from exc
-
+    backend = BACKENDS[loc.kind]
+    if backend.check is not None:
+        backend.check(loc, create)
     heartbeat: dict[str, Any] = {}
-    if heartbeat_interval is not None:
+    if heartbeat_interval is not None and backend.heartbeats != "none":
         with warnings.catch_warnings():  # experimental in Optuna, and stable since 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
@@ -259,13 +252,28 @@ def make_storage(
             "grace_period": None if grace_period is None else int(grace_period),
             "heartbeat_stale_trial_callback": retry,
         }
-    if loc.kind == "grpc":
-        return _open_grpc(loc, heartbeat)
+    return backend.open(loc, heartbeat, create, max_connections)
 
+
+def _open_journal(
+    loc: StorageLocation, heartbeat: dict[str, Any], create: bool, max_connections: int
+) -> optuna.storages.BaseStorage:
+    """An Optuna journal file (``JournalStorage(JournalFileBackend)``; no heartbeats)."""
+    assert loc.path is not None
+    existed = loc.path.exists()
+    try:
+        return JournalStorage(JournalFileBackend(str(loc.path)))
+    except Exception as exc:
+        _remove_if_created(loc.path, existed)
+        raise _error(loc.url, _reason(exc)) from exc
+
+
+def _open_rdb(
+    loc: StorageLocation, heartbeat: dict[str, Any], create: bool, max_connections: int
+) -> optuna.storages.BaseStorage:
+    """Optuna's RDBStorage on a SQLite file, an in-memory SQLite or a database server."""
+    assert loc.rdb_url is not None
     engine_kwargs: dict[str, Any] = {}
-    if loc.kind == "sqlite":
-        _check_parent(loc)
-        check_sqlite_file(loc, create=create)
     if loc.kind in ("sqlite", "memory"):
         engine_kwargs["connect_args"] = {"timeout": SQLITE_LOCK_TIMEOUT_S}
     else:
@@ -323,7 +331,9 @@ def _server_engine_kwargs(loc: StorageLocation, max_connections: int) -> dict[st
     }
 
 
-def _open_grpc(loc: StorageLocation, heartbeat: dict[str, Any]) -> optuna.storages.BaseStorage:
+def _open_grpc(
+    loc: StorageLocation, heartbeat: dict[str, Any], create: bool, max_connections: int
+) -> optuna.storages.BaseStorage:
     """A client of the gRPC storage proxy at ``loc``, once the proxy answers."""
     assert loc.host is not None and loc.port is not None
     try:
@@ -386,11 +396,8 @@ JOURNAL_NOTE = (
 def storage_capabilities(url: str | None = None) -> StorageCapabilities:
     """What the storage at ``url`` supports (from the URL alone; nothing is opened)."""
     loc = parse_storage_url(url)
-    if loc.kind == "grpc":
-        return StorageCapabilities(loc.kind, "workers", True, GRPC_NOTE)
-    if loc.kind == "journal":  # a journal file on a shared file system serves many machines
-        return StorageCapabilities(loc.kind, "none", True, JOURNAL_NOTE)
-    return StorageCapabilities(loc.kind, "server", loc.kind == "server", "")
+    backend = BACKENDS[loc.kind]
+    return StorageCapabilities(loc.kind, backend.heartbeats, backend.many_machines, backend.note)
 
 
 SCHEMA_RACE_RETRIES = 5
@@ -430,12 +437,9 @@ def check_storage_location(url: str | None = None) -> StorageLocation:
     """For commands that create a study: the URL parses and a SQLite or journal file's
     folder exists (checked before anything, the artifact folder included, is created)."""
     loc = parse_storage_url(url)
-    if loc.kind in ("sqlite", "journal"):
-        _check_parent(loc)
-    if loc.kind == "sqlite":
-        check_sqlite_file(loc, create=True)
-    elif loc.kind == "journal":
-        check_journal_file(loc)
+    check = BACKENDS[loc.kind].check
+    if check is not None:
+        check(loc, True)
     return loc
 
 
@@ -511,3 +515,42 @@ def read_stored_study(storage_url: str, study_name: str | None) -> records.Study
     storage = open_storage(storage_url)
     name = records.resolve_study_name(storage, storage_url, study_name)
     return records.read_study(storage, name)
+
+
+# --------------------------------------------------------------------------------------------
+# The storage backends, one row each
+
+
+def _check_sqlite(loc: StorageLocation, create: bool) -> None:
+    _check_parent(loc)
+    check_sqlite_file(loc, create=create)
+
+
+def _check_journal(loc: StorageLocation, create: bool) -> None:
+    _check_parent(loc)
+    check_journal_file(loc)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One kind of storage (``StorageLocation.kind``, which ``urls.parse_storage_url`` reads
+    from the URL): ``check(loc, create)`` what can be checked before opening (a file's folder
+    and contents; None: nothing), ``open(loc, heartbeat, create, max_connections)`` the Optuna
+    storage, ``heartbeats`` whose clock beats ("server", "workers" or "none"),
+    ``many_machines`` whether workers on several machines can share it, ``note`` what a run
+    prints at its start."""
+
+    check: Callable[[StorageLocation, bool], None] | None
+    open: Callable[[StorageLocation, dict[str, Any], bool, int], optuna.storages.BaseStorage]
+    heartbeats: str
+    many_machines: bool
+    note: str = ""
+
+
+BACKENDS: dict[str, Backend] = {
+    "sqlite": Backend(_check_sqlite, _open_rdb, "server", False),
+    "memory": Backend(None, _open_rdb, "server", False),
+    "server": Backend(None, _open_rdb, "server", True),
+    "journal": Backend(_check_journal, _open_journal, "none", True, JOURNAL_NOTE),
+    "grpc": Backend(None, _open_grpc, "workers", True, GRPC_NOTE),
+}
