@@ -325,7 +325,9 @@ def run_model(
 
 def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     rows = []
-    for model, m in payload["models"].items():
+    order = {name: k for k, name in enumerate(MODELS)}  # the run's order, not the JSON's keys'
+    for model in sorted(payload["models"], key=lambda name: order.get(name, len(order))):
+        m = payload["models"][model]
         for e in m["studies"]:
             s, w = e["spearman"], e["within_range"]["spearman"]
             fid, paired = e["fid"], e["paired"]
