@@ -18,8 +18,12 @@ import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
-from optuna_dashboard.artifact._backend import DASHBOARD_ARTIFACTS_ATTR_PREFIX
 
+# optuna-dashboard's key prefix for an artifact registered on a study
+# (``optuna_dashboard.artifact._backend.DASHBOARD_ARTIFACTS_ATTR_PREFIX``; a test checks they
+# agree). Written out, not imported: importing optuna_dashboard loads scikit-learn, a second
+# on every command's start.
+DASHBOARD_ARTIFACTS_ATTR_PREFIX = "dashboard:artifacts:"
 ORPHAN_GRACE_FACTOR = 5  # a RUNNING trial that never beat is stale after this many grace periods
 
 
@@ -227,7 +231,6 @@ def register_trial_artifact(
     dashboard registers uploads (study system attr ``dashboard:artifacts:<trial_id>:<id>``,
     ``optuna_dashboard.artifact._backend``); ``filename=None`` removes the registration.
     A finished trial's own attributes cannot change, so this is the only way."""
-
     key = f"{DASHBOARD_ARTIFACTS_ATTR_PREFIX}{trial}:{artifact_id}"
     meta = (
         None

@@ -218,3 +218,26 @@ def test_no_stored_key_literal_outside_records():
                 if key.search(line):
                     found.append(f"{path.relative_to(ROOT)}:{k}: {line.strip()}")
     assert found == []
+
+
+def test_the_adapters_dashboard_prefix_is_optuna_dashboards():
+    from optuna_dashboard.artifact._backend import DASHBOARD_ARTIFACTS_ATTR_PREFIX
+
+    from sigmatune.study import optuna_adapter
+
+    assert optuna_adapter.DASHBOARD_ARTIFACTS_ATTR_PREFIX == DASHBOARD_ARTIFACTS_ATTR_PREFIX
+
+
+def test_the_command_line_starts_without_the_dashboard_or_scikit_learn():
+    """``sigmatune --help`` and the commands that draw nothing for the dashboard start without
+    importing optuna-dashboard (and through it scikit-learn: a second per process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sigmatune.study.commands.cli\n"
+        "from sigmatune.study.commands import export, schedule, status, tune_sampling\n"
+        "print(sorted(m for m in ('optuna_dashboard', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
