@@ -146,6 +146,17 @@ def _no_image_size(name: str, image_size: int | None) -> None:
 # ----------------------------------------------------------------------------- loaders
 
 
+def _mixture_dataset(
+    name: str, mixture: GaussianMixture, n: int | None, seed: int, image_size: int | None
+) -> Dataset:
+    """``n`` (default 20,000) exact samples of ``mixture``, with the mixture as the data set's
+    analytic distribution (its exact denoiser and floor)."""
+    _no_image_size(name, image_size)
+    n = 20_000 if n is None else n
+    x = mixture.sample(n, generator=torch.Generator().manual_seed(seed))
+    return _make(name, x, analytic=mixture, value_range=None)
+
+
 def _gmm2d(
     arg: str | None,
     *,
@@ -155,11 +166,7 @@ def _gmm2d(
     image_size: int | None,
     download: bool,
 ) -> Dataset:
-    _no_image_size("gmm2d", image_size)
-    mixture = gmm2d_mixture()
-    n = 20_000 if n is None else n
-    x = mixture.sample(n, generator=torch.Generator().manual_seed(seed))
-    return _make("gmm2d", x, analytic=mixture, value_range=None)
+    return _mixture_dataset("gmm2d", gmm2d_mixture(), n, seed, image_size)
 
 
 def gmm32_mixture() -> GaussianMixture:
@@ -179,11 +186,7 @@ def _gmm32(
     image_size: int | None,
     download: bool,
 ) -> Dataset:
-    _no_image_size("gmm32", image_size)
-    mixture = gmm32_mixture()
-    n = 20_000 if n is None else n
-    x = mixture.sample(n, generator=torch.Generator().manual_seed(seed))
-    return _make("gmm32", x, analytic=mixture, value_range=None)
+    return _mixture_dataset("gmm32", gmm32_mixture(), n, seed, image_size)
 
 
 def _moons(

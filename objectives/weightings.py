@@ -37,6 +37,7 @@ from sigmatune.objectives.densities import (
     lam_range,
 )
 from sigmatune.objectives.parameterisations import get_parameterisation
+from sigmatune.objectives.wfamily import make_shape
 
 __all__ = [
     "Weighting",
@@ -214,8 +215,8 @@ class WLamWeighting(Weighting):
             "curvature": curvature,
             "log_values": log_values,
         }
-        # W's own shape (split 0: its params, never a density of its own)
-        self.shape = WLam(**shape, split=0.0, sigma_min=sigma_min, sigma_max=sigma_max).shape
+        lam_min, lam_max = lam_range(self.sigma_min, self.sigma_max)
+        self.shape = make_shape(shape, lam_min=lam_min, lam_max=lam_max, owner="weighting 'wlam'")
         if sampling is None:  # p ∝ W^split
             self.density = WLam(**shape, split=split, sigma_min=sigma_min, sigma_max=sigma_max)
         else:  # p a member of its own (the wlam density with these params)

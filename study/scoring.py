@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,18 +59,7 @@ def score_schedule(
 ) -> float:
     """Generate one image per seed with ``schedule`` and score them; with ``trial``, report
     the FID of prefixes of the stream (and prune when asked)."""
-    batches = generate(
-        D,
-        torch.tensor(schedule.sigmas, dtype=torch.float64),
-        schedule.sampler,
-        seeds,
-        ctx.shape,
-        ctx.config.inner.batch_size,
-        device=ctx.device,
-        **schedule.sampler_kwargs,
-    )
-    if ctx.decode is not None:  # a latent pipeline: its images are scored, not its latents
-        batches = (ctx.decode(batch) for batch in batches)
+    batches = _batches(ctx, D, schedule, seeds)
     fractions = REPORT_FRACTIONS if trial is not None else (1.0,)
     fid = math.nan
     for n_images, fid in ctx.scorer.score(batches, checkpoints=fractions, num_images=len(seeds)):
@@ -176,7 +165,11 @@ def reference_schedule(
     return Schedule(REFERENCE_SAMPLER, tuple(float(s) for s in sigmas))
 
 
-def _samples(ctx: RunContext, D: DenoiserFn, schedule: Schedule, seeds: Sequence[int]) -> Any:
+def _batches(
+    ctx: RunContext, D: DenoiserFn, schedule: Schedule, seeds: Sequence[int]
+) -> Iterator[torch.Tensor]:
+    """One sample per seed with ``schedule``, in batches; a latent pipeline's decoded
+    (``RunContext.decode``: its images are scored, not its latents)."""
     batches = generate(
         D,
         torch.tensor(schedule.sigmas, dtype=torch.float64),
@@ -187,9 +180,13 @@ def _samples(ctx: RunContext, D: DenoiserFn, schedule: Schedule, seeds: Sequence
         device=ctx.device,
         **schedule.sampler_kwargs,
     )
-    if ctx.decode is not None:  # a latent pipeline: its images are compared, not its latents
-        batches = (ctx.decode(batch) for batch in batches)
-    return torch.cat([b.cpu() for b in batches])
+    if ctx.decode is None:
+        return iter(batches)
+    return (ctx.decode(batch) for batch in batches)
+
+
+def _samples(ctx: RunContext, D: DenoiserFn, schedule: Schedule, seeds: Sequence[int]) -> Any:
+    return torch.cat([b.cpu() for b in _batches(ctx, D, schedule, seeds)])
 
 
 def reference_run(
