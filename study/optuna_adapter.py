@@ -24,6 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 # agree). Written out, not imported: importing optuna_dashboard loads scikit-learn, a second
 # on every command's start.
 DASHBOARD_ARTIFACTS_ATTR_PREFIX = "dashboard:artifacts:"
+# Every table of Optuna's RDB schema (and alembic's version table): a database holding only
+# some of them is a schema another process is creating at this moment, not another program's.
+SCHEMA_TABLES = frozenset(models.BaseModel.metadata.tables) | {"alembic_version"}
 ORPHAN_GRACE_FACTOR = 5  # a RUNNING trial that never beat is stale after this many grace periods
 
 

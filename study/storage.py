@@ -121,8 +121,11 @@ def _listing(tables: list[str]) -> str:
 
 def _foreign(loc: StorageLocation, tables: list[str], create: bool) -> None:
     """Refuse a database that is not an Optuna one (another program's tables), and, for a
-    command that only reads (``create`` False), one that holds no study at all."""
-    if tables and not OPTUNA_TABLES <= set(tables):
+    command that only reads (``create`` False), one that holds no study at all. A database
+    with only some of Optuna's tables is one whose schema another process is creating (two
+    runs started together on a new file): a creating command goes on and retries."""
+    complete = OPTUNA_TABLES <= set(tables)
+    if tables and not complete and not set(tables) <= adapter.SCHEMA_TABLES:
         raise _error(
             loc.url,
             f"the database holds another program's tables ({_listing(tables)}) and no Optuna "
@@ -131,12 +134,12 @@ def _foreign(loc: StorageLocation, tables: list[str], create: bool) -> None:
             "database of a sigmatune study",
             accepted=False,
         )
-    if not create and not tables:
+    if not create and not complete:
         raise _error(
             loc.url,
-            "the database is empty: it holds no study, and a command that only reads does "
-            "not create one. Run `sigmatune run` first, or give the storage URL a study was "
-            "run with",
+            "the database holds no study (it is empty, or its tables are still being "
+            "created), and a command that only reads does not create one. Run `sigmatune "
+            "run` first, or give the storage URL a study was run with",
             accepted=False,
         )
 

@@ -166,6 +166,29 @@ def test_processes_creating_one_new_sqlite_file_at_once_all_get_the_storage(tmp_
         assert [p.returncode for p in procs] == [0] * 6, errors
 
 
+def test_a_schema_half_created_by_another_run_is_not_another_programs_database(tmp_path):
+    """What the loser of that race sees when it checks the file between two CREATE TABLEs:
+    some of Optuna's tables and not yet the others. A creating command goes on (and gets the
+    storage); a reading one finds no study; one foreign table still makes it another
+    program's database."""
+    half = tmp_path / "half.db"
+    conn = sqlite3.connect(half)
+    conn.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY)")
+    conn.close()
+    loc = parse_storage_url(f"sqlite:///{half}")
+    storage_module.check_sqlite_file(loc, create=True)  # no error
+    with pytest.raises(StorageError, match="holds no study"):
+        storage_module.check_sqlite_file(loc, create=False)
+
+    mixed = tmp_path / "mixed.db"
+    conn = sqlite3.connect(mixed)
+    conn.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY)")
+    conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+    conn.close()
+    with pytest.raises(StorageError, match="another program's tables"):
+        storage_module.check_sqlite_file(parse_storage_url(f"sqlite:///{mixed}"), create=True)
+
+
 # ----------------------------------------------------- servers and the gRPC proxy, by URL alone
 # (on a real PostgreSQL server and proxy: tests/study/test_postgres.py)
 
