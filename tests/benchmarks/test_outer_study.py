@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import independent
+from benchmarks import independent, outer_study
 from benchmarks.outer_study import (
     bare_heun,
     independent_text,
@@ -214,3 +214,43 @@ def test_pruned_rows_say_whether_a_pruned_trial_was_within_the_spread_of_its_cut
     assert "| karras | 4,096 | yes | 8 | 0.90 |" in text
     assert "trials pruned within the spread of the cut: 0" in text
     assert interim_text({"nfe": 5}) == ""  # an older JSON renders as before
+
+
+def _arm_row(trial, name, fid, spread=0.05, state="COMPLETE"):
+    return {
+        "trial": trial,
+        "name": name,
+        "label": name or "proposed",
+        "state": state,
+        "images": 100,
+        "fid": fid,
+        "fid_spread": spread,
+        "karras_same_range": None,
+        "reason": None,
+    }
+
+
+def test_a_best_that_is_a_literature_configuration_is_met_only_by_construction():
+    lit = [_arm_row(0, "edm", 5.0), _arm_row(1, "rectified_flow", 4.0)]
+    stu = [*lit, _arm_row(2, None, 4.5), _arm_row(3, None, None, state="PRUNED")]
+    c = outer_study.compare(lit, stu, {"floor": 1.0, "floor_spread": 0.05})
+    assert c["best_study"]["name"] == "rectified_flow"
+    assert c["proposed_trials"] == 2 and c["proposed_complete"] == 1
+    assert c["targets"][outer_study.PROPOSED] is False  # the proposed best (4.5) loses
+    payload = {"comparison": c}
+    verdicts = outer_study.target_verdicts(payload)
+    assert verdicts[outer_study.BEST] == outer_study.BY_CONSTRUCTION
+    assert verdicts[outer_study.PROPOSED] == "missed"
+
+
+@pytest.mark.parametrize(
+    ("fid", "spread", "met"),
+    [(3.8, 0.05, True), (3.95, 0.05, False), (3.8, 0.2, False)],  # beats by > both spreads?
+)
+def test_a_proposed_best_must_beat_the_best_literature_by_both_spreads(fid, spread, met):
+    lit = [_arm_row(0, "edm", 5.0), _arm_row(1, "rectified_flow", 4.0, spread=0.05)]
+    stu = [*lit, _arm_row(2, None, fid, spread=spread)]
+    c = outer_study.compare(lit, stu, {"floor": 1.0, "floor_spread": 0.05})
+    assert c["best_study"]["name"] is None
+    assert c["targets"][outer_study.PROPOSED] is met
+    assert outer_study.target_verdicts({"comparison": c})[outer_study.BEST] == "met"
