@@ -11,6 +11,12 @@ Two studies of the ``digits`` preset in one storage, both run by the product (``
   checkpoints; ``--study-pruner`` and ``--study-checkpoint-nimg`` change the study arm alone,
   and ``--study-name`` runs it beside the literature arm already stored).
 
+As the literature arm trains, each model's interim score (the pruner's, ``study.outer.
+interim_score``; ``--interims`` adds other kinds) is taken at every checkpoint, and Spearman's
+rank correlation between it and the final held-out FID is reported per checkpoint (rungs
+marked; target >= 0.8 at every rung), with the study arm's pruning decisions against their
+cuts and the interim's spread.
+
 Every model gets its own tuned schedule (its inner study) and every figure is its held-out FID
 (mean ± spread over the held-out seed sets) at the benchmark's NFE. Reported: the study's best
 against the best literature configuration and against EDM's defaults, the training images each
@@ -27,13 +33,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
     BENCH_OUT,
+    MET,
     RESULTS_DIR,
     UNDECIDABLE,
     add_allow_dirty,
@@ -63,11 +72,15 @@ NAME = "outer_study"
 TARGET_IMAGES = 0.6  # the study may spend at most this fraction of the literature's images
 TARGET_EDM = 0.85  # ... and its best should be at most this fraction of EDM's defaults
 W_POINTS = 25
-IMAGES, BEST, EDM = (
+IMAGES, BEST, EDM, PROPOSED = (
     "images_ratio <= 0.6",
     "best <= best literature within spread",
     "best <= 0.85 x EDM",
+    "best is proposed, < best literature by both spreads",
 )
+# the verdict of a target met by the study's best where that best is an enqueued literature
+# configuration (it is the literature arm's own model): met by construction, not by the search
+BY_CONSTRUCTION = "met only because the best is an enqueued literature configuration"
 
 
 def storage_url(folder: Path) -> str:
@@ -151,8 +164,26 @@ def compare(lit: list[dict], stu: list[dict], floors: Mapping[str, Any] | None) 
     if edm and best_stu:
         out["study_vs_edm"] = floor_ratio(best_stu["fid"], edm["fid"], floor, floor_spread)
         both_at_floor[EDM] = out["study_vs_edm"] is None
+    # issue 20's target: the study's best is a trial the sampler proposed (no literature
+    # name) and beats the best literature configuration by more than both spreads added
+    proposed = [r for r in stu if r["name"] is None]
+    best_prop = best_row(proposed)
+    out["best_proposed"] = best_prop
+    out["proposed_trials"] = len(proposed)
+    out["proposed_complete"] = sum(r["fid"] is not None for r in proposed)
+    beats: bool | None = None
+    if best_prop and best_lit:
+        both = (best_prop["fid_spread"] or 0.0) + (best_lit["fid_spread"] or 0.0)
+        out["proposed_vs_literature"] = floor_ratio(
+            best_prop["fid"], best_lit["fid"], floor, floor_spread
+        )
+        beats = best_stu is best_prop and best_prop["fid"] + both < best_lit["fid"]
+        both_at_floor[PROPOSED] = out["proposed_vs_literature"] is None
+    elif best_lit:
+        beats = False  # no proposed trial finished
     # no "met" between two scores at the floor: None (undecidable) there
     out["targets"] = {
+        PROPOSED: None if both_at_floor.get(PROPOSED) else beats,
         IMAGES: out["images_ratio"] is not None and out["images_ratio"] <= TARGET_IMAGES,
         BEST: None if both_at_floor[BEST] else bool(out.get("within_spread")),
         EDM: None
@@ -205,12 +236,16 @@ def target_verdicts(payload: Mapping[str, Any]) -> dict[str, str]:
             if c.get(a) and c.get(b) and floor_ratio(c[a]["fid"], c[b]["fid"], fl, sp) is None:
                 undecidable.add(key)
     independent = independent_targets(c, payload.get("independent"))
-    return {
+    out = {
         key: verdict(
             targets[key], undecidable=key in undecidable, independent_met=independent.get(key)
         )
         for key in targets
     }
+    enqueued_best = (c.get("best_study") or {}).get("name") is not None
+    if enqueued_best and out.get(BEST) == MET:
+        out[BEST] = BY_CONSTRUCTION
+    return out
 
 
 def run_arm(config: Config) -> tuple[StudyRecord, float]:
@@ -385,6 +420,209 @@ def study_arm(payload: Mapping[str, Any]) -> dict[str, Any]:
     return arm
 
 
+TARGET_RHO = 0.8  # interim-vs-final rank correlation wanted at every rung (issue 19, item 3)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation: Pearson's correlation of the ranks, ties given their
+    average rank (as ``scipy.stats.spearmanr``). None for fewer than three pairs or a
+    constant side."""
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same length, but got {len(x)=} and {len(y)=}")
+    if len(x) < 3:
+        return None
+
+    def ranks(v: Sequence[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        out = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2 + 1
+            i = j + 1
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / (sxx * syy) ** 0.5
+
+
+def interim_agreement(
+    interims: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]],
+    final: Mapping[str, float],
+    rungs: Sequence[int],
+) -> dict[str, dict[str, Any]]:
+    """Per interim kind and checkpoint: Spearman's rho between the literature models' interim
+    FID there (``interims[kind][nimg][trial]["fid"]``) and their final held-out FID
+    (``final[trial]``), over the trials that have both; whether the checkpoint is a rung."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind, by_nimg in interims.items():
+        out[kind] = {}
+        nimgs = sorted(int(n) for n in by_nimg)
+        # a rung's checkpoint: the first at or after it (the pruner decides at step >= rung)
+        at_rung = {min((n for n in nimgs if n >= r), default=None) for r in rungs}
+        for nimg, by_trial in sorted(by_nimg.items(), key=lambda kv: int(kv[0])):
+            trials = [t for t in by_trial if final.get(t) is not None]
+            out[kind][nimg] = {
+                "rho": spearman([by_trial[t]["fid"] for t in trials], [final[t] for t in trials]),
+                "n": len(trials),
+                "rung": int(nimg) in at_rung,
+            }
+    return out
+
+
+@contextmanager
+def recording_interims(
+    kinds: Sequence[str], nfe: int, out: dict[str, dict[str, dict[str, dict[str, float]]]]
+) -> Iterator[None]:
+    """While it is open, each outer trial that trains records, at each checkpoint before the
+    end, the interim score of its EMA network (``study.outer.interim_score``, as the study
+    computes it) for each kind: ``"karras"`` (``"karras:LOW:HIGH"``: on that sigma range),
+    ``"gits"`` (fitted on the best tuned range of the arm's complete trials so far, as the
+    study does) into ``out[kind][nimg][trial]`` = {"fid", "spread"}; nothing is reported to
+    the pruner. It replaces ``study.outer.interim_pruning``, the training callback's maker
+    (training keeps only its newest checkpoint, so the interims are taken as it trains)."""
+    import dataclasses
+
+    import torch
+
+    from sigmatune.models.denoiser import Denoiser
+    from sigmatune.study import outer
+
+    plain = outer.interim_pruning
+
+    def recording(ctx: Any, trial: Any, description: Mapping[str, Any]) -> Any:
+        def at_checkpoint(nimg: int, ema: Any, *_: Any, **__: Any) -> None:
+            if nimg >= ctx.config.train.train_nimg:
+                return
+            D = Denoiser(ema, description["parameterisation"], ctx.sigma_data).eval()
+            for kind in kinds:
+                name, _, pair = kind.partition(":")
+                kctx = ctx
+                if pair:
+                    low, high = (float(v) for v in pair.split(":"))
+                    config = ctx.config.replace(**{"outer.interim_sigma_range": [low, high]})
+                    kctx = dataclasses.replace(ctx, config=config)
+                with torch.no_grad():
+                    score = outer.interim_score(kctx, D, nfe, name)
+                out.setdefault(kind, {}).setdefault(str(nimg), {})[str(trial.number)] = {
+                    "fid": score.fid,
+                    "spread": score.spread,
+                }
+                log(f"interim {kind}: trial {trial.number} at {nimg}: {score.fid:.4g}")
+
+        return at_checkpoint
+
+    outer.interim_pruning = recording
+    try:
+        yield
+    finally:
+        outer.interim_pruning = plain
+
+
+def pruned_rows(study: StudyRecord) -> list[dict[str, Any]]:
+    """Every rung decision of the study arm where its pruner would prune: the trial's interim
+    value, the cut it missed, the interim's spread, whether it was pruned, and whether that
+    was within the spread (``value <= cut + spread``); pruned trials without a stored cut (a
+    pruner that keeps none, ``outer.prune_within_spread``) with their interim alone."""
+    rows = []
+    for t in study.trials:
+        for nimg, c in sorted(t.prune_cut.items()):
+            rows.append(
+                {
+                    "trial": t.number,
+                    "name": t.name,
+                    "nimg": nimg,
+                    "value": t.interim.get(nimg),
+                    "cut": c["cut"],
+                    "spread": c["spread"],
+                    "pruned": c["pruned"],
+                    "within_spread": t.interim.get(nimg, math.inf) <= c["cut"] + c["spread"],
+                }
+            )
+        if t.state == "PRUNED" and not t.prune_cut and t.interim:
+            nimg = max(t.interim)
+            rows.append(
+                {
+                    "trial": t.number,
+                    "name": t.name,
+                    "nimg": nimg,
+                    "value": t.interim[nimg],
+                    "cut": None,
+                    "spread": t.interim_spread.get(nimg),
+                    "pruned": True,
+                    "within_spread": None,
+                }
+            )
+    return rows
+
+
+def interim_text(payload: Mapping[str, Any]) -> str:
+    """The interim-vs-final rank agreement per kind and checkpoint, and the study arm's
+    pruning decisions against their cuts (empty for a JSON without them)."""
+    interim = payload.get("interim")
+    if not interim:
+        return ""
+    rows = []
+    for kind, by_nimg in interim["agreement"].items():
+        for nimg, a in by_nimg.items():
+            rho = "n/a" if a["rho"] is None else f"{a['rho']:.2f}"
+            rows.append([kind, f"{int(nimg):,}", "yes" if a["rung"] else "", a["n"], rho])
+    table = format_table(
+        ["interim", "training images", "rung", "literature models", "Spearman ρ vs final"], rows
+    )
+    text = (
+        f"Interim score vs final held-out FID (NFE {payload['nfe']}) over the literature arm's "
+        f"models, each interim computed from the model's checkpoint as the study computes it "
+        f"(`{interim['product']}` is the product's); target ρ >= {TARGET_RHO} at every rung: "
+        f"{interim['verdict']}.\n\n{table}\n\n"
+    )
+    cuts = payload.get("prune_cuts") or []
+    if cuts:
+        crow = [
+            [
+                c["trial"],
+                c["name"] or "proposed",
+                f"{c['nimg']:,}",
+                fmt(c["value"]),
+                fmt(c["cut"]),
+                fmt(c["spread"]),
+                "pruned" if c["pruned"] else "kept",
+                {True: "yes", False: "no", None: "?"}[c["within_spread"]],
+            ]
+            for c in cuts
+        ]
+        within = sum(1 for c in cuts if c["pruned"] and c["within_spread"])
+        text += (
+            "Study arm: each rung decision where the pruner would prune (cut: the value the "
+            "trial had to reach; spread: its interim's seed-to-seed std); trials pruned within "
+            f"the spread of the cut: {within}.\n\n"
+            + format_table(
+                [
+                    "trial",
+                    "configuration",
+                    "images",
+                    "interim",
+                    "cut",
+                    "spread",
+                    "decision",
+                    "within spread",
+                ],
+                crow,
+            )
+            + "\n\n"
+        )
+    return text
+
+
 def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     c = payload["comparison"]
     nfe = payload["nfe"]
@@ -395,7 +633,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
                 [
                     arm,
                     r["trial"],
-                    r["name"] or "TPE",
+                    r["name"] or "proposed",
                     r["state"],
                     r["images"],
                     fmt_spread(r["fid"], r["fid_spread"]),
@@ -422,8 +660,25 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
                 verdicts[BEST],
             ],
             ["study's best / EDM's defaults", value(EDM, "study_vs_edm"), "<= 0.85", verdicts[EDM]],
-        ],
+        ]
+        + (
+            [
+                [
+                    "best proposed trial / best literature",
+                    value(PROPOSED, "proposed_vs_literature"),
+                    "the study's best; < 1 by both spreads",
+                    verdicts[PROPOSED],
+                ]
+            ]
+            if PROPOSED in verdicts
+            else []
+        ),
     )
+    if "proposed_trials" in c:
+        summary += (
+            f"\n\nProposed (not enqueued) trials: {c['proposed_trials']}, of which "
+            f"{c['proposed_complete']} completed."
+        )
     best = c.get("best_study") or {}
     floor = f"{fmt(c.get('floor'))} ± {fmt(c.get('floor_spread'), 2)}"
     arm = study_arm(payload)
@@ -434,6 +689,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
         f"reduction factor {OUTER_REDUCTION_FACTOR})."
     )
     text = f"{head}\n\n{table}\n\n{summary}\n\n{w_table(payload.get('W') or {})}"
+    text += interim_text(payload)
     text += same_model_text(payload.get("same_model"))
     text += independent_text(payload.get("independent"))
     text = (
@@ -476,6 +732,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the study arm's study name (another name runs another study arm beside the "
         "literature arm already in --dir, which is reused)",
     )
+    parser.add_argument(
+        "--interims",
+        default=None,
+        help="comma-separated interim kinds whose rank agreement with the final FID is measured "
+        "as the literature arm trains (karras, karras:LOW:HIGH, gits); default: the "
+        "preset's outer.interim",
+    )
+    parser.add_argument(
+        "--fid-num-images", type=int, default=None, help="inner.fid_num_images (default: preset's)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=BENCH_OUT / NAME)
@@ -506,13 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = new_payload(NAME, argv)
     base = load_config(args.preset)
     overrides: dict[str, Any] = {"inner.nfe_budgets": [args.nfe]}
-    if args.train_nimg:
-        overrides["train.train_nimg"] = args.train_nimg
-    if args.inner_trials:
-        overrides["inner.inner_trials"] = args.inner_trials
-    if args.checkpoint_nimg:
-        overrides["train.checkpoint_nimg"] = args.checkpoint_nimg
-    if args.quick:
+    if args.quick:  # the sizes given explicitly below win over these
         overrides.update(
             {
                 "train.train_nimg": 8192,
@@ -524,6 +784,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "inner.peers": [],
             }
         )
+    if args.train_nimg:
+        overrides["train.train_nimg"] = args.train_nimg
+    if args.inner_trials:
+        overrides["inner.inner_trials"] = args.inner_trials
+    if args.checkpoint_nimg:
+        overrides["train.checkpoint_nimg"] = args.checkpoint_nimg
+    if args.fid_num_images:
+        overrides["inner.fid_num_images"] = args.fid_num_images
     base = base.replace(**overrides)
     args.dir.mkdir(parents=True, exist_ok=True)
     storage = storage_url(args.dir)
@@ -538,8 +806,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         study_overrides["train.checkpoint_nimg"] = args.study_checkpoint_nimg
     study = arm_config(base, args.study_name, storage, **study_overrides)
     t0 = time.perf_counter()
+    kinds = (args.interims or base.outer.interim).split(",")
+    interims_file = args.dir / "literature_interims.json"  # kept for a rerun that resumes
+    interims = (
+        json.loads(interims_file.read_text(encoding="utf-8")) if interims_file.exists() else {}
+    )
     with limited_threads(args.threads):
-        lit, lit_seconds = run_arm(literature)
+        with recording_interims(kinds, args.nfe, interims):
+            lit, lit_seconds = run_arm(literature)
+        interims_file.write_text(json.dumps(interims), encoding="utf-8")
         stu, stu_seconds = run_arm(study)
     payload.update(
         {
@@ -558,6 +833,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             "study": arm_rows(stu, args.nfe),
         }
     )
+    final = {str(r["trial"]): r["fid"] for r in payload["literature"]}
+    rungs = outer_stop_points(
+        study.outer.pruner, study.train.checkpoint_nimg, base.train.train_nimg
+    )
+    agreement = interim_agreement(interims, final, rungs)
+    product = agreement.get(base.outer.interim, {})
+    at_rungs = [a["rho"] for a in product.values() if a["rung"]]
+    payload["interim"] = {
+        "product": base.outer.interim,
+        "rungs": rungs,
+        "scores": interims,
+        "final": final,
+        "agreement": agreement,
+        "verdict": (
+            "no rung measured"
+            if not at_rungs
+            else "met"
+            if all(r is not None and r >= TARGET_RHO for r in at_rungs)
+            else "missed"
+        ),
+    }
+    payload["prune_cuts"] = pruned_rows(stu)
     payload["comparison"] = compare(payload["literature"], payload["study"], stu.floors)
     payload["comparison"]["verdicts"] = target_verdicts(payload)
     best = payload["comparison"].get("best_study")

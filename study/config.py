@@ -17,9 +17,10 @@ stored in ``study/presets/``) with top-level keys and four tables::
 
     [network]  name, params       # models.networks.make_network(name, params, shape)
     [train]    train_nimg, batch_size, lr, ema_halflife_nimg, checkpoint_nimg, grad_clip
-    [outer]    outer_trials, sampler, pruner, space, weighting_shape, split,
-               parameterisations, densities, weightings, adaptive, piecewise_bins,
-               enqueue_baseline, literature, objectives
+    [outer]    outer_trials, sampler, pruner, interim, interim_sigma_range,
+               prune_within_spread, space, weighting_shape, split, parameterisations,
+               densities, weightings, adaptive, piecewise_bins, enqueue_baseline, literature,
+               objectives
     [inner]    inner_trials, nfe_budgets, samplers, sampler, space, objective, tune_sigma_range,
                tune_churn, fid_num_images, held_out_sets, fid_extractor, fid_inception_weights,
                kid, batch_size, prune, peers
@@ -76,6 +77,8 @@ POINT_DATASETS = ("gmm2d", "gmm32", "moons")  # points: an MLP, no Inception fea
 FID_EXTRACTORS = ("rff", "raw", "classifier", "inception")
 OUTER_SAMPLERS = ("tpe", "random")
 OUTER_PRUNERS = ("hyperband", "successive_halving", "median", "none")
+# the outer pruner's interim score (study.outer.INTERIM_SCHEDULES): the schedule it samples with
+OUTER_INTERIMS = ("karras", "gits")
 INNER_SAMPLERS = ("gp", "tpe", "cmaes", "random")
 # what an outer trial searches (study.spaces): the parameterisation, p and w apart
 # ("components"), or the effective weighting W(lambda) of objectives.wfamily, the split of it
@@ -299,6 +302,17 @@ def _peers(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _sigma_pair(value: Any) -> tuple[float, ...]:
+    what = "must be [] or two noise levels [low, high] with 0 < low < high"
+    if not isinstance(value, (list, tuple)) or len(value) not in (0, 2):
+        raise _Invalid(what)
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        raise _Invalid(what)
+    if value and not 0 < value[0] < value[1] < math.inf:
+        raise _Invalid(what)
+    return tuple(float(v) for v in value)
+
+
 def _nfe_list(value: Any) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)) and not value:
         return ()
@@ -386,6 +400,14 @@ class OuterConfig:
     sampler: str = _field("tpe", _choice(OUTER_SAMPLERS))
     # multi-fidelity over training images: rungs at checkpoints (Optuna's pruners)
     pruner: str = _field("hyperband", _choice(OUTER_PRUNERS))
+    # the interim score the pruner reads at each checkpoint (study.outer.interim_score): FID at
+    # the primary NFE over the held-out seed sets, with karras rho=7 on interim_sigma_range
+    # ("karras") or a GITS fit on the best tuned range so far ("gits")
+    interim: str = _field("karras", _choice(OUTER_INTERIMS))
+    # [sigma_min, sigma_max] of the karras interim; []: study.outer.interim_sigma_range's rule
+    interim_sigma_range: tuple[float, ...] = _field((), _sigma_pair)
+    # false: a trial whose interim is within its seed-to-seed spread of the cut is kept
+    prune_within_spread: bool = _field(False, _bool)
     # "components": parameterisations x densities x weightings; "weighting": W(lambda) itself
     space: str = _field("components", _choice(OUTER_SPACES))
     # the family of W(lambda) in the "weighting" space: five numbers, or piecewise_bins knots
@@ -623,12 +645,12 @@ def _nfe_bounds(
         if names:
             what = " and ".join(n.upper() for n in names)
             bounds.append((grid, f"inner.peers {methods} compute {what}", budgets))
-    if (pruner or OuterConfig().pruner) != "none":
+    if (pruner or OuterConfig().pruner) != "none":  # an interim GITS fit (outer.interim)
         bounds.append(
             (
                 INTERIM_GITS_GRID,
-                f"outer.pruner = {pruner or OuterConfig().pruner!r} scores the primary budget "
-                "with GITS",
+                f"outer.pruner = {pruner or OuterConfig().pruner!r} with outer.interim = 'gits' "
+                "scores the primary budget with GITS",
                 budgets[:1],
             )
         )
@@ -641,7 +663,7 @@ def _nfe_bounds(
                     f"teacher grid of {grid} steps, which allows at most NFE "
                     f"{nfe_of(s, grid)} ({grid} steps) with {s!r}; use smaller budgets, or "
                     + (
-                        "set outer.pruner = 'none'"
+                        "set outer.interim = 'karras' or outer.pruner = 'none'"
                         if "pruner" in why
                         else f"leave {' and '.join(methods)} out of inner.peers"
                     )
@@ -654,6 +676,12 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
     smin, smax = top.get("sigma_min"), top.get("sigma_max")
     if smin is not None and smax is not None and not smin < smax:
         errors.append(f"sigma_min must be < sigma_max={smax}, but got {smin}")
+    pair = outer.get("interim_sigma_range")
+    if pair and smin is not None and smax is not None and not smin <= pair[0] < pair[1] <= smax:
+        errors.append(
+            f"outer.interim_sigma_range must be [] (the default) or [low, high] with "
+            f"sigma_min={smin} <= low < high <= sigma_max={smax}, but got {list(pair)}"
+        )
     budgets, samplers = inner.get("nfe_budgets"), inner.get("samplers")
     if budgets is not None and samplers is not None:
 
@@ -671,7 +699,9 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
                 f"inner.samplers ({least}), but got {list(budgets)}"
             )
     if budgets is not None and samplers is not None and not bad:
-        _nfe_bounds(budgets, samplers, inner.get("peers"), outer.get("pruner"), errors)
+        gits_interim = (outer.get("interim") or OuterConfig().interim) == "gits"
+        pruner = outer.get("pruner") if gits_interim else "none"
+        _nfe_bounds(budgets, samplers, inner.get("peers"), pruner, errors)
     if inner.get("sampler") == "cmaes":
         if importlib.util.find_spec("cmaes") is None:
             others = ", ".join(s for s in INNER_SAMPLERS if s != "cmaes")

@@ -52,6 +52,57 @@ def set_trial_system_attr(trial: optuna.trial.Trial, key: str, value: Any) -> No
     trial.storage.set_trial_system_attr(trial_id(trial), key, value)
 
 
+def set_frozen_trial_user_attr(
+    study: optuna.Study, trial: FrozenTrial, key: str, value: Any
+) -> None:
+    """A user attr of a running trial known only as the ``FrozenTrial`` a pruner is handed
+    (the storage's public method, by the private ``_trial_id``)."""
+    storage_of(study).set_trial_user_attr(trial_id(trial), key, value)
+
+
+def pruning_cut(
+    pruner: optuna.pruners.BasePruner, study: optuna.Study, trial: FrozenTrial
+) -> float | None:
+    """The interim value ``trial`` had to reach (minimising) where ``pruner`` has just said to
+    prune it at its last step, or None where there is none to compare with.
+
+    Successive halving (and each Hyperband bracket, one such pruner over the trials of its
+    bracket): the value at the rung the trial just completed (the ``completed_rung_K`` system
+    attrs Optuna writes) that the best ``1/reduction_factor`` must reach, i.e.
+    ``sorted(values)[max(0, len // reduction_factor - 1)]`` as Optuna's
+    ``_is_trial_promotable_to_next_rung``; uses ``HyperbandPruner._get_bracket_id``,
+    ``_create_bracket_study`` and ``_pruners``. Median (``PercentilePruner``): the median of
+    the complete trials' values at the same step, as Optuna's pruner computes it."""
+    step = trial.last_step
+    if step is None:
+        return None
+    if isinstance(pruner, optuna.pruners.PercentilePruner):
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        values = [t.intermediate_values[step] for t in done if step in t.intermediate_values]
+        values = [v for v in values if np.isfinite(v)]
+        percentile = float(pruner._percentile)  # type: ignore[attr-defined]
+        return float(np.percentile(values, percentile)) if values else None
+    halving: Any = pruner
+    if isinstance(pruner, optuna.pruners.HyperbandPruner):
+        bracket = pruner._get_bracket_id(study, trial)
+        study = pruner._create_bracket_study(study, bracket)
+        halving = pruner._pruners[bracket]
+    if not isinstance(halving, optuna.pruners.SuccessiveHalvingPruner):
+        return None
+    trials = study.get_trials(deepcopy=False)
+    own = next((t for t in trials if t.number == trial.number), None)
+    if own is None:
+        return None
+    rung = 0
+    while f"completed_rung_{rung + 1}" in own.system_attrs:
+        rung += 1
+    key = f"completed_rung_{rung}"
+    if key not in own.system_attrs:
+        return None
+    values = sorted(float(t.system_attrs[key]) for t in trials if key in t.system_attrs)
+    return values[max(0, len(values) // int(halving._reduction_factor) - 1)]
+
+
 def is_enqueued(trial: FrozenTrial) -> bool:
     """Whether Optuna made ``trial`` from ``enqueue_trial`` (its ``fixed_params``)."""
     return "fixed_params" in trial.system_attrs

@@ -8,6 +8,8 @@ its inner studies ``NAME/trial-NNNN/nfe-K`` (NNNN the original number).
 
 from __future__ import annotations
 
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +20,15 @@ from sigmatune.models.capacity import LamErrors, denoising_error_by_lam, lam_edg
 from sigmatune.models.denoiser import Denoiser
 from sigmatune.models.networks import make_network
 from sigmatune.models.placement import gits
+from sigmatune.models.samplers import steps_for_nfe
+from sigmatune.models.schedules import karras
 from sigmatune.models.training import TrainSettings, train
 from sigmatune.objectives.densities import Density
 from sigmatune.objectives.loss import objective_from_description, same_effective_weighting
 from sigmatune.study import optuna_adapter as adapter
 from sigmatune.study import records, spaces
 from sigmatune.study.artifacts import checkpoint_uploader, fetch_checkpoint
-from sigmatune.study.config import INTERIM_GITS_GRID
+from sigmatune.study.config import INTERIM_GITS_GRID, Config
 from sigmatune.study.context import RunContext
 from sigmatune.study.inner import (
     best_so_far,
@@ -151,18 +155,56 @@ def train_model(
     return result.ema, int(result.nimg)
 
 
-# The GITS fit behind an interim score: a fit, not a measurement, so fewer noises and a
+# The GITS fit behind the "gits" interim score: a fit, not a measurement, so fewer noises and a
 # coarser teacher grid than GITS's defaults (256, 100) do; its cost is O(grid^2) calls.
 INTERIM_GITS_NOISES = 32
 
 
-def interim_score(ctx: RunContext, D: Denoiser, nfe: int) -> tuple[float, records.Schedule]:
-    """A cheap score that ranks models as the final one does: the FID at ``nfe``, on the
-    first held-out seed set, with step locations fitted to this model by GITS (Chen et al.
-    2024; seconds, no FID search) over the sigma range of the best tuned schedule found so far
-    at this NFE (the run's range before there is one) — never a fixed karras schedule on the
-    full range, which ranks models by how they cope with a poor schedule."""
-    sampler = ctx.config.inner.samplers[0]
+@dataclass(frozen=True)
+class InterimScore:
+    """The interim score of a model at a checkpoint: the FID of one schedule on each held-out
+    seed set, their mean (what the pruner reads) and seed-to-seed spread (sample std)."""
+
+    schedule: records.Schedule
+    values: tuple[float, ...]
+
+    @property
+    def fid(self) -> float:
+        return float(statistics.fmean(self.values))
+
+    @property
+    def spread(self) -> float:
+        return float(statistics.stdev(self.values)) if len(self.values) > 1 else 0.0
+
+
+def interim_sigma_range(config: Config) -> tuple[float, float]:
+    """The "karras" interim's sigma range: ``outer.interim_sigma_range``, else, with
+    ``inner.tune_sigma_range``, the shortest range of the inner search's range space (its
+    ``karras_rho7_range_short`` starting point: on the toy preset every literature model's
+    tuned schedule at NFE 5, where the interim on it ranked the final models exactly and one
+    reaching down to sigma_min = 0.002 ranked them in reverse; benchmarks/outer_study.py), and
+    the run's range when the inner studies keep it."""
+    if config.outer.interim_sigma_range:
+        low, high = config.outer.interim_sigma_range
+        return float(low), float(high)
+    if config.inner.tune_sigma_range:
+        min_space, max_space = spaces.sigma_range_space(config)
+        return float(min_space.high), float(max_space.low)
+    return float(config.sigma_min), float(config.sigma_max)
+
+
+def karras_interim(ctx: RunContext, D: Denoiser, nfe: int, sampler: str) -> records.Schedule:
+    """karras rho=7 at ``nfe`` on :func:`interim_sigma_range`: the same schedule for every
+    model and checkpoint, so the interim compares models, not what a fit found for each."""
+    smin, smax = interim_sigma_range(ctx.config)
+    sigmas = karras(steps_for_nfe(sampler, nfe), smin, smax, spaces.KARRAS_RHO)
+    return records.Schedule(sampler, tuple(float(s) for s in sigmas))
+
+
+def gits_interim(ctx: RunContext, D: Denoiser, nfe: int, sampler: str) -> records.Schedule:
+    """Step locations fitted to this model by GITS (Chen et al. 2024; seconds, no FID search)
+    over the sigma range of the best tuned schedule found so far at this NFE (the run's range
+    before there is one)."""
     best = best_so_far(ctx, nfe)
     smin, smax = (
         best[0].tuned.sigma_range
@@ -181,16 +223,36 @@ def interim_score(ctx: RunContext, D: Denoiser, nfe: int) -> tuple[float, record
         teacher_steps=INTERIM_GITS_GRID,
         device=ctx.device,
     )
-    schedule = records.Schedule(sampler, tuple(float(s) for s in placement.sigmas))
-    return score_schedule(ctx, D, schedule, ctx.seeds.held_out(0)), schedule
+    return records.Schedule(sampler, tuple(float(s) for s in placement.sigmas))
+
+
+# outer.interim -> the schedule the interim score samples with (config.OUTER_INTERIMS)
+INTERIM_SCHEDULES = {"karras": karras_interim, "gits": gits_interim}
+
+
+def interim_score(
+    ctx: RunContext, D: Denoiser, nfe: int, interim: str | None = None
+) -> InterimScore:
+    """A cheap score meant to rank models as the final held-out FID does: the FID at ``nfe``
+    of the ``outer.interim`` schedule (or ``interim``), on every held-out seed set (its mean
+    and spread). Its rank agreement with the final score is measured by
+    ``benchmarks/outer_study.py`` over the literature configurations."""
+    sampler = ctx.config.inner.samplers[0]
+    schedule = INTERIM_SCHEDULES[interim or ctx.config.outer.interim](ctx, D, nfe, sampler)
+    values = tuple(
+        score_schedule(ctx, D, schedule, ctx.seeds.held_out(k))
+        for k in range(ctx.seeds.held_out_sets)
+    )
+    return InterimScore(schedule, values)
 
 
 def interim_pruning(
     ctx: RunContext, trial: optuna.trial.Trial, description: ObjectiveDescription
 ) -> Any:
     """The training callback that reports the interim score (:func:`interim_score` at the
-    primary NFE) at each checkpoint before the end, and prunes when the pruner says so,
-    storing why. A study that cannot be pruned (multi-objective) reports nothing."""
+    primary NFE; its spread stored beside it) at each checkpoint before the end, and prunes
+    when the pruner says so, storing why. A study that cannot be pruned (multi-objective)
+    reports nothing."""
     config = ctx.config
     nfe = spaces.outer_objectives(config)[0]
     if len(spaces.outer_objectives(config)) > 1 or config.outer.pruner == "none":
@@ -200,13 +262,17 @@ def interim_pruning(
         if nimg >= config.train.train_nimg:
             return  # the final model is scored by the inner studies
         den = Denoiser(ema, description["parameterisation"], ctx.sigma_data).eval()
-        fid, _ = interim_score(ctx, den, nfe)
-        trial.report(fid, nimg)
+        score = interim_score(ctx, den, nfe)
+        records.write_interim(trial, nimg, score.spread)
+        trial.report(score.fid, nimg)
         if trial.should_prune():
+            cut = records.prune_cuts(trial).get(nimg)
+            against = "" if cut is None else f" against the cut {cut['cut']:.4g}"
             why = (
-                f"pruned: interim FID {fid:.4g} (NFE {nfe}, GITS schedule, held-out seeds) "
-                f"after {nimg} training images, behind the other trials at this rung "
-                f"({config.outer.pruner})"
+                f"pruned: interim FID {score.fid:.4g} ± {score.spread:.2g} (NFE {nfe}, "
+                f"{config.outer.interim} schedule, {len(score.values)} held-out seed sets) "
+                f"after {nimg} training images, behind the other trials at this rung"
+                f"{against} ({config.outer.pruner})"
             )
             records.write_prune_reason(trial, why)
             raise optuna.TrialPruned(why)

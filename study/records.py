@@ -15,7 +15,8 @@ Layout (``NAME`` is the outer study; inner studies are ``NAME/trial-NNNN/nfe-K``
   and the record of the attached export;
 - outer trial user attrs (short, for people reading optuna-dashboard): the training
   weighting's label, its literature name, the original trial of a retry, why it failed or was
-  pruned, a one-line held-out summary per NFE; outer trial *system* attrs (long JSON, for
+  pruned, the interim score's mean and spread per checkpoint and what the pruner compared it
+  with, a one-line held-out summary per NFE; outer trial *system* attrs (long JSON, for
   programs): the objective's description, per NFE the :class:`InnerRecord`, the step
   density fitted to the tuned schedules (a ``models.placement.StepDensity`` as a dict), and
   the model's denoising error per λ bin (``models.capacity.LamErrors`` as a dict);
@@ -81,6 +82,12 @@ NAME = "sigmatune:name"  # a literature configuration's name, or absent
 ORIGINAL_TRIAL = "sigmatune:original_trial"
 FAIL_REASON = "sigmatune:fail_reason"
 PRUNE_REASON = "sigmatune:prune_reason"
+# the interim score's seed-to-seed spread at each checkpoint, beside its mean (the trial's
+# intermediate value): {str(nimg): spread}, 4 significant digits (write_interim)
+INTERIM_SPREAD = "sigmatune:interim_spread"
+# what the pruner compared at each rung where it would prune: {str(nimg): {"cut", "spread",
+# "pruned"}} (write_prune_cut); pruned false: kept within the interim's spread
+PRUNE_CUT = "sigmatune:prune_cut"
 NOTE = "sigmatune:note"  # e.g. "same W(lambda) as trial 0"
 MODEL_ARTIFACT = "sigmatune:model_artifact"
 TRAIN = "sigmatune:train"  # {"resumed_from_nimg", "nimg_this_process"}
@@ -429,6 +436,10 @@ class TrialRecord:
     params: dict[str, Any]
     running_since: str | None = None  # ISO time a RUNNING trial started
     interim: dict[int, float] = field(default_factory=dict)  # training images -> interim FID
+    # training images -> the interim's seed-to-seed spread (write_interim)
+    interim_spread: dict[int, float] = field(default_factory=dict)
+    # training images -> the pruner's comparison there (write_prune_cut)
+    prune_cut: dict[int, dict[str, Any]] = field(default_factory=dict)
     gaps: dict[int, dict[str, Any]] = field(default_factory=dict)  # sampling studies
     # the step density over lam fitted to the tuned schedules (StepDensity.to_dict() with
     # "sampler" and "nfe"), for schedules at NFE budgets that were not tuned; or None
@@ -902,6 +913,49 @@ def write_prune_reason(trial: optuna.trial.Trial, reason: str) -> None:
     trial.set_user_attr(PRUNE_REASON, reason)
 
 
+def _short(x: float) -> float:
+    return float(f"{float(x):.4g}")
+
+
+def write_interim(trial: optuna.trial.Trial, nimg: int, spread: float) -> None:
+    """The interim score's seed-to-seed spread (sample std over the held-out seed sets) at
+    ``nimg`` training images, to 4 significant digits (short: a user attr stays readable in
+    optuna-dashboard); its mean is the intermediate value the trial reports. Written before
+    the pruner is asked, which reads it (:func:`interim_spreads`)."""
+    stored = dict(trial.user_attrs.get(INTERIM_SPREAD) or {})
+    stored[str(int(nimg))] = _short(spread)
+    trial.set_user_attr(INTERIM_SPREAD, stored)
+
+
+def prune_cuts(trial: optuna.trial.BaseTrial) -> dict[int, dict[str, Any]]:
+    """Training images -> what the pruner compared there (:func:`write_prune_cut`)."""
+    return {int(k): dict(v) for k, v in (trial.user_attrs.get(PRUNE_CUT) or {}).items()}
+
+
+def interim_spreads(trial: optuna.trial.BaseTrial) -> dict[int, float]:
+    """Training images -> the interim score's seed-to-seed spread (:func:`write_interim`)."""
+    stored = trial.user_attrs.get(INTERIM_SPREAD) or {}
+    return {int(k): float(v) for k, v in stored.items()}
+
+
+def write_prune_cut(
+    study: optuna.Study,
+    trial: FrozenTrial,
+    step: int,
+    *,
+    cut: float,
+    spread: float,
+    pruned: bool,
+) -> None:
+    """What the pruner compared where it would prune ``trial`` at ``step``: the ``cut`` its
+    interim value (the intermediate value there) had to reach, the interim's ``spread``, and
+    whether it was pruned (false: kept, within the spread of the cut); 4 significant digits.
+    Written from the pruner, which holds the trial as a ``FrozenTrial``."""
+    stored = dict(trial.user_attrs.get(PRUNE_CUT) or {})
+    stored[str(int(step))] = {"cut": _short(cut), "spread": _short(spread), "pruned": bool(pruned)}
+    adapter.set_frozen_trial_user_attr(study, trial, PRUNE_CUT, stored)
+
+
 def write_export(
     storage: optuna.storages.BaseStorage, study_id: int, record: Mapping[str, Any]
 ) -> None:
@@ -986,6 +1040,8 @@ def read_trial(ft: FrozenTrial) -> TrialRecord:
         ),
         gaps={int(k): dict(v) for k, v in (sa.get(GAPS) or {}).items()},
         interim={int(k): float(v) for k, v in ft.intermediate_values.items()},
+        interim_spread=interim_spreads(ft),
+        prune_cut=prune_cuts(ft),
         density=None if sa.get(DENSITY) is None else dict(sa[DENSITY]),
         lam_errors=None if sa.get(LAM_ERRORS) is None else dict(sa[LAM_ERRORS]),
     )

@@ -84,6 +84,7 @@ from sigmatune.objectives.loss import DiffusionObjective, objective_from_descrip
 from sigmatune.objectives.wfamily import BUMP_BOUNDS, LOG_VALUE_BOUNDS
 from sigmatune.objectives.wlam import fit_description, point_description, point_of_description
 from sigmatune.study import optuna_adapter as adapter
+from sigmatune.study import records
 from sigmatune.study.config import Config
 from sigmatune.study.optuna_adapter import PerTrialSeed
 
@@ -94,7 +95,10 @@ __all__ = [
     "GAP_RANGE",
     "S_CHURN_RANGE",
     "WEIGHTING_SPACE",
+    "HalvingWithinSpread",
+    "HyperbandWithinSpread",
     "InnerChoice",
+    "MedianWithinSpread",
     "baseline_schedules",
     "edm_defaults_description",
     "inner_pruning",
@@ -956,26 +960,61 @@ class WarmCmaEsSampler(optuna.samplers.BaseSampler):
 OUTER_REDUCTION_FACTOR = 3
 
 
+class _KeepWithinSpread:
+    """Optuna's pruner, except that a trial it would prune is kept when its interim value is
+    within the interim score's spread of the cut it missed: ``value <= cut + spread``, the
+    spread the trial's own seed-to-seed std at that checkpoint (``records.write_interim``).
+    The decision reads only stored values, so a resumed study decides as the first process
+    did; it is stored on the trial (``records.write_prune_cut``)."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if not super().prune(study, trial):  # type: ignore[misc]
+            return False
+        step = trial.last_step
+        value = None if step is None else trial.intermediate_values.get(step)
+        spread = None if step is None else records.interim_spreads(trial).get(step)
+        cut = adapter.pruning_cut(self, study, trial)  # type: ignore[arg-type]
+        if value is None or spread is None or cut is None or not math.isfinite(value):
+            return True
+        pruned = value > cut + spread
+        records.write_prune_cut(study, trial, step, cut=cut, spread=spread, pruned=pruned)
+        return pruned
+
+
+class HyperbandWithinSpread(_KeepWithinSpread, optuna.pruners.HyperbandPruner):
+    """Hyperband that prunes only outside the interim's spread (a subclass, so that Optuna
+    still hands the samplers each trial's bracket)."""
+
+
+class HalvingWithinSpread(_KeepWithinSpread, optuna.pruners.SuccessiveHalvingPruner):
+    """Successive halving that prunes only outside the interim's spread."""
+
+
+class MedianWithinSpread(_KeepWithinSpread, optuna.pruners.MedianPruner):
+    """The median pruner, pruning only outside the interim's spread."""
+
+
 def make_outer_pruner(config: Config) -> optuna.pruners.BasePruner:
     """Multi-fidelity over training images: the interim FID is reported at each training
     checkpoint (step = images trained), and Optuna's Hyperband (several successive-halving
     brackets; Li et al. 2018) or successive halving (Jamieson & Talwalkar 2016, asynchronous
     as Li et al. 2020) stops the worst at each rung, rungs from ``checkpoint_nimg`` up by a
     factor 3. A surviving trial goes on training from where it is: nothing is retrained.
-    ``median`` prunes from half of ``train_nimg``. A multi-objective study is not pruned
-    (Optuna cannot prune one)."""
+    ``median`` prunes from half of ``train_nimg``. Unless ``outer.prune_within_spread``, a
+    trial within the interim's spread of the cut is kept (:class:`_KeepWithinSpread`). A
+    multi-objective study is not pruned (Optuna cannot prune one)."""
     train = config.train
     if config.outer.pruner == "none" or len(outer_objectives(config)) > 1:
         return optuna.pruners.NopPruner()
+    plain = config.outer.prune_within_spread
     if config.outer.pruner == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=1, n_warmup_steps=_median_warmup(train.train_nimg)
-        )
+        median = optuna.pruners.MedianPruner if plain else MedianWithinSpread
+        return median(n_startup_trials=1, n_warmup_steps=_median_warmup(train.train_nimg))
     if config.outer.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=train.checkpoint_nimg, reduction_factor=OUTER_REDUCTION_FACTOR
-        )
-    return optuna.pruners.HyperbandPruner(
+        halving = optuna.pruners.SuccessiveHalvingPruner if plain else HalvingWithinSpread
+        return halving(min_resource=train.checkpoint_nimg, reduction_factor=OUTER_REDUCTION_FACTOR)
+    hyperband = optuna.pruners.HyperbandPruner if plain else HyperbandWithinSpread
+    return hyperband(
         min_resource=train.checkpoint_nimg,
         max_resource=train.train_nimg,
         reduction_factor=OUTER_REDUCTION_FACTOR,

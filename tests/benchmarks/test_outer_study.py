@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import independent
+from benchmarks import independent, outer_study
 from benchmarks.outer_study import (
     bare_heun,
     independent_text,
@@ -123,3 +123,134 @@ def test_same_model_compares_the_winners_weights_with_its_literature_twin(tmp_pa
     payload["comparison"]["best_study"] = {"trial": 5, "name": "edm"}
     assert same_model(tmp_path, payload) is None
     assert same_model_text(None) == ""
+
+
+# ------------------------------------------------------------------ interim vs final (issue 19)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spearman_agrees_with_scipy_with_and_without_ties(seed):
+    from scipy.stats import spearmanr
+
+    from benchmarks.outer_study import spearman
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=9).tolist()
+    y = (np.asarray(x) * rng.choice([-1, 1]) + rng.normal(scale=0.8, size=9)).tolist()
+    ties_x = np.round(rng.normal(size=12), 0).tolist()  # many ties
+    ties_y = np.round(rng.normal(size=12), 0).tolist()
+    for a, b in ((x, y), (ties_x, ties_y), (x, x)):
+        assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+
+
+def test_spearman_is_none_where_undefined_and_refuses_unequal_lengths():
+    from benchmarks.outer_study import spearman
+
+    assert spearman([1.0, 2.0], [2.0, 1.0]) is None  # fewer than three pairs
+    assert spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # a constant side
+    assert spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="same length"):
+        spearman([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_interim_agreement_ranks_per_checkpoint_and_marks_the_rungs():
+    from benchmarks.outer_study import interim_agreement
+
+    final = {"0": 1.0, "1": 2.0, "2": 3.0, "3": None}  # trial 3 has no final figure
+    interims = {
+        "karras": {
+            "4096": {t: {"fid": v, "spread": 0.1} for t, v in zip("0123", (5, 6, 7, 1))},
+            "12288": {t: {"fid": v, "spread": 0.1} for t, v in zip("0123", (7, 6, 5, 1))},
+            "8192": {t: {"fid": v, "spread": 0.1} for t, v in zip("012", (5, 7, 6))},
+        }
+    }
+    got = interim_agreement(interims, final, rungs=[4000, 12000])
+    assert list(got["karras"]) == ["4096", "8192", "12288"]  # in training order
+    assert got["karras"]["4096"] == {"rho": pytest.approx(1.0), "n": 3, "rung": True}
+    assert got["karras"]["8192"]["rho"] == pytest.approx(0.5) and not got["karras"]["8192"]["rung"]
+    assert got["karras"]["12288"] == {"rho": pytest.approx(-1.0), "n": 3, "rung": True}
+
+
+def test_pruned_rows_say_whether_a_pruned_trial_was_within_the_spread_of_its_cut():
+    from types import SimpleNamespace
+
+    from benchmarks.outer_study import interim_text, pruned_rows
+
+    def trial(number, state, cuts, interim=None):
+        return SimpleNamespace(
+            number=number,
+            name=None,
+            state=state,
+            prune_cut=cuts,
+            interim=interim or {},
+            interim_spread={},
+        )
+
+    cut = {"cut": 1.0, "spread": 0.1, "pruned": False}
+    far = {"cut": 1.0, "spread": 0.1, "pruned": True}
+    study = SimpleNamespace(
+        trials=[
+            trial(0, "COMPLETE", {4096: cut}, {4096: 1.08}),
+            trial(1, "PRUNED", {4096: far}, {4096: 2.0}),
+            trial(2, "PRUNED", {}, {4096: 3.0}),  # a plain pruner: no cut stored
+        ]
+    )
+    rows = pruned_rows(study)
+    assert [(r["trial"], r["pruned"], r["within_spread"]) for r in rows] == [
+        (0, False, True),
+        (1, True, False),
+        (2, True, None),
+    ]
+    payload = {
+        "nfe": 5,
+        "interim": {
+            "product": "karras",
+            "verdict": "met",
+            "agreement": {"karras": {"4096": {"rho": 0.9, "n": 8, "rung": True}}},
+        },
+        "prune_cuts": rows,
+    }
+    text = interim_text(payload)
+    assert "| karras | 4,096 | yes | 8 | 0.90 |" in text
+    assert "trials pruned within the spread of the cut: 0" in text
+    assert interim_text({"nfe": 5}) == ""  # an older JSON renders as before
+
+
+def _arm_row(trial, name, fid, spread=0.05, state="COMPLETE"):
+    return {
+        "trial": trial,
+        "name": name,
+        "label": name or "proposed",
+        "state": state,
+        "images": 100,
+        "fid": fid,
+        "fid_spread": spread,
+        "karras_same_range": None,
+        "reason": None,
+    }
+
+
+def test_a_best_that_is_a_literature_configuration_is_met_only_by_construction():
+    lit = [_arm_row(0, "edm", 5.0), _arm_row(1, "rectified_flow", 4.0)]
+    stu = [*lit, _arm_row(2, None, 4.5), _arm_row(3, None, None, state="PRUNED")]
+    c = outer_study.compare(lit, stu, {"floor": 1.0, "floor_spread": 0.05})
+    assert c["best_study"]["name"] == "rectified_flow"
+    assert c["proposed_trials"] == 2 and c["proposed_complete"] == 1
+    assert c["targets"][outer_study.PROPOSED] is False  # the proposed best (4.5) loses
+    payload = {"comparison": c}
+    verdicts = outer_study.target_verdicts(payload)
+    assert verdicts[outer_study.BEST] == outer_study.BY_CONSTRUCTION
+    assert verdicts[outer_study.PROPOSED] == "missed"
+
+
+@pytest.mark.parametrize(
+    ("fid", "spread", "met"),
+    [(3.8, 0.05, True), (3.95, 0.05, False), (3.8, 0.2, False)],  # beats by > both spreads?
+)
+def test_a_proposed_best_must_beat_the_best_literature_by_both_spreads(fid, spread, met):
+    lit = [_arm_row(0, "edm", 5.0), _arm_row(1, "rectified_flow", 4.0, spread=0.05)]
+    stu = [*lit, _arm_row(2, None, fid, spread=spread)]
+    c = outer_study.compare(lit, stu, {"floor": 1.0, "floor_spread": 0.05})
+    assert c["best_study"]["name"] is None
+    assert c["targets"][outer_study.PROPOSED] is met
+    assert outer_study.target_verdicts({"comparison": c})[outer_study.BEST] == "met"

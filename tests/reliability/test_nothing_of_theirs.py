@@ -252,7 +252,11 @@ def test_the_dashboard_serves_a_study_without_changing_its_database(
     [
         ({}, "10000000", "inner.peers"),
         ({}, "65", "inner.peers"),  # heun: 33 steps > GITS's 32-point teacher grid
-        ({"inner__peers": "[]", "outer__pruner": '"median"'}, "65", "outer.pruner"),
+        (
+            {"inner__peers": "[]", "outer__pruner": '"median"', "outer__interim": '"gits"'},
+            "65",
+            "outer.pruner",
+        ),
     ],
     ids=["ten-million", "just-over-the-grid", "interim-score"],
 )
