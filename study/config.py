@@ -75,7 +75,7 @@ __all__ = [
 
 POINT_DATASETS = ("gmm2d", "gmm32", "moons")  # points: an MLP, no Inception features
 FID_EXTRACTORS = ("rff", "raw", "classifier", "inception")
-OUTER_SAMPLERS = ("tpe", "random")
+OUTER_SAMPLERS = ("tpe", "cmaes", "random")
 OUTER_PRUNERS = ("hyperband", "successive_halving", "median", "none")
 # the outer pruner's interim score (study.outer.INTERIM_SCHEDULES): the schedule it samples with
 OUTER_INTERIMS = ("karras", "gits")
@@ -702,12 +702,15 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
         gits_interim = (outer.get("interim") or OuterConfig().interim) == "gits"
         pruner = outer.get("pruner") if gits_interim else "none"
         _nfe_bounds(budgets, samplers, inner.get("peers"), pruner, errors)
-    if inner.get("sampler") == "cmaes":
-        if importlib.util.find_spec("cmaes") is None:
-            others = ", ".join(s for s in INNER_SAMPLERS if s != "cmaes")
+    for section, table, choices in (
+        ("outer", outer, OUTER_SAMPLERS),
+        ("inner", inner, INNER_SAMPLERS),
+    ):
+        if table.get("sampler") == "cmaes" and importlib.util.find_spec("cmaes") is None:
+            others = ", ".join(s for s in choices if s != "cmaes")
             errors.append(
-                "inner.sampler = 'cmaes' needs the Python package cmaes (pip install cmaes), "
-                f"which is not installed; or use one of {others}"
+                f"{section}.sampler = 'cmaes' needs the Python package cmaes (pip install "
+                f"cmaes), which is not installed; or use one of {others}"
             )
     if inner.get("tune_churn") and samplers is not None and "heun" not in samplers:
         errors.append(

@@ -108,6 +108,14 @@ def is_enqueued(trial: FrozenTrial) -> bool:
     return "fixed_params" in trial.system_attrs
 
 
+def whole_study(study: optuna.Study) -> optuna.Study:
+    """The study itself where a sampler is handed a view of it: with ``HyperbandPruner``,
+    Optuna gives the sampler a study of the trial's bracket only (its ``_BracketStudy``, the
+    whole study in ``_study``), and a warm start must see every trial."""
+    whole = getattr(study, "_study", None)
+    return whole if isinstance(whole, optuna.Study) else study
+
+
 def retry_system_attrs(trial: FrozenTrial) -> dict[str, Any]:
     """The system attrs Optuna's ``RetryFailedTrialCallback`` gives a retry of ``trial``
     (``failed_trial`` and ``retry_history``, with the trial's own), so that the retry resumes

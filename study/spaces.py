@@ -99,7 +99,10 @@ __all__ = [
     "HyperbandWithinSpread",
     "InnerChoice",
     "MedianWithinSpread",
+    "CmaStart",
+    "WarmCmaEsSampler",
     "baseline_schedules",
+    "cma_start",
     "edm_defaults_description",
     "inner_pruning",
     "make_inner_pruner",
@@ -109,6 +112,7 @@ __all__ = [
     "objective_params",
     "schedule_params",
     "sigma_range_space",
+    "starting_trials",
     "suggest_objective",
     "suggest_objective_description",
     "suggest_schedule",
@@ -820,12 +824,19 @@ def _quiet(factory: Any, *args: Any, **kwargs: Any) -> Any:
 
 def make_outer_sampler(config: Config) -> optuna.samplers.BaseSampler:
     """TPE over the conditional outer space (multivariate, grouped by the branch taken,
-    constant liar for parallel workers), or random search; reseeded per trial from
-    ``(config.seed, trial number)`` so that workers sharing the study draw different points
-    and one process with the same seed makes the same study."""
+    constant liar for parallel workers), random search, or ``"cmaes"``: CMA-ES warm-started
+    at the best scored literature configuration (:class:`WarmCmaEsSampler`, its step from the
+    spread of the good ones, its categorical params the best one's). CMA-ES minimises one
+    objective: a multi-objective study (``outer.objectives``) with ``"cmaes"`` gets TPE, so
+    that ``--set 'outer.objectives=[5, 9]'`` works with every preset. Reseeded per trial
+    from ``(config.seed, trial number)`` so that workers sharing the study draw different
+    points and one process with the same seed makes the same study."""
 
     if config.outer.sampler == "random":
         return PerTrialSeed(optuna.samplers.RandomSampler(seed=config.seed), config.seed)
+    if config.outer.sampler == "cmaes" and len(outer_objectives(config)) == 1:
+        warm = WarmCmaEsSampler(seed=config.seed, sigma0=None, categorical_from_best=True)
+        return PerTrialSeed(warm, config.seed)
     tpe = _quiet(
         optuna.samplers.TPESampler,
         multivariate=True,
@@ -883,41 +894,162 @@ def make_inner_sampler(config: Config, seed: int) -> optuna.samplers.BaseSampler
 
 
 CMA_SIGMA0 = 0.1  # the warm CMA-ES's first step size, as a fraction of each param's range
+# sigma0 from the spread of the good starting points (sigma0=None): the best third of them
+# (at least CMA_GOOD_LEAST), its per-param standard deviation in Optuna's [0, 1] scale
+# averaged over the params, clipped to CMA_SPREAD_BOUNDS: never a step too small to move off
+# the best point, never one so wide that the search is no longer local to it
+CMA_GOOD_LEAST = 2
+CMA_SPREAD_BOUNDS = (0.05, 0.25)
+
+
+class CmaStart(NamedTuple):
+    """Where :class:`WarmCmaEsSampler` starts: the best starting trial, the float (and int)
+    params CMA-ES searches with their distributions, ``x0`` and ``sigma0``."""
+
+    best: optuna.trial.FrozenTrial
+    space: dict[str, optuna.distributions.BaseDistribution]
+    x0: dict[str, Any]
+    sigma0: float
+
+
+def _searchable(dist: optuna.distributions.BaseDistribution) -> bool:
+    """A param CMA-ES can move: a float or int range of more than one value."""
+    numeric = (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)
+    return isinstance(dist, numeric) and not dist.single()
+
+
+def starting_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The scored starting points, best first: the enqueued trials that finished with a value
+    (complete ones, then pruned ones, which carry their last interim value: those that trained
+    longer first), or a study's complete trials where none was enqueued. Empty while an
+    enqueued trial is still waiting or running (a worker beside this one scores it). Read
+    from the stored trials alone, so a resumed study starts from the same ones; every trial
+    of the study, also where Optuna shows a sampler one Hyperband bracket of it."""
+    trials = adapter.whole_study(study).get_trials(deepcopy=False)
+    enqueued = [t for t in trials if adapter.is_enqueued(t)]
+    if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in enqueued):
+        return []
+    # the enqueued ones, complete or pruned; with none enqueued, the complete trials
+    states = (TrialState.COMPLETE, TrialState.PRUNED) if enqueued else (TrialState.COMPLETE,)
+    finished = [
+        t
+        for t in (enqueued or trials)
+        if t.state in states and t.value is not None and math.isfinite(t.value)
+    ]
+
+    def rank(t: optuna.trial.FrozenTrial) -> tuple[bool, int, float, int]:
+        complete = t.state == TrialState.COMPLETE
+        trained = 0 if complete else max(t.intermediate_values, default=0)
+        return (not complete, -trained, float(t.value), t.number)
+
+    return sorted(finished, key=rank)
+
+
+def cma_start(
+    study: optuna.Study, sigma0: float | None = CMA_SIGMA0, *, branch: bool = False
+) -> CmaStart | None:
+    """The start of :class:`WarmCmaEsSampler` in ``study``: ``x0`` the best starting trial's
+    searchable params; ``sigma0`` the given fraction of each range, or with ``None`` the
+    spread of the good starting trials (:data:`CMA_GOOD_LEAST`, :data:`CMA_SPREAD_BOUNDS`).
+    The params searched are the best one's with ``branch`` (the proposals take its branch of
+    a conditional space), otherwise those of them that every complete trial has (Optuna's
+    intersection search space). ``None`` while no starting trial is scored, or when there is
+    no param to search."""
+    ranked = starting_trials(study)
+    if not ranked:
+        return None
+    best = ranked[0]
+    space = {k: d for k, d in best.distributions.items() if _searchable(d)}
+    if not branch:
+        whole = adapter.whole_study(study)
+        complete = whole.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        space = {
+            k: d for k, d in space.items() if all(t.distributions.get(k) == d for t in complete)
+        }
+    if not space:
+        return None
+    x0 = {k: best.params[k] for k in space}
+    if sigma0 is None:
+        good = ranked[: max(CMA_GOOD_LEAST, math.ceil(len(ranked) / 3))]
+        sigma0 = _spread(good, space)
+    return CmaStart(best, space, x0, float(sigma0))
+
+
+def _spread(
+    trials: Sequence[optuna.trial.FrozenTrial],
+    space: Mapping[str, optuna.distributions.BaseDistribution],
+) -> float:
+    """The mean over ``space``'s params of their standard deviation among ``trials`` (those
+    with the same param and distribution, two at least), each in its [0, 1] scale (log for a
+    log range), clipped to :data:`CMA_SPREAD_BOUNDS`; :data:`CMA_SIGMA0` where no param has
+    two values."""
+
+    def unit(value: float, dist: Any) -> float:
+        low, high, v = float(dist.low), float(dist.high), float(value)
+        if dist.log:
+            low, high, v = math.log(low), math.log(high), math.log(v)
+        return (v - low) / (high - low)
+
+    stds = []
+    for name, dist in space.items():
+        xs = [unit(t.params[name], dist) for t in trials if t.distributions.get(name) == dist]
+        if len(xs) >= 2:
+            mean = sum(xs) / len(xs)
+            stds.append(math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)))
+    if not stds:
+        return CMA_SIGMA0
+    low, high = CMA_SPREAD_BOUNDS
+    return min(high, max(low, sum(stds) / len(stds)))
 
 
 class WarmCmaEsSampler(optuna.samplers.BaseSampler):
     """CMA-ES (Hansen 2016; Optuna's ``CmaEsSampler``, the ``cmaes`` package) started at the
-    study's best complete trial when the search draws its first own trial: ``x0`` its float
-    params, ``sigma0`` :data:`CMA_SIGMA0` of each param's range (Optuna scales them to
-    [0, 1]), so the search is local around the best starting point. The starting points
-    before it (enqueued, their params fixed) are drawn at random by this sampler, as by
-    every other one; a study with no complete trial yet draws at random too."""
+    study's best scored starting point (:func:`starting_trials`: the enqueued trials, once
+    every one has finished) when the search draws its own trials (:func:`cma_start`): ``x0``
+    its float params, ``sigma0`` :data:`CMA_SIGMA0` of each param's range (Optuna scales them
+    to [0, 1]) or, with ``sigma0=None``, the spread of the good starting points, so the
+    search is local around the best one. With ``categorical_from_best`` (the outer study) its
+    categorical params are the best one's too, so the proposals take its branch of the
+    conditional space and CMA-ES searches that branch's params; otherwise (the inner study)
+    they are drawn at random and CMA-ES searches the params every complete trial has. The
+    starting points themselves (enqueued, their params fixed) are drawn at random by this
+    sampler, as by every other one, as is a trial while a starting point is still to be
+    scored (TPE's start-up likewise).
 
-    def __init__(self, seed: int | None = None) -> None:
+    Everything is derived from the stored trials for each trial (the start; CMA-ES's state,
+    which Optuna keeps in the trials' system attrs), so a resumed study goes on from the same
+    start. CMA-ES learns from complete trials only (a pruned trial's value is an interim
+    score, on another scale), a generation being its population (6 trials for 2 params). One
+    objective only (CMA-ES's)."""
+
+    def __init__(
+        self,
+        seed: int | None = None,
+        *,
+        sigma0: float | None = CMA_SIGMA0,
+        categorical_from_best: bool = False,
+    ) -> None:
         self._seed = seed
-        self._random = optuna.samplers.RandomSampler(seed=seed)
-        self._cma: optuna.samplers.BaseSampler | None = None
+        self._sigma0 = sigma0
+        self._categorical_from_best = categorical_from_best
+        self._random_sampler = optuna.samplers.RandomSampler(seed=seed)  # PerTrialSeed's name
 
-    def _start(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if self._cma is not None or adapter.is_enqueued(trial):
-            return
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not done:
-            return
-        best = min(done, key=lambda t: (t.value, t.number))
-        x0 = {
-            k: v
-            for k, v in best.params.items()
-            if isinstance(best.distributions[k], optuna.distributions.FloatDistribution)
-        }
+    def start(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> CmaStart | None:
+        """Where CMA-ES starts for ``trial``; ``None`` for a starting point or before one is
+        scored (the trial is drawn at random)."""
+        if adapter.is_enqueued(trial):
+            return None
+        return cma_start(study, self._sigma0, branch=self._categorical_from_best)
+
+    def _cma(self, start: CmaStart) -> optuna.samplers.CmaEsSampler:
         with warnings.catch_warnings():  # x0 and sigma0: deprecated from Optuna 4.9 (to 6.0)
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._cma = optuna.samplers.CmaEsSampler(
-                x0=x0,
-                sigma0=CMA_SIGMA0,
+            return optuna.samplers.CmaEsSampler(
+                x0=start.x0,
+                sigma0=start.sigma0,
                 n_startup_trials=0,
-                independent_sampler=self._random,
+                independent_sampler=self._random_sampler,
                 warn_independent_sampling=False,
                 seed=self._seed,
             )
@@ -925,12 +1057,8 @@ class WarmCmaEsSampler(optuna.samplers.BaseSampler):
     def infer_relative_search_space(
         self, study: optuna.Study, trial: optuna.trial.FrozenTrial
     ) -> dict[str, optuna.distributions.BaseDistribution]:
-        self._start(study, trial)
-        if self._cma is None:
-            return {}
-        space = self._cma.infer_relative_search_space(study, trial)
-        x0 = getattr(self._cma, "_x0", None) or {}
-        return space if set(space) <= set(x0) else {}
+        start = self.start(study, trial)
+        return {} if start is None else dict(start.space)
 
     def sample_relative(
         self,
@@ -938,9 +1066,10 @@ class WarmCmaEsSampler(optuna.samplers.BaseSampler):
         trial: optuna.trial.FrozenTrial,
         search_space: dict[str, optuna.distributions.BaseDistribution],
     ) -> dict[str, Any]:
-        if self._cma is None or not search_space:
+        start = self.start(study, trial) if search_space else None
+        if start is None or set(search_space) != set(start.space):
             return {}
-        return self._cma.sample_relative(study, trial, search_space)
+        return self._cma(start).sample_relative(study, trial, search_space)
 
     def sample_independent(
         self,
@@ -949,12 +1078,16 @@ class WarmCmaEsSampler(optuna.samplers.BaseSampler):
         param_name: str,
         param_distribution: optuna.distributions.BaseDistribution,
     ) -> Any:
-        return self._random.sample_independent(study, trial, param_name, param_distribution)
+        if self._categorical_from_best and isinstance(
+            param_distribution, optuna.distributions.CategoricalDistribution
+        ):
+            start = self.start(study, trial)
+            if start is not None and start.best.distributions.get(param_name) == param_distribution:
+                return start.best.params[param_name]
+        return self._random_sampler.sample_independent(study, trial, param_name, param_distribution)
 
     def reseed_rng(self) -> None:
-        self._random.reseed_rng()
-        if self._cma is not None:
-            self._cma.reseed_rng()
+        self._random_sampler.reseed_rng()
 
 
 OUTER_REDUCTION_FACTOR = 3

@@ -28,9 +28,11 @@ def test_toy_preset_is_sized_for_two_cpu_cores():
     toy = load_config("toy")
     assert (toy.dataset, toy.network.name, toy.inner.fid_extractor) == ("gmm2d", "mlp", "rff")
     assert 100_000 <= toy.train.train_nimg <= 300_000
-    # the loop working: the enqueued configurations, then TPE, within its budget
+    # the loop working: the enqueued configurations, then CMA-ES from the best of them (a
+    # proposed trial completes in its own run: the README's example), within its budget
     assert toy.outer.outer_trials >= 8 and toy.inner.inner_trials == 12
     assert toy.outer.pruner == "hyperband" and toy.train.checkpoint_nimg < toy.train.train_nimg
+    assert toy.outer.sampler == "cmaes"
     assert toy.inner.tune_sigma_range  # at NFE 5 the range is most of what can be gained
     assert toy.inner.nfe_budgets == (5, 9) and toy.inner.samplers == ("heun",)
     assert toy.inner.fid_num_images == 1000
@@ -88,7 +90,10 @@ BAD = [
         r"network\.name must be 'mlp' for the 2-D data set 'gmm2d'",
     ),
     ({"outer.outer_trials": 0}, r"outer\.outer_trials must be a positive integer, but got 0"),
-    ({"outer.sampler": "cmaes"}, r"outer\.sampler must be one of tpe, random, but got 'cmaes'"),
+    (
+        {"outer.sampler": "annealing"},
+        r"outer\.sampler must be one of tpe, cmaes, random, but got 'annealing'",
+    ),
     (
         {"outer.pruner": "asha"},
         r"outer\.pruner must be one of hyperband, successive_halving, median, none",
@@ -271,7 +276,7 @@ def test_from_dict_checks_too():
     d["outer"]["sampler"] = "grid"
     with pytest.raises(
         ConfigError,
-        match=r"outer\.sampler must be one of tpe, random, but got "
+        match=r"outer\.sampler must be one of tpe, cmaes, random, but got "
         r"'grid'",
     ):
         Config.from_dict(d)

@@ -359,14 +359,14 @@ def test_outer_start_up_is_the_enqueued_configurations():
     from sigmatune.study.config import load_config
 
     for preset in ("toy", "digits", "mnist", "cifar10"):
-        config = load_config(preset)
+        config = load_config(preset, {"outer.sampler": "tpe"})  # (toy's own: cmaes)
         tpe = spaces.make_outer_sampler(config).base
         enqueued = int(config.outer.enqueue_baseline) + len(config.outer.literature)
         assert 2 <= tpe._n_startup_trials <= enqueued
         assert tpe._n_startup_trials < config.outer.outer_trials
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "random"])
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes", "random"])
 def test_outer_sampler_draws_depend_on_the_trial_number_not_the_process(sampler):
     """Workers that share a study each build the sampler with the config's seed; their draws
     must differ (each trial has its own number), and one process with the same seed must
