@@ -34,7 +34,7 @@ import pytest
 
 from sigmatune.study import records
 from sigmatune.study.commands.storage_proxy import PROXY_THREADS
-from sigmatune.study.storage import WORKER_MAX_CONNECTIONS, make_storage
+from sigmatune.study.storage import WORKER_MAX_CONNECTIONS, StorageError, make_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -194,7 +194,16 @@ def test_workers_on_three_hosts_share_the_study_and_a_killed_workers_trial_resum
                     )
                 )
                 url = f"grpc://{server}:{port}"
-                make_storage(url, heartbeat_interval=None).close()  # it answers (10 s at most)
+                # it answers: make_storage waits 10 s, and the proxy's start (its imports)
+                # can take longer on a loaded machine, so wait again while it is alive
+                for attempt in range(12):
+                    try:
+                        make_storage(url, heartbeat_interval=None).close()
+                        break
+                    except StorageError:
+                        proxy_log = (tmp_path / "proxy.log").read_text()
+                        if helpers[-1].poll() is not None or attempt == 11:
+                            raise AssertionError(f"no answer:\n{proxy_log}") from None
             else:
                 # every worker runs the same command, with the same URL (through its veth)
                 url = pg.url(database, host=server)
