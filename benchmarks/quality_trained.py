@@ -94,6 +94,8 @@ def study_config(args: argparse.Namespace, nimg: int) -> Config:
     }
     if args.trials:
         overrides["inner.inner_trials"] = args.trials
+    if args.quick:  # a smoke run: no GITS or LD3 fits (half its time), the search alone
+        overrides["inner.peers"] = []
     if args.fid_images:
         overrides["inner.fid_num_images"] = args.fid_images
         overrides["inner.batch_size"] = min(500, args.fid_images)

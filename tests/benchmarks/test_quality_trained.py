@@ -38,7 +38,8 @@ def test_cached_models_are_found_by_their_images(tmp_path) -> None:
 def test_quick_run(tmp_path) -> None:
     out = tmp_path / "qt.json"
     cache, work = tmp_path / "models", tmp_path / "work"
-    args = ["--quick", "--cache", str(cache), "--work", str(work), "--out", str(out)]
+    args = ["--quick", "--check-sets", "1", "--cache", str(cache), "--work", str(work)]
+    args += ["--out", str(out)]
     returned = qt.main(args)
     payload = json.loads(out.read_text())
     d = payload["digits"]
