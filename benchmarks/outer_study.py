@@ -7,9 +7,10 @@ Two studies of the ``digits`` preset in one storage, both run by the product (``
   sigmoid, Laplace, eps-cosine), each trained alone at the full budget ``train_nimg``, no
   pruning — what a user gets by trying the published weightings one by one;
 - ``study``: the outer study as the preset runs it (the same configurations enqueued first,
-  then TPE), multi-fidelity (the preset's Hyperband over training images, rungs at
-  checkpoints; ``--study-pruner`` and ``--study-checkpoint-nimg`` change the study arm alone,
-  and ``--study-name`` runs it beside the literature arm already stored).
+  then the preset's sampler), multi-fidelity (the preset's Hyperband over training images,
+  rungs at checkpoints; ``--study-sampler``, ``--study-pruner`` and
+  ``--study-checkpoint-nimg`` change the study arm alone, and ``--study-name`` runs it beside
+  the literature arm already stored).
 
 As the literature arm trains, each model's interim score (the pruner's, ``study.outer.
 interim_score``; ``--interims`` adds other kinds) is taken at every checkpoint, and Spearman's
@@ -63,7 +64,7 @@ from benchmarks._common import (
 from benchmarks.quality import Figure
 from sigmatune.objectives.curves import lam_grid, weighting_curves
 from sigmatune.study.commands.hooks import run_study as run
-from sigmatune.study.config import Config, load_config
+from sigmatune.study.config import OUTER_SAMPLERS, Config, load_config
 from sigmatune.study.records import StudyRecord, TrialRecord, read_study
 from sigmatune.study.spaces import OUTER_REDUCTION_FACTOR, outer_stop_points
 from sigmatune.study.storage import open_storage
@@ -412,6 +413,7 @@ def study_arm(payload: Mapping[str, Any]) -> dict[str, Any]:
         or {
             "name": "study",
             "pruner": config["outer"]["pruner"],
+            "sampler": config["outer"].get("sampler", "tpe"),
             "checkpoint_nimg": config["train"]["checkpoint_nimg"],
             "outer_trials": max(r["trial"] for r in payload["study"]) + 1,
         }
@@ -684,7 +686,8 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     arm = study_arm(payload)
     rungs = ", ".join(f"{n:,}" for n in arm["rungs"]) or "none"
     head = (
-        f"Study arm: {arm['outer_trials']} trials, pruner `{arm['pruner']}` over training "
+        f"Study arm: {arm['outer_trials']} trials, sampler `{arm.get('sampler', 'tpe')}`, "
+        f"pruner `{arm['pruner']}` over training "
         f"images (a trial can be stopped at {rungs} of {payload['train_nimg']:,} images; "
         f"reduction factor {OUTER_REDUCTION_FACTOR})."
     )
@@ -713,6 +716,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=None,
         help="training images between checkpoints (the Hyperband rungs); default: the preset's",
+    )
+    parser.add_argument(
+        "--study-sampler",
+        choices=OUTER_SAMPLERS,
+        default=None,
+        help="the study arm's outer.sampler; default: the preset's",
     )
     parser.add_argument(
         "--study-pruner",
@@ -802,6 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     study_overrides: dict[str, Any] = {"outer.outer_trials": args.outer_trials}
     if args.study_pruner:
         study_overrides["outer.pruner"] = args.study_pruner
+    if args.study_sampler:
+        study_overrides["outer.sampler"] = args.study_sampler
     if args.study_checkpoint_nimg:
         study_overrides["train.checkpoint_nimg"] = args.study_checkpoint_nimg
     study = arm_config(base, args.study_name, storage, **study_overrides)
@@ -825,6 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "study_arm": {
                 "name": study.name,
                 "pruner": study.outer.pruner,
+                "sampler": study.outer.sampler,
                 "checkpoint_nimg": study.train.checkpoint_nimg,
                 "outer_trials": study.outer.outer_trials,
             },
