@@ -418,6 +418,7 @@ def study_arm(payload: Mapping[str, Any]) -> dict[str, Any]:
             "outer_trials": max(r["trial"] for r in payload["study"]) + 1,
         }
     )
+    arm.setdefault("sampler", config["outer"].get("sampler", "tpe"))  # older JSONs: the preset's
     arm["rungs"] = outer_stop_points(arm["pruner"], arm["checkpoint_nimg"], payload["train_nimg"])
     return arm
 
@@ -686,7 +687,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     arm = study_arm(payload)
     rungs = ", ".join(f"{n:,}" for n in arm["rungs"]) or "none"
     head = (
-        f"Study arm: {arm['outer_trials']} trials, sampler `{arm.get('sampler', 'tpe')}`, "
+        f"Study arm: {arm['outer_trials']} trials, sampler `{arm['sampler']}`, "
         f"pruner `{arm['pruner']}` over training "
         f"images (a trial can be stopped at {rungs} of {payload['train_nimg']:,} images; "
         f"reduction factor {OUTER_REDUCTION_FACTOR})."
