@@ -279,6 +279,104 @@ def figure_headline(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure
     return _layout(fig, title, height=720)
 
 
+ERROR_REFERENCES = {
+    "exact": "excess denoising error over the exact denoiser",
+    "data": "denoising loss on the data set's examples",
+}
+
+
+def _capacity_trials(data: StudyRecord) -> list[TrialRecord]:
+    """The best trial, and EDM's defaults beside it, where their per-λ errors are stored."""
+    best, edm = data.best, data.edm
+    shown = [t for t in (best, edm) if t is not None and t.lam_errors]
+    return list({t.number: t for t in shown}.values())
+
+
+def figure_capacity(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure:
+    """Where the model spends its capacity (the seed's thesis in one figure): over one λ axis,
+    the best trial's training weighting W(λ) (EDM's defaults dashed), its trained model's
+    denoising error per λ bin (``models.capacity``: the mean over the bin's examples, ± its
+    standard error), and the density of its tuned sampling steps per NFE."""
+    trials = _capacity_trials(data)
+    reference = trials[0].lam_errors["reference"] if trials else "exact"
+    sigma_min, sigma_max = data.sigma_range
+    lam = lam_grid(sigma_min, sigma_max, points)
+    fig = make_subplots(
+        figure=_new_figure(),
+        rows=3,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.07,
+        subplot_titles=(
+            "training: W(λ), normalised",
+            f"the trained model: {ERROR_REFERENCES.get(reference, reference)} per λ bin",
+            "sampling: density of the tuned step locations",
+        ),
+    )
+    best = data.best
+    for t in trials:
+        line, group, _ = _style(t, best)
+        name = _trial_name(t, best)
+        if t.objective:
+            curves = weighting_curves(t.objective, lam)
+            fig.add_trace(
+                go.Scatter(
+                    x=_r(lam),
+                    y=_r(curves["W_normalised"]),
+                    mode="lines",
+                    line=line,
+                    name=name,
+                    legendgroup=group or f"t{t.number}",
+                    hovertemplate=f"{trial_title(t)}<br>λ=%{{x:.3g}}<br>W=%{{y:.3g}}<extra></extra>",
+                ),
+                row=1,
+                col=1,
+            )
+        errors = t.lam_errors
+        edges = [float(e) for e in errors["edges"]]
+        centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        fig.add_trace(
+            go.Scatter(
+                x=_r(centres),
+                y=_r(errors["error"]),
+                error_y={"type": "data", "array": _r(errors["stderr"]), "visible": True},
+                mode="lines+markers",
+                line={**line, "shape": "linear"},
+                name=f"{name}: error",
+                legendgroup=group or f"t{t.number}",
+                showlegend=not t.objective,
+                hovertemplate=(
+                    f"{trial_title(t)}<br>λ=%{{x:.3g}}<br>error=%{{y:.3g}}"
+                    f" ({errors['per_bin']} examples per bin)<extra></extra>"
+                ),
+            ),
+            row=2,
+            col=1,
+        )
+    if best is not None:
+        for i, nfe in enumerate(sorted(best.inner)):
+            xs, ys = step_density(best.inner[nfe].tuned.sigmas)
+            if xs:
+                fig.add_trace(
+                    go.Scatter(
+                        x=_r(xs),
+                        y=_r(ys),
+                        mode="lines",
+                        line_shape="hv",
+                        line={"color": NFE_COLORS[i % len(NFE_COLORS)], "width": 2.5},
+                        name=f"NFE {nfe} ({best.inner[nfe].tuned.sampler}), best trial",
+                    ),
+                    row=3,
+                    col=1,
+                )
+    fig.update_xaxes(title_text="λ = −2 ln σ  (noise ← → clean)", row=3, col=1)
+    fig.update_yaxes(title_text="W(λ)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="error (MSE)", type="log", row=2, col=1)
+    fig.update_yaxes(title_text="steps per unit λ", rangemode="tozero", row=3, col=1)
+    title = f"{data.name}: where the best model spends its capacity"
+    return _layout(fig, title, height=880)
+
+
 def figure_densities(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure:
     """Per outer trial: the noise-level density ``p_lam`` and the loss weight ``w(sigma)``."""
     fig, lam = _lambda_panels(
@@ -620,6 +718,7 @@ def figure_pareto(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure:
 # a complete trial is left out until there is one.
 FIGURE_RULES: tuple[tuple[str, Callable[[StudyRecord], bool], Callable[..., go.Figure]], ...] = (
     ("headline", lambda d: any(t.objective for t in d.trials), figure_headline),
+    ("capacity", lambda d: bool(_capacity_trials(d)), figure_capacity),
     ("densities", lambda d: any(t.objective for t in d.trials), figure_densities),
     ("overview", lambda d: bool(d.complete), figure_overview),
     ("steps", lambda d: d.best is not None, figure_steps),

@@ -61,7 +61,7 @@ def _figure_div(fig: go.Figure, div_id: str) -> str:
 
 
 # The report reads the overview before the densities (the dashboard shows them the other way)
-REPORT_ORDER = ("headline", "overview", "densities", "steps", "fid-nfe", "pareto")
+REPORT_ORDER = ("headline", "capacity", "overview", "densities", "steps", "fid-nfe", "pareto")
 
 
 def report_figures(data: StudyRecord) -> dict[str, go.Figure]:

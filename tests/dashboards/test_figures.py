@@ -146,3 +146,54 @@ def test_study_figures_have_stable_ids_and_plain_json(data):
         text = fig.to_json()
         assert "bdata" not in text  # plain lists: any plotly.js reads them
         assert all(len(tr["x"]) for tr in json.loads(text)["data"])
+
+
+# --------------------------------------------------------------------------- capacity figure
+
+
+def _with_lam_errors(data, reference="exact"):
+    """The study with stored per-lam errors on its best trial (16 bins over the run's range)."""
+    import dataclasses
+
+    lam_lo, lam_hi = -2 * math.log(SIGMA_MAX), -2 * math.log(SIGMA_MIN)
+    edges = torch.linspace(lam_lo, lam_hi, 17).tolist()
+    errors = {
+        "edges": edges,
+        "error": [0.01 * (k + 1) for k in range(16)],
+        "stderr": [0.001] * 16,
+        "per_bin": 256,
+        "reference": reference,
+    }
+    best = data.best
+    trials = [
+        dataclasses.replace(t, lam_errors=errors) if t.number == best.number else t
+        for t in data.trials
+    ]
+    return dataclasses.replace(data, trials=trials), errors
+
+
+def test_capacity_figure_is_shown_only_where_a_model_stored_its_per_lam_errors(data):
+    assert "capacity" not in F.shown_figures(data)
+    with_errors, _ = _with_lam_errors(data)
+    assert list(F.shown_figures(with_errors))[:2] == ["headline", "capacity"]
+
+
+@pytest.mark.parametrize("reference", ["exact", "data"])
+def test_capacity_figure_draws_w_the_stored_errors_at_bin_centres_and_the_steps(data, reference):
+    with_errors, errors = _with_lam_errors(data, reference)
+    fig = F.figure_capacity(with_errors)
+    (err,) = [tr for tr in fig.data if tr.yaxis == "y2"]
+    edges = errors["edges"]
+    centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    assert list(err.x) == pytest.approx(centres, abs=1e-4)  # drawn with 6 significant digits
+    assert list(err.y) == pytest.approx(errors["error"], rel=1e-5)
+    assert list(err.error_y.array) == pytest.approx(errors["stderr"], rel=1e-5)
+    assert fig.layout.yaxis2.type == "log"
+    assert F.ERROR_REFERENCES[reference] in fig.layout.annotations[1].text
+    # W of the best trial, normalised: integrates to one over the run's lam range
+    (w,) = [tr for tr in fig.data if tr.yaxis == "y"]
+    xs, ys = list(w.x), list(w.y)
+    area = sum((b - a) * (ya + yb) / 2 for a, b, ya, yb in zip(xs, xs[1:], ys, ys[1:]))
+    assert area == pytest.approx(1.0, rel=1e-2)
+    steps = [tr for tr in fig.data if tr.yaxis == "y3"]
+    assert len(steps) == len(with_errors.best.inner)
