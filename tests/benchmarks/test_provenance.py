@@ -249,3 +249,12 @@ def test_render_only_with_allow_dirty_leaves_the_committed_json(results, monkeyp
     assert source.read_text() == before
     rendered = json.loads((results / "dirty" / "peers.json").read_text())
     assert rendered["readme"] == json.loads(before)["readme"]
+
+
+def test_committed_results_name_no_path_of_the_machine_that_ran_them():
+    """A results JSON names its files relative to the checkout (``bench-out/...``), never an
+    absolute path of the machine it ran on."""
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        text = path.read_text(encoding="utf-8")
+        for marker in ("/tmp/", "/home/", "/root/", "/work/"):
+            assert marker not in text, f"{path.name} names {marker}..."
