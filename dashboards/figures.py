@@ -169,19 +169,51 @@ def _weighted_trials(data: StudyRecord) -> list[TrialRecord]:
 # Figures
 
 
-def _lambda_panels(data: StudyRecord, points: int, top: str, bottom: str) -> tuple[go.Figure, Any]:
-    """Two panels stacked on one λ axis over the run's σ range, and that λ grid."""
+def _lambda_panels(
+    data: StudyRecord, points: int, *titles: str, spacing: float = 0.1
+) -> tuple[go.Figure, Any]:
+    """Panels (one per title) stacked on one λ axis over the run's σ range, and that λ grid."""
     sigma_min, sigma_max = data.sigma_range
     lam = lam_grid(sigma_min, sigma_max, points)
     fig = make_subplots(
         figure=_new_figure(),
-        rows=2,
+        rows=len(titles),
         cols=1,
         shared_xaxes=True,
-        vertical_spacing=0.1,
-        subplot_titles=(top, bottom),
+        vertical_spacing=spacing,
+        subplot_titles=titles,
     )
     return fig, lam
+
+
+def _w_trace(t: TrialRecord, lam: Any, line: dict[str, Any], name: str, **kw: Any) -> go.Scatter:
+    """Trial ``t``'s effective weighting W(λ), normalised to area 1, over ``lam``."""
+    return go.Scatter(
+        x=_r(lam),
+        y=_r(weighting_curves(t.objective, lam)["W_normalised"]),
+        mode="lines",
+        line=line,
+        name=name,
+        hovertemplate=f"{trial_title(t)}<br>λ=%{{x:.3g}}<br>W=%{{y:.3g}}<extra></extra>",
+        **kw,
+    )
+
+
+def _density_trace(sched: Schedule, color: str, name: str, **kw: Any) -> go.Scatter | None:
+    """The density of ``sched``'s step locations over λ (steps per unit λ), or None for a
+    schedule with no interval to draw."""
+    xs, ys = step_density(sched.sigmas)
+    if not xs:
+        return None
+    return go.Scatter(
+        x=_r(xs),
+        y=_r(ys),
+        mode="lines",
+        line_shape="hv",
+        line={"color": color, "width": 2.5},
+        name=name,
+        **kw,
+    )
 
 
 def figure_headline(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure:
@@ -196,25 +228,13 @@ def figure_headline(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure
     best = data.best
     others_shown = False
     for t in _weighted_trials(data):
-        curves = weighting_curves(t.objective, lam)
         line, group, show = _style(t, best)
         name = _trial_name(t, best)
         if group == "others":
             show, others_shown = not others_shown, True
             name = "other trials" if show else name
         fig.add_trace(
-            go.Scatter(
-                x=_r(lam),
-                y=_r(curves["W_normalised"]),
-                mode="lines",
-                line=line,
-                name=name,
-                legendgroup=group,
-                showlegend=show,
-                hovertemplate=f"{trial_title(t)}<br>λ=%{{x:.3g}}<br>W=%{{y:.3g}}<extra></extra>",
-            ),
-            row=1,
-            col=1,
+            _w_trace(t, lam, line, name, legendgroup=group, showlegend=show), row=1, col=1
         )
     lam_min, lam_max = float(lam[0]), float(lam[-1])
     fig.add_trace(
@@ -232,25 +252,13 @@ def figure_headline(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure
         for i, nfe in enumerate(sorted(best.inner)):
             sched = best.inner[nfe].tuned
             color = NFE_COLORS[i % len(NFE_COLORS)]
-            xs, ys = step_density(sched.sigmas)
             label = (
                 f"NFE {nfe}: {sched.sampler}, held-out FID "
                 f"{fid_text(held_out_mean(best, nfe, 'tuned'))}"
             )
-            if xs:
-                fig.add_trace(
-                    go.Scatter(
-                        x=_r(xs),
-                        y=_r(ys),
-                        mode="lines",
-                        line_shape="hv",
-                        line={"color": color, "width": 2.5},
-                        name=label,
-                        legendgroup=f"nfe{nfe}",
-                    ),
-                    row=2,
-                    col=1,
-                )
+            density = _density_trace(sched, color, label, legendgroup=f"nfe{nfe}")
+            if density is not None:
+                fig.add_trace(density, row=2, col=1)
             lams = step_lams(sched.sigmas)
             fig.add_trace(
                 go.Scatter(
@@ -265,7 +273,7 @@ def figure_headline(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure
                     },
                     name=f"NFE {nfe} steps",
                     legendgroup=f"nfe{nfe}",
-                    showlegend=not xs,
+                    showlegend=density is None,
                     customdata=_r(sched.sigmas[:-1]),
                     hovertemplate=f"λ=%{{x:.4g}}<br>σ=%{{customdata:.4g}}<extra>NFE {nfe}</extra>",
                 ),
@@ -299,39 +307,21 @@ def figure_capacity(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure
     standard error), and the density of its tuned sampling steps per NFE."""
     trials = _capacity_trials(data)
     reference = trials[0].lam_errors["reference"] if trials else "exact"
-    sigma_min, sigma_max = data.sigma_range
-    lam = lam_grid(sigma_min, sigma_max, points)
-    fig = make_subplots(
-        figure=_new_figure(),
-        rows=3,
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=0.07,
-        subplot_titles=(
-            "training: W(λ), normalised",
-            f"the trained model: {ERROR_REFERENCES.get(reference, reference)} per λ bin",
-            "sampling: density of the tuned step locations",
-        ),
+    fig, lam = _lambda_panels(
+        data,
+        points,
+        "training: W(λ), normalised",
+        f"the trained model: {ERROR_REFERENCES.get(reference, reference)} per λ bin",
+        "sampling: density of the tuned step locations",
+        spacing=0.07,
     )
     best = data.best
     for t in trials:
         line, group, _ = _style(t, best)
         name = _trial_name(t, best)
         if t.objective:
-            curves = weighting_curves(t.objective, lam)
-            fig.add_trace(
-                go.Scatter(
-                    x=_r(lam),
-                    y=_r(curves["W_normalised"]),
-                    mode="lines",
-                    line=line,
-                    name=name,
-                    legendgroup=group or f"t{t.number}",
-                    hovertemplate=f"{trial_title(t)}<br>λ=%{{x:.3g}}<br>W=%{{y:.3g}}<extra></extra>",
-                ),
-                row=1,
-                col=1,
-            )
+            trace = _w_trace(t, lam, line, name, legendgroup=group or f"t{t.number}")
+            fig.add_trace(trace, row=1, col=1)
         errors = t.lam_errors
         edges = [float(e) for e in errors["edges"]]
         centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
@@ -355,20 +345,11 @@ def figure_capacity(data: StudyRecord, *, points: int = LAM_POINTS) -> go.Figure
         )
     if best is not None:
         for i, nfe in enumerate(sorted(best.inner)):
-            xs, ys = step_density(best.inner[nfe].tuned.sigmas)
-            if xs:
-                fig.add_trace(
-                    go.Scatter(
-                        x=_r(xs),
-                        y=_r(ys),
-                        mode="lines",
-                        line_shape="hv",
-                        line={"color": NFE_COLORS[i % len(NFE_COLORS)], "width": 2.5},
-                        name=f"NFE {nfe} ({best.inner[nfe].tuned.sampler}), best trial",
-                    ),
-                    row=3,
-                    col=1,
-                )
+            sched = best.inner[nfe].tuned
+            color = NFE_COLORS[i % len(NFE_COLORS)]
+            density = _density_trace(sched, color, f"NFE {nfe} ({sched.sampler}), best trial")
+            if density is not None:
+                fig.add_trace(density, row=3, col=1)
     fig.update_xaxes(title_text="λ = −2 ln σ  (noise ← → clean)", row=3, col=1)
     fig.update_yaxes(title_text="W(λ)", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="error (MSE)", type="log", row=2, col=1)
