@@ -48,11 +48,12 @@ from benchmarks.outer_study import bare_heun, model_file, storage_url
 from sigmatune.models.data import load_dataset
 from sigmatune.models.denoiser import Denoiser
 from sigmatune.models.networks import make_network
-from sigmatune.models.training import TrainSettings, train
+from sigmatune.models.training import train
 from sigmatune.objectives.loss import objective_from_description
 from sigmatune.study.config import Config
 from sigmatune.study.context import make_context
 from sigmatune.study.modelfile import load_model_file
+from sigmatune.study.outer import train_settings
 from sigmatune.study.records import read_study
 from sigmatune.study.scoring import score_schedule
 from sigmatune.study.storage import open_storage
@@ -108,20 +109,11 @@ def retrain(config: Config, description: Mapping[str, Any], seed: int, folder: P
     data = load_dataset(config.dataset, seed=config.seed)
     torch.manual_seed(seed)
     net = make_network(config.network.name, dict(config.network.params), data.shape)
-    settings = TrainSettings(
-        train_nimg=config.train.train_nimg,
-        batch_size=config.train.batch_size,
-        lr=config.train.lr,
-        ema_halflife_nimg=config.train.ema_halflife_nimg,
-        seed=seed,
-        checkpoint_nimg=config.train.train_nimg,
-        grad_clip=config.train.grad_clip or None,
-    )
     result = train(
         net,
         objective_from_description(dict(description)),
         data.x,
-        settings,
+        train_settings(config, seed=seed, checkpoint_nimg=config.train.train_nimg),
         checkpoint_dir=folder,
         run_key=f"outer-check-{seed}",
         device="cpu",

@@ -102,6 +102,23 @@ def capacity(ctx: RunContext, denoiser: Denoiser) -> LamErrors:
     )
 
 
+def train_settings(
+    config: Config, *, seed: int | None = None, checkpoint_nimg: int | None = None
+) -> TrainSettings:
+    """The training settings of ``config``'s ``[train]`` table (its seed and checkpoint
+    spacing unless given)."""
+    every = config.train.checkpoint_nimg if checkpoint_nimg is None else checkpoint_nimg
+    return TrainSettings(
+        train_nimg=config.train.train_nimg,
+        batch_size=config.train.batch_size,
+        lr=config.train.lr,
+        ema_halflife_nimg=config.train.ema_halflife_nimg,
+        seed=config.seed if seed is None else seed,
+        checkpoint_nimg=every,
+        grad_clip=config.train.grad_clip or None,
+    )
+
+
 def train_model(
     ctx: RunContext,
     trial: optuna.trial.Trial,
@@ -116,15 +133,7 @@ def train_model(
     objective = objective_from_description(description)  # exactly what is stored is trained
     torch.manual_seed(config.seed)
     net = make_network(config.network.name, dict(config.network.params), ctx.shape)
-    settings = TrainSettings(
-        train_nimg=config.train.train_nimg,
-        batch_size=config.train.batch_size,
-        lr=config.train.lr,
-        ema_halflife_nimg=config.train.ema_halflife_nimg,
-        seed=config.seed,
-        checkpoint_nimg=config.train.checkpoint_nimg,
-        grad_clip=config.train.grad_clip or None,
-    )
+    settings = train_settings(config)
     # A checkpoint belongs to one study (its unique id), one original trial, one network, data
     # set and objective (the trajectory settings are checked by train itself): anything else in
     # the folder is ignored, never resumed. train_nimg is left out so a longer run continues.
