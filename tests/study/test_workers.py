@@ -243,7 +243,10 @@ def test_a_device_this_machine_lacks_fails_before_any_worker_starts(tmp_path):
 def test_sigmatune_run_with_two_workers_shares_one_study(tmp_path, how):
     import optuna
 
-    proc = _sigmatune("run", *TINY, "--storage", "sqlite:///w.db", *how, cwd=tmp_path)
+    # three trials for two workers: a worker that starts late (a loaded machine) still
+    # finds a trial left unless the other has finished two whole trials before it began
+    args = [*TINY, "--set", "outer.outer_trials=3"]
+    proc = _sigmatune("run", *args, "--storage", "sqlite:///w.db", *how, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert "sigmatune: 2 workers on cpu, cpu" in lines
@@ -256,5 +259,8 @@ def test_sigmatune_run_with_two_workers_shares_one_study(tmp_path, how):
     trained = {int(m) for m in re.findall(r"\[w(\d)\] trial +\d+ COMPLETE", proc.stdout)}
     assert trained == {0, 1}, proc.stdout
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'w.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    assert re.search(r"^best: trial [01] ", proc.stdout, re.M), proc.stdout
+    # two workers that look for work at the same moment may both start the last trial:
+    # up to one trial per extra worker beyond the budget (Optuna's documented overshoot)
+    states = [t.state.name for t in study.trials]
+    assert states in (["COMPLETE"] * 3, ["COMPLETE"] * 4), states
+    assert re.search(r"^best: trial [0-3] ", proc.stdout, re.M), proc.stdout
