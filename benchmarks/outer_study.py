@@ -63,8 +63,10 @@ from benchmarks._common import (
 )
 from benchmarks.quality import Figure
 from sigmatune.objectives.curves import lam_grid, weighting_curves
+from sigmatune.study import confirm
 from sigmatune.study.commands.hooks import run_study as run
 from sigmatune.study.config import OUTER_SAMPLERS, Config, load_config
+from sigmatune.study.context import make_context
 from sigmatune.study.records import StudyRecord, TrialRecord, read_study
 from sigmatune.study.spaces import OUTER_REDUCTION_FACTOR, outer_stop_points
 from sigmatune.study.storage import open_storage
@@ -237,6 +239,13 @@ def target_verdicts(payload: Mapping[str, Any]) -> dict[str, str]:
             if c.get(a) and c.get(b) and floor_ratio(c[a]["fid"], c[b]["fid"], fl, sp) is None:
                 undecidable.add(key)
     independent = independent_targets(c, payload.get("independent"))
+    # the confirmation (the leaders trained again with unused seeds) judges the proposed
+    # trial's target on all the models of each configuration
+    confirmed = ((payload.get("confirm") or {}).get("verdict") or {}).get(
+        "proposed_beats_literature"
+    )
+    if confirmed is not None and PROPOSED in targets:
+        independent[PROPOSED] = bool(confirmed)
     out = {
         key: verdict(
             targets[key], undecidable=key in undecidable, independent_met=independent.get(key)
@@ -626,6 +635,58 @@ def interim_text(payload: Mapping[str, Any]) -> str:
     return text
 
 
+def confirm_arm(config: Config, seeds: int, top: int = confirm.DEFAULT_TOP) -> dict[str, Any]:
+    """``sigmatune confirm`` on the study arm: its leading trials (the top ``top``, the best
+    literature configuration, the best proposed trial) trained again with ``seeds`` unused
+    seeds; the confirmations, their verdict and the training images they took."""
+    storage = open_storage(config.storage)
+    study = read_study(storage, config.name)
+    trials = confirm.pick_trials(study, top)
+    seed_list = confirm.confirm_seeds(config.seed, seeds)
+    ctx = make_context(config, storage=storage, progress=False, log=lambda _m: None)
+    t0 = time.perf_counter()
+    confirmed = confirm.confirm_study(ctx, storage, study, trials, seed_list, log=log)
+    return {
+        **confirm.confirmations_json(confirmed),
+        "seeds": seed_list,
+        "images": len(trials) * len(seed_list) * config.train.train_nimg,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def confirm_text(payload: Mapping[str, Any]) -> str:
+    """The confirmation's table and verdict (empty for a JSON without one)."""
+    conf = payload.get("confirm")
+    if not conf:
+        return ""
+    seeds = conf["seeds"]
+    rows = []
+    for t in conf["trials"]:
+        means = [sum(m["values"]) / len(m["values"]) for m in t["models"]]
+        rows.append(
+            [t["trial"], t["name"] or "proposed", *(fmt(m) for m in means)]
+            + [fmt_spread(t["mean"], t["spread"])]
+        )
+    table = format_table(
+        ["trial", "configuration", "the study's model", *(f"seed {s}" for s in seeds), "all"],
+        rows,
+    )
+    v = conf["verdict"]
+    says = {True: "beats", False: "does not beat", None: "cannot be compared with"}
+    c = payload["comparison"]
+    ratio = (c["images_study"] + conf["images"]) / c["images_literature"]
+    return (
+        f"\n\nConfirmation (`sigmatune confirm` on the study arm): the leading trials trained "
+        f"again with the unused seeds {', '.join(str(s) for s in seeds)}, each model drawn "
+        f"with its trial's tuned schedule; held-out FID at NFE {payload['nfe']}, the mean "
+        f"over each trial's models and their spread (the training seed's):\n\n{table}\n\n"
+        f"After confirmation the best is trial {v['best']}; the best proposed trial "
+        f"{says[v['proposed_beats_literature']]} the best literature configuration by more "
+        f"than both spreads. The confirmation trained {conf['images']:,} images more: the "
+        f"study's images with it are {fmt(ratio)}× the literature's.\n\n"
+    )
+
+
 def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     c = payload["comparison"]
     nfe = payload["nfe"]
@@ -694,6 +755,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     )
     text = f"{head}\n\n{table}\n\n{summary}\n\n{w_table(payload.get('W') or {})}"
     text += interim_text(payload)
+    text += confirm_text(payload)
     text += same_model_text(payload.get("same_model"))
     text += independent_text(payload.get("independent"))
     text = (
@@ -751,6 +813,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--fid-num-images", type=int, default=None, help="inner.fid_num_images (default: preset's)"
+    )
+    parser.add_argument(
+        "--confirm-seeds",
+        type=int,
+        default=2,
+        help="after the study arm, train its leading trials again with this many unused "
+        "seeds (`sigmatune confirm`); 0: no confirmation (default 2)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--threads", type=int, default=1)
@@ -828,6 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lit, lit_seconds = run_arm(literature)
         interims_file.write_text(json.dumps(interims), encoding="utf-8")
         stu, stu_seconds = run_arm(study)
+        confirmed = confirm_arm(study, args.confirm_seeds) if args.confirm_seeds else None
     payload.update(
         {
             "preset": args.preset,
@@ -868,6 +938,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     }
     payload["prune_cuts"] = pruned_rows(stu)
+    if confirmed is not None:
+        payload["confirm"] = confirmed
     payload["comparison"] = compare(payload["literature"], payload["study"], stu.floors)
     payload["comparison"]["verdicts"] = target_verdicts(payload)
     best = payload["comparison"].get("best_study")

@@ -65,6 +65,9 @@ MODEL_INFO = "sigmatune:model_info"
 REPORT_MARK = '<meta name="generator" content="sigmatune report">'
 HEARTBEAT = "sigmatune:heartbeat"  # trial (gRPC proxy only): [trial id, the worker's UNIX time]
 EXPORT = "sigmatune:export"  # outer: the attached export's artifact ids and file names
+# outer: "sigmatune:confirm:TRIAL:SEED" -> {"nfe", "values"}: the trial's configuration trained
+# again with SEED, its tuned schedule's held-out FIDs (study.confirm; written as measured)
+CONFIRM_PREFIX = "sigmatune:confirm:"
 NFE = "sigmatune:nfe"  # inner: its NFE budget
 OUTER_STUDY = "outer:study"  # inner: the outer study's name
 OUTER_TRIAL = "outer:trial"  # inner: the outer trial's number
@@ -483,6 +486,8 @@ class StudyRecord:
     directions: tuple[str, ...] = ("minimize",)
     # a sampling study's diffusers model (write_model_info): its scheduler config and range
     model_info: dict[str, Any] | None = None
+    # trial number -> training seed -> {"nfe", "values"}: ``sigmatune confirm``'s models
+    confirmations: dict[int, dict[int, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def nfe_budgets(self) -> list[int]:
@@ -972,6 +977,57 @@ def outer_study_names(storage: optuna.storages.BaseStorage) -> list[str]:
     return [s.study_name for s in storage.get_all_studies() if s.user_attrs.get(ROLE) == "outer"]
 
 
+def write_confirmation(
+    storage: optuna.storages.BaseStorage,
+    study_id: int,
+    trial: int,
+    seed: int,
+    result: Mapping[str, Any],
+) -> None:
+    """Store one retrained model's held-out figures (``study.confirm``)."""
+    storage.set_study_user_attr(study_id, f"{CONFIRM_PREFIX}{int(trial)}:{int(seed)}", dict(result))
+
+
+def confirmed_figure(study: StudyRecord, trial: TrialRecord) -> dict[str, Any] | None:
+    """The trial's figure after ``sigmatune confirm``: the held-out FID of its tuned schedule
+    at the primary NFE, the mean over its models (the study's and those trained again) and the
+    standard deviation over them; None when it has no confirmation."""
+    nfe = study.primary_nfe
+    found = {
+        seed: r["values"]
+        for seed, r in sorted(study.confirmations.get(trial.number, {}).items())
+        if int(r.get("nfe", -1)) == nfe
+    }
+    record = trial.inner.get(nfe)
+    if not found or record is None:
+        return None
+    own = record.held_out.scores["tuned"] if record.held_out is not None else (record.value,)
+    means = [_mean(own), *(_mean(v) for v in found.values())]
+    return {
+        "nfe": nfe,
+        "seeds": [int(study.config.seed), *found],
+        "mean": _mean(means),
+        "spread": _spread(means),
+        "models": len(means),
+    }
+
+
+def read_confirmations(
+    storage: optuna.storages.BaseStorage, study_id: int
+) -> dict[int, dict[int, dict[str, Any]]]:
+    """The stored confirmations: trial number -> training seed -> ``{"nfe", "values"}``."""
+    out: dict[int, dict[int, dict[str, Any]]] = {}
+    for key, value in storage.get_study_user_attrs(study_id).items():
+        if not key.startswith(CONFIRM_PREFIX):
+            continue
+        try:
+            trial, seed = (int(x) for x in key[len(CONFIRM_PREFIX) :].split(":"))
+        except ValueError:
+            continue
+        out.setdefault(trial, {})[seed] = dict(value)
+    return out
+
+
 def resolve_study_name(
     storage: optuna.storages.BaseStorage, storage_url: str, study_name: str | None
 ) -> str:
@@ -1084,6 +1140,7 @@ def read_study(storage: optuna.storages.BaseStorage, study_name: str) -> StudyRe
         export=attrs.get(EXPORT),
         directions=directions,
         model_info=attrs.get(MODEL_INFO),
+        confirmations=read_confirmations(storage, study_id),
     )
 
 

@@ -23,6 +23,7 @@ COMMANDS = {
     "tune-sampling": "tune_sampling",
     "schedule": "schedule",
     "status": "status",
+    "confirm": "confirm",
     "export": "export",
     "dashboard": "dashboard",
     "report": "report",
@@ -318,7 +319,48 @@ def _parser_status(sub: Any) -> None:
         choices=["text", "json"],
         default="text",
         help="text (a table) or json (a list of trials with number, state, name, label, "
-        "params, held_out and reason)",
+        "params, held_out, tuned_origin, reason and confirmed)",
+    )
+
+
+def _parser_confirm(sub: Any) -> None:
+    p = sub.add_parser(
+        "confirm",
+        help="train a study's leading configurations again with unused seeds, rank by all",
+        description="An outer trial's held-out spread is over sampling seeds; one model per "
+        "configuration cannot tell two configurations apart by less than the spread over "
+        "training seeds. This trains the leading trials' configurations again with seeds the "
+        "study never used, scores each new model with the trial's tuned schedule at the "
+        "primary NFE on every held-out seed set, and ranks the trials by the mean over their "
+        "models (spread: over the models). Results are stored in the study as they are "
+        "measured: run the same command again to resume, or with more --seeds to add some.",
+        epilog="examples:\n  sigmatune confirm                      # the top 3, the best "
+        "literature and the best proposed trial, 2 seeds\n  sigmatune confirm --trials 0 7 "
+        "--seeds 4   # trials 0 and 7, four more models each",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_study_args(p, positional_storage=True)
+    p.add_argument(
+        "--top",
+        type=int,
+        default=3,
+        help="confirm the N best complete trials by held-out FID at the primary NFE, plus "
+        "the best literature configuration and the best proposed trial (default 3)",
+    )
+    p.add_argument("--trials", type=int, nargs="+", metavar="N", help="these trials instead")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=2,
+        help="models trained again per trial, with seeds config seed + 1, + 2, ... (default 2)",
+    )
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's config)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--format",
+        choices=["text", "json"],
+        default="text",
+        help="text (a table and the verdict) or json (trials with their models, verdict)",
     )
 
 
@@ -433,6 +475,7 @@ PARSERS: tuple[Callable[[Any], None], ...] = (
     _parser_tune,
     _parser_schedule,
     _parser_status,
+    _parser_confirm,
     _parser_export,
     _parser_dashboard,
     _parser_report,

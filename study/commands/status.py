@@ -2,7 +2,7 @@
 
 As a table for people (:func:`format_status`) or a JSON list for scripts
 (:func:`status_json`: one object per trial with ``number``, ``state``, ``name``, ``label``,
-``params``, ``held_out`` (per NFE, as in the export) and ``reason``).
+``params``, ``held_out`` (per NFE, as in the export), ``reason`` and ``confirmed``).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def trial_json(study: StudyRecord, t: TrialRecord) -> dict[str, Any]:
         # where each budget's tuned schedule came from: "search" or a starting point's name
         "tuned_origin": {str(k): r.origin for k, r in sorted(t.inner.items())},
         "reason": t.reason,
+        # `sigmatune confirm`: the mean and spread over the trial's models, or None
+        "confirmed": records.confirmed_figure(study, t),
     }
 
 
@@ -85,6 +87,13 @@ def format_status(study: StudyRecord, *, heartbeat_grace_s: float = 30.0) -> str
         detail = []
         if t.state == "COMPLETE":
             detail = [f"nfe {k}: {records.held_out_line(r)}" for k, r in sorted(t.inner.items())]
+            confirmed = records.confirmed_figure(study, t)
+            if confirmed is not None:
+                detail.append(
+                    f"confirmed at nfe {confirmed['nfe']}: {records.fid_text(confirmed['mean'])}"
+                    f" ± {records.fid_text(confirmed['spread'], 2)} over {confirmed['models']} "
+                    f"models (training seeds {', '.join(str(s) for s in confirmed['seeds'])})"
+                )
         elif t.reason:
             detail = [t.reason]
         running = _running_note(t, heartbeat_grace_s)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from benchmarks import independent, outer_study
+from benchmarks._common import CONTRADICTED
 from benchmarks.outer_study import (
     bare_heun,
     independent_text,
@@ -254,3 +255,45 @@ def test_a_proposed_best_must_beat_the_best_literature_by_both_spreads(fid, spre
     assert c["best_study"]["name"] is None
     assert c["targets"][outer_study.PROPOSED] is met
     assert outer_study.target_verdicts({"comparison": c})[outer_study.BEST] == "met"
+
+
+def _confirmation(best_proposed_beats: bool) -> dict:
+    def trial(number, name, means, mean, spread):
+        models = [{"seed": k, "retrained": k > 0, "values": [m, m]} for k, m in enumerate(means)]
+        return {"trial": number, "name": name, "mean": mean, "spread": spread, "models": models}
+
+    trials = [
+        trial(2, None, [3.8, 4.6, 4.4], 4.27, 0.42),
+        trial(1, "rectified_flow", [4.0, 4.1, 3.9], 4.0, 0.1),
+    ]
+    return {
+        "trials": trials,
+        "verdict": {
+            "best": 2,
+            "best_literature": 1,
+            "best_proposed": 2,
+            "proposed_beats_literature": best_proposed_beats,
+        },
+        "seeds": [1, 2],
+        "images": 4 * 1000,
+    }
+
+
+def test_a_proposed_win_the_confirmation_does_not_repeat_is_contradicted():
+    """A proposed trial that wins on the study's one model per configuration but not once
+    the leaders are trained again with unused seeds: "contradicted", and the table says it."""
+    lit = [_arm_row(0, "edm", 5.0), _arm_row(1, "rectified_flow", 4.0, spread=0.05)]
+    stu = [*lit, _arm_row(2, None, 3.8, spread=0.05)]
+    c = outer_study.compare(lit, stu, {"floor": 1.0, "floor_spread": 0.05})
+    assert c["targets"][outer_study.PROPOSED] is True  # on the study's own figures
+    payload = {"comparison": c, "confirm": _confirmation(False), "nfe": 9}
+    assert outer_study.target_verdicts(payload)[outer_study.PROPOSED] == CONTRADICTED
+    payload["confirm"] = _confirmation(True)
+    assert outer_study.target_verdicts(payload)[outer_study.PROPOSED] == "met"
+    payload["confirm"] = _confirmation(False)
+    text = outer_study.confirm_text(payload)
+    assert "| 2 | proposed | 3.800 | 4.600 | 4.400 | 4.27 ± 0.42 |" in text
+    assert "does not beat the best literature configuration" in text
+    # 100 + 100 + 100 study images, 200 literature, 4,000 for the confirmation
+    assert "21.50× the literature's" in text
+    assert outer_study.confirm_text({"comparison": c}) == ""  # a JSON without one

@@ -109,8 +109,10 @@ def test_status_json_has_one_object_per_trial_with_the_contract_keys(synthetic_s
             "held_out",
             "tuned_origin",  # per NFE: "search" or the starting point's name (issue 18)
             "reason",
+            "confirmed",  # `sigmatune confirm`'s figure over the trial's models, or None
         }
         assert set(r["tuned_origin"]) == set(r["held_out"])
+        assert r["confirmed"] is None
     assert rows[0]["name"] == "edm" and rows[1]["name"] is None
     assert rows[3]["reason"].startswith("NonFiniteLossError")
     held = rows[1]["held_out"]["5"]
