@@ -46,6 +46,7 @@ __all__ = [
     "RawFeatures",
     "SmallCNN",
     "UntrustedWeightsError",
+    "WhitenedClassifierFeatures",
     "download_inception_weights",
     "get_extractor",
     "quantize_uint8",
@@ -485,6 +486,73 @@ class ClassifierFeatures(FeatureExtractor):
         return self.net.features(x.float()).double()  # [B, 128], float64
 
 
+class WhitenedClassifierFeatures(ClassifierFeatures):
+    """:class:`ClassifierFeatures` whitened by the reference set's own feature covariance
+    (centred, rotated onto its eigenvectors and each divided by its standard deviation;
+    directions with eigenvalue below :data:`WHITEN_RTOL` of the largest dropped). FID on them is
+    a Mahalanobis Frechet distance: every feature direction counts alike instead of the few
+    of largest variance. On the 8x8 digits its floor's spread is 5% of the floor where the
+    plain features' is 37% (``benchmarks.scorer_resolution``)."""
+
+    name = "classifier-whitened"
+    WHITEN_RTOL: ClassVar[float] = 1e-6
+
+    def __init__(
+        self, net: SmallCNN, config: dict[str, int], mean: Tensor, transform: Tensor
+    ) -> None:
+        super().__init__(net, config)
+        self.register_buffer("mean", mean.double())
+        self.register_buffer("transform", transform.double())
+        self.num_features = int(transform.shape[1])
+
+    @classmethod
+    def key_items(
+        cls, labels: Tensor | None, *, seed: int, weights: str | Path | None
+    ) -> dict[str, Any]:
+        items = super().key_items(labels, seed=seed, weights=weights)
+        return {**items, "whitened": {"by": "reference covariance", "rtol": cls.WHITEN_RTOL}}
+
+    @classmethod
+    def fit(
+        cls,
+        reference: Tensor,
+        labels: Tensor | None,
+        *,
+        seed: int,
+        device: torch.device,
+        weights: str | Path | None = None,
+    ) -> WhitenedClassifierFeatures:
+        plain = ClassifierFeatures.fit(reference, labels, seed=seed, device=device)
+        with torch.no_grad():
+            feats = torch.cat(
+                [
+                    plain(reference[i : i + cls.batch_size].to(device)).cpu()
+                    for i in range(0, reference.shape[0], cls.batch_size)
+                ]
+            )
+        mean = feats.mean(0)
+        centred = feats - mean
+        cov = centred.T @ centred / (feats.shape[0] - 1)
+        eigenvalues, vectors = torch.linalg.eigh(cov)
+        keep = eigenvalues > cls.WHITEN_RTOL * eigenvalues.max()
+        transform = vectors[:, keep] / eigenvalues[keep].sqrt()
+        return cls(plain.net, plain.config, mean, transform).to(device)
+
+    def cache_state(self) -> dict[str, Any]:
+        return {**super().cache_state(), "mean": self.mean.cpu(), "transform": self.transform.cpu()}
+
+    @classmethod
+    def from_cache_state(
+        cls, state: dict[str, Any], *, device: torch.device, weights: str | Path | None = None
+    ) -> WhitenedClassifierFeatures:
+        net = SmallCNN(**state["config"])
+        net.load_state_dict(state["state_dict"])
+        return cls(net, state["config"], state["mean"], state["transform"]).to(device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (super().forward(x) - self.mean) @ self.transform  # [B, K], float64
+
+
 # -- Inception ---------------------------------------------------------------------------------
 
 
@@ -653,6 +721,7 @@ class InceptionFeatures(FeatureExtractor):
 EXTRACTORS: dict[str, type[FeatureExtractor]] = {
     "inception": InceptionFeatures,
     "classifier": ClassifierFeatures,
+    "classifier-whitened": WhitenedClassifierFeatures,
     "raw": RawFeatures,
     "rff": RandomFourierFeatures,
 }

@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 POINT_DATASETS = ("gmm2d", "gmm32", "moons")  # points: an MLP, no Inception features
-FID_EXTRACTORS = ("rff", "raw", "classifier", "inception")
+FID_EXTRACTORS = ("rff", "raw", "classifier", "classifier-whitened", "inception")
 OUTER_SAMPLERS = ("tpe", "cmaes", "random")
 OUTER_PRUNERS = ("hyperband", "successive_halving", "median", "none")
 # the outer pruner's interim score (study.outer.INTERIM_SCHEDULES): the schedule it samples with

@@ -250,7 +250,7 @@ def test_fewer_than_two_images_is_an_error(tmp_path):
 
 
 def test_unknown_extractor_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown extractor 'foo'; valid: classifier, inception"):
+    with pytest.raises(ValueError, match="unknown extractor 'foo'; valid: classifier, classifier-whitened, inception"):
         ScorerSettings("foo", 10)
 
 
@@ -710,6 +710,67 @@ def test_classifier_works_on_28x28_images(tmp_path, digits_split):
         accuracy = (scorer.extractor.logits(up[1]).argmax(1) == y_test).float().mean()
     assert accuracy >= 0.9
     assert 0 <= scorer.score_tensor(up[1]) < scorer.score_tensor(up[1].flip(-1))
+
+
+def _numpy_fd(a: np.ndarray, b: np.ndarray) -> float:
+    """The Frechet distance of two feature sets' Gaussians, written out with scipy's sqrtm."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(ca @ cb).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * root))
+
+
+@pytest.fixture(scope="module")
+def whitened_scorer(digits_split, classifier_cache):
+    x_train, y_train, x_test, _ = digits_split
+    settings = ScorerSettings("classifier-whitened", len(x_test), seed=0)
+    return Scorer(x_train, y_train, settings, cache_dir=classifier_cache, **IMAGES)
+
+
+def test_whitened_classifier_features_are_white_on_their_reference(
+    whitened_scorer, digits_scorer, digits_split
+):
+    """The reference's own features come out centred with identity covariance (numpy's
+    covariance of the output), in as many directions as the plain features' covariance has
+    eigenvalues above the tolerance, from the same classifier the plain extractor trains."""
+    x_train, *_ = digits_split
+    white, plain = whitened_scorer.extractor, digits_scorer.extractor
+    state_w, state_p = white.net.state_dict(), plain.net.state_dict()
+    assert all(torch.equal(state_w[k], state_p[k]) for k in state_p)
+    with torch.no_grad():
+        f = white(x_train).numpy()
+        g = plain(x_train).numpy()
+    eig = np.linalg.eigvalsh(np.cov(g, rowvar=False))
+    assert f.shape == (len(x_train), int((eig > 1e-6 * eig.max()).sum()))
+    assert np.abs(f.mean(0)).max() < 1e-8
+    assert np.abs(np.cov(f, rowvar=False) - np.eye(f.shape[1])).max() < 1e-6
+
+
+def test_whitened_fid_is_the_mahalanobis_frechet_distance(
+    whitened_scorer, digits_split, classifier_cache
+):
+    """FID with ``classifier-whitened`` equals the Frechet distance of the plain classifier
+    features after numpy whitens them by the reference features' covariance (the formula of
+    ``benchmarks.scorer_resolution``'s whitened column), and its cache rebuilds it exactly."""
+    x_train, y_train, x_test, _ = digits_split
+    noisy = x_test + 0.2 * torch.randn(x_test.shape, generator=torch.Generator().manual_seed(3))
+    noisy = noisy.clamp(-1, 1)
+    ours = whitened_scorer.score_tensor(noisy)
+    extractor = whitened_scorer.extractor
+    with torch.no_grad():
+        plain = features.ClassifierFeatures(extractor.net, extractor.config)
+        fit_set = plain(x_train).numpy()  # what fit whitened by
+        mu = fit_set.mean(0)
+        w, v = np.linalg.eigh(np.cov(fit_set, rowvar=False))
+        keep = w > 1e-6 * w.max()
+        whiten = v[:, keep] / np.sqrt(w[keep])
+        ref_idx = whitened_scorer._split()[0]
+        ref = (plain(x_train[ref_idx]).numpy() - mu) @ whiten
+        gen = (plain(noisy).numpy() - mu) @ whiten
+    assert ours == pytest.approx(_numpy_fd(ref, gen), rel=1e-4)
+    settings = whitened_scorer.settings
+    again = Scorer(x_train, y_train, settings, cache_dir=classifier_cache, **IMAGES)
+    assert again.score_tensor(noisy) == pytest.approx(ours, rel=1e-9, abs=0)
 
 
 # -- every extractor of the registry -----------------------------------------------------------

@@ -152,7 +152,7 @@ BAD = [
     (
         {"inner.fid_extractor": "clip"},
         r"inner\.fid_extractor must be one of rff, raw, "
-        r"classifier, inception, but got 'clip'",
+        r"classifier, classifier-whitened, inception, but got 'clip'",
     ),
     (
         {"inner.fid_extractor": "inception"},
