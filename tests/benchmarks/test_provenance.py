@@ -48,6 +48,7 @@ DEFAULT_RUNS = {
     "benchmarks.quality_analytic": [],
     "benchmarks.quality_trained": [],
     "benchmarks.scorer_resolution": [],
+    "benchmarks.scorer_separation": [],
     "benchmarks.storage_overhead": [],
 }
 
