@@ -43,6 +43,7 @@ from typing import Any
 
 from benchmarks._common import (
     BENCH_OUT,
+    CONTRADICTED,
     MET,
     RESULTS_DIR,
     UNDECIDABLE,
@@ -84,6 +85,9 @@ IMAGES, BEST, EDM, PROPOSED = (
 # the verdict of a target met by the study's best where that best is an enqueued literature
 # configuration (it is the literature arm's own model): met by construction, not by the search
 BY_CONSTRUCTION = "met only because the best is an enqueued literature configuration"
+# a proposed win on the study's one model per configuration that the leaders trained again
+# with unused seeds (the confirmation) do not repeat
+NOT_CONFIRMED = "contradicted by training again with other seeds"
 
 
 def storage_url(folder: Path) -> str:
@@ -252,6 +256,8 @@ def target_verdicts(payload: Mapping[str, Any]) -> dict[str, str]:
         )
         for key in targets
     }
+    if confirmed is not None and out.get(PROPOSED) == CONTRADICTED:
+        out[PROPOSED] = NOT_CONFIRMED
     enqueued_best = (c.get("best_study") or {}).get("name") is not None
     if enqueued_best and out.get(BEST) == MET:
         out[BEST] = BY_CONSTRUCTION

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from benchmarks import independent, outer_study
-from benchmarks._common import CONTRADICTED
 from benchmarks.outer_study import (
     bare_heun,
     independent_text,
@@ -287,7 +286,7 @@ def test_a_proposed_win_the_confirmation_does_not_repeat_is_contradicted():
     c = outer_study.compare(lit, stu, {"floor": 1.0, "floor_spread": 0.05})
     assert c["targets"][outer_study.PROPOSED] is True  # on the study's own figures
     payload = {"comparison": c, "confirm": _confirmation(False), "nfe": 9}
-    assert outer_study.target_verdicts(payload)[outer_study.PROPOSED] == CONTRADICTED
+    assert outer_study.target_verdicts(payload)[outer_study.PROPOSED] == outer_study.NOT_CONFIRMED
     payload["confirm"] = _confirmation(True)
     assert outer_study.target_verdicts(payload)[outer_study.PROPOSED] == "met"
     payload["confirm"] = _confirmation(False)
