@@ -102,6 +102,15 @@ def format_status(study: StudyRecord, *, heartbeat_grace_s: float = 30.0) -> str
         if t.note:
             detail.append(t.note)
         lines += [f"{'':>5}    {d}" for d in detail]
+    confirmed = {t.number: records.confirmed_figure(study, t) for t in study.complete}
+    confirmed = {n: c for n, c in confirmed.items() if c is not None}
+    if confirmed:
+        best = min(confirmed, key=lambda n: (confirmed[n]["mean"], n))
+        name = study.trial(best).name or "proposed"
+        lines.append(
+            f"best of the {len(confirmed)} confirmed trial(s) (`sigmatune confirm`): trial {best} "
+            f"({name}), {records.fid_text(confirmed[best]['mean'])} over its models"
+        )
     return "\n".join(lines)
 
 

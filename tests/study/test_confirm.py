@@ -118,10 +118,14 @@ def test_a_confirmation_is_stored_and_never_measured_twice(toy_copy, monkeypatch
 
     # status shows the same figure over the models, in text and JSON
     assert main(["status", toy_copy.url]) == 0
-    [line] = [x for x in capsys.readouterr().out.splitlines() if "confirmed at nfe" in x]
+    status_text = capsys.readouterr().out
+    [line] = [x for x in status_text.splitlines() if "confirmed at nfe" in x]
     best_row = [x for x in first.splitlines() if x.startswith(f"{study.best.number} ")][0]
     assert line.split(": ")[1].split(" over ")[0] == best_row.split("  ")[-1]
     assert "over 2 models (training seeds 0, 1)" in line
+    assert f"best of the 1 confirmed trial(s) (`sigmatune confirm`): trial {study.best.number}" in (
+        status_text
+    )
     assert main(["status", toy_copy.url, "--format", "json"]) == 0
     rows = {r["number"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows[study.best.number]["confirmed"]["models"] == 2
