@@ -10,6 +10,9 @@ seeds reversed the order (``benchmarks/outer_check.py``). So before a winner is 
 new model with the trial's tuned schedule at the primary NFE and scores it on every held-out
 seed set. A trial's confirmed figure is the mean over its models (the study's and the
 retrained ones) of their held-out FIDs, its spread the standard deviation over those models.
+The schedule was tuned on the study's model, not on the retrained ones: the study's model
+keeps a small advantage over its replicates, alike for every trial, so the ranking of
+configurations is fair while a trial's mean leans slightly towards its study model's score.
 
 Each (trial, seed) result is stored as a study user attribute the moment it is measured, and
 training resumes its own checkpoints, so a killed ``sigmatune confirm`` resumes with the same
