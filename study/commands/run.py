@@ -82,6 +82,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"  NFE {primary}, held-out: {held_out_line(best.inner[primary])}")
     print(
         f"results: {where} (study {config.name!r}); `sigmatune status --storage {where}`, "
-        f"`sigmatune export --storage {where}`, `sigmatune dashboard {where}`"
+        f"`sigmatune export --storage {where}`, `sigmatune dashboard {where}`; before "
+        f"calling a winner, `sigmatune confirm --storage {where}` (the leaders trained again "
+        "with other seeds)"
     )
     return 0
