@@ -159,7 +159,13 @@ def reference_figure(args: argparse.Namespace, ctx: RunContext, D: Denoiser, nim
     config = ctx.config
     sigmas = karras(args.ref_steps, config.sigma_min, config.sigma_max, spaces.KARRAS_RHO)
     reference = Schedule("heun", tuple(float(s) for s in sigmas))
-    key = {"nimg": nimg, "steps": args.ref_steps, "seeds": ctx.seeds.to_dict(), "seed": args.seed}
+    key = {
+        "nimg": nimg,
+        "steps": args.ref_steps,
+        "seeds": ctx.seeds.to_dict(),
+        "seed": args.seed,
+        "extractor": config.inner.fid_extractor,  # the same images score otherwise by another
+    }
     cache = Path(args.work) / f"reference-{short_hash(key)}.json"
     if cache.is_file():
         return Figure.of(json.loads(cache.read_text())["values"])

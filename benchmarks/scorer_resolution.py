@@ -104,6 +104,7 @@ def measure(
         "extractor": extractor,
         "fid_num_images": n,
         "preset_fid_num_images": config.inner.fid_num_images,
+        "preset_extractor": config.inner.fid_extractor,
         "floors": floors.to_dict(),
         "floor": floors.floor,
         "floor_spread": floors.floor_spread,
@@ -277,12 +278,21 @@ def _noise(r: Mapping[str, Any]) -> str:
     return f"{im['plain_noise_spreads']:.1f} / {white}"
 
 
+# The presets' extractors that changed after a results JSON was written without recording them
+# (rows without "preset_extractor"): digits scored by the plain classifier until 941bbd8.
+EXTRACTORS_BEFORE_RECORDED = {"digits": "classifier"}
+
+
 def _is_preset(r: Mapping[str, Any]) -> bool:
+    """Whether the row is its preset's own scorer, as the preset was when the row was run."""
     default = load_config(r["preset"])
+    extractor = r.get("preset_extractor") or EXTRACTORS_BEFORE_RECORDED.get(
+        r["preset"], default.inner.fid_extractor
+    )
     return (
         r["dataset"] == default.dataset
         and r["fid_num_images"] == r["preset_fid_num_images"]
-        and r["extractor"] == default.inner.fid_extractor
+        and r["extractor"] == extractor
     )
 
 

@@ -146,7 +146,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     rows = []
-    names: list[str] = list(payload["rows"][0]["scores"]) if payload["rows"] else []
+    # the reference first, then the NFEs as drawn (a JSON's keys are stored sorted)
+    names = sorted(
+        payload["rows"][0]["scores"] if payload["rows"] else (),
+        key=lambda n: (
+            not n.startswith("reference"),
+            -int(n.rsplit(" ", 1)[-1]) if "NFE" in n else 0,
+        ),
+    )
     for r in payload["rows"]:
         t = r["targets"]
         rows.append(

@@ -40,7 +40,7 @@ def test_toy_preset_is_sized_for_two_cpu_cores():
 
 def test_image_presets_use_image_features():
     digits, mnist, cifar = load_config("digits"), load_config("mnist"), load_config("cifar10")
-    assert digits.dataset == "digits" and digits.inner.fid_extractor == "classifier"
+    assert digits.dataset == "digits" and digits.inner.fid_extractor == "classifier-whitened"
     assert digits.network.params["channels"] == 32
     assert digits.network.params["channel_mult"] == [1, 2]
     assert digits.inner.nfe_budgets == (5, 9)
