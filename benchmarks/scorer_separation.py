@@ -58,13 +58,20 @@ TARGET_SEPARATION = 4.0  # (karras NFE 15 - reference) / the larger spread
 QUICK = {"nimg": 4096, "ref_steps": 16, "images": 200}
 
 
+def schedule_names(ref_steps: int) -> list[str]:
+    """The schedules' names in the order they are drawn and shown: the reference, then karras
+    rho=7 at each of :data:`NFES`."""
+    return [f"reference ({ref_steps} steps)", *(f"karras ρ=7, NFE {nfe}" for nfe in NFES)]
+
+
 def schedules(config: Any, ref_steps: int) -> dict[str, tuple[float, ...]]:
-    """The schedules drawn: the reference first, then karras rho=7 at each of :data:`NFES`."""
+    """The schedules drawn, by :func:`schedule_names`."""
     smin, smax = float(config.sigma_min), float(config.sigma_max)
-    out = {f"reference ({ref_steps} steps)": karras(ref_steps, smin, smax, KARRAS_RHO)}
-    for nfe in NFES:
-        out[f"karras ρ=7, NFE {nfe}"] = karras(steps_for_nfe("heun", nfe), smin, smax, KARRAS_RHO)
-    return {k: tuple(float(s) for s in v) for k, v in out.items()}
+    steps = [ref_steps, *(steps_for_nfe("heun", nfe) for nfe in NFES)]
+    return {
+        name: tuple(float(s) for s in karras(n, smin, smax, KARRAS_RHO))
+        for name, n in zip(schedule_names(ref_steps), steps)
+    }
 
 
 def images(
@@ -146,14 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     rows = []
-    # the reference first, then the NFEs as drawn (a JSON's keys are stored sorted)
-    names = sorted(
-        payload["rows"][0]["scores"] if payload["rows"] else (),
-        key=lambda n: (
-            not n.startswith("reference"),
-            -int(n.rsplit(" ", 1)[-1]) if "NFE" in n else 0,
-        ),
-    )
+    names = schedule_names(payload["ref_steps"])  # a JSON's keys are stored sorted
     for r in payload["rows"]:
         t = r["targets"]
         rows.append(

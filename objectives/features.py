@@ -545,9 +545,8 @@ class WhitenedClassifierFeatures(ClassifierFeatures):
     def from_cache_state(
         cls, state: dict[str, Any], *, device: torch.device, weights: str | Path | None = None
     ) -> WhitenedClassifierFeatures:
-        net = SmallCNN(**state["config"])
-        net.load_state_dict(state["state_dict"])
-        return cls(net, state["config"], state["mean"], state["transform"]).to(device)
+        plain = ClassifierFeatures.from_cache_state(state, device=device)
+        return cls(plain.net, plain.config, state["mean"], state["transform"]).to(device)
 
     def forward(self, x: Tensor) -> Tensor:
         return (super().forward(x) - self.mean) @ self.transform  # [B, K], float64
