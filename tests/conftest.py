@@ -246,6 +246,22 @@ def _build_synthetic_study(directory: Path, name: str) -> SyntheticStudy:
 
 
 @pytest.fixture(scope="session")
+def race():
+    """``race(fn, args, n)``: ``fn(*args)`` in ``n`` processes forked from this one and released
+    together at a barrier (tests/racers.py); one traceback, or ``""``, per process."""
+    import importlib.util
+    import sys
+
+    name = "sigmatune_tests_racers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("racers.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].race
+
+
+@pytest.fixture(scope="session")
 def _synthetic_template(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
     return build_synthetic_study(tmp_path_factory.mktemp("synth-template"))
 

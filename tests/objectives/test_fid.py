@@ -250,7 +250,8 @@ def test_fewer_than_two_images_is_an_error(tmp_path):
 
 
 def test_unknown_extractor_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown extractor 'foo'; valid: classifier, classifier-whitened, inception"):
+    valid = "classifier, classifier-whitened, inception"
+    with pytest.raises(ValueError, match=f"unknown extractor 'foo'; valid: {valid}"):
         ScorerSettings("foo", 10)
 
 

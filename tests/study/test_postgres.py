@@ -5,6 +5,7 @@ and Optuna's gRPC storage proxy with the heartbeats sigmatune adds to it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import subprocess
@@ -66,36 +67,15 @@ def test_postgresql_psycopg_url_stores_a_study_that_a_bare_postgresql_url_reads(
     assert again.best_value == pytest.approx(min(t.value for t in study.trials))
 
 
-def test_workers_opening_one_new_database_at_once_all_get_the_storage(postgres, tmp_path):
+def test_workers_opening_one_new_database_at_once_all_get_the_storage(postgres, race):
     """`run --workers N` or N hosts started together on a new database race to create its
     tables; PostgreSQL tells the loser DuplicateTable (a ProgrammingError) or a unique
     violation in its catalogue. Each is retried, never reported, and every table is made."""
-    code = textwrap.dedent(
-        """
-        import sys, time
-        from pathlib import Path
-        from sigmatune.study.storage import make_storage
-        url, start = sys.argv[1], Path(sys.argv[2])
-        while not start.exists():
-            time.sleep(0.001)
-        make_storage(url, heartbeat_interval=1)
-        """
-    )
+    opener = functools.partial(make_storage, heartbeat_interval=1)
     for round_ in range(3):  # the race is timing-dependent: a few fresh databases
         database = postgres.create_database(f"race_{round_}_{len(postgres.databases)}")
-        start = tmp_path / f"start{round_}"
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", code, postgres.url(database), str(start)],
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(6)
-        ]
-        time.sleep(4.0)  # every process has imported and waits for the start file
-        start.touch()
-        errors = [p.communicate(timeout=120)[1] for p in procs]
-        assert [p.returncode for p in procs] == [0] * 6, errors
+        errors = race(opener, (postgres.url(database),), 6)
+        assert errors == [""] * 6, "\n".join(errors)
         assert {"studies", "trials", "version_info", "alembic_version"} <= set(
             _tables(postgres, database)
         )

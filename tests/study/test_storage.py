@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
 import optuna
@@ -147,23 +148,24 @@ def test_artifact_dir_given_or_for_servers(tmp_path):
     assert artifact_dir_for(f"journal:{tmp_path / 'j.log'}") == tmp_path / "j-artifacts"
 
 
-def test_processes_creating_one_new_sqlite_file_at_once_all_get_the_storage(tmp_path):
+def test_processes_creating_one_new_sqlite_file_at_once_all_get_the_storage(tmp_path, race):
     """Two `sigmatune run` started together race to create the tables of a new SQLite file;
     the loser's "already exists" / unique-constraint error is retried, not reported."""
-    import subprocess
-    import sys
-
     for round_ in range(3):  # the race is timing-dependent: a few fresh files
-        code = (
-            "from sigmatune.study.storage import make_storage; "
-            f"make_storage('sqlite:///{tmp_path / f'race{round_}.db'}', heartbeat_interval=1)"
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        errors = race(functools.partial(make_storage, heartbeat_interval=1), (url,), 6)
+        assert errors == [""] * 6, "\n".join(errors)
+        assert {"studies", "trials", "version_info"} <= _sqlite_tables(
+            tmp_path / f"race{round_}.db"
         )
-        procs = [
-            subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-            for _ in range(6)
-        ]
-        errors = [p.communicate(timeout=120)[1] for p in procs]
-        assert [p.returncode for p in procs] == [0] * 6, errors
+
+
+def _sqlite_tables(path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
 
 
 def test_a_schema_half_created_by_another_run_is_not_another_programs_database(tmp_path):
