@@ -151,13 +151,12 @@ def test_artifact_dir_given_or_for_servers(tmp_path):
 def test_processes_creating_one_new_sqlite_file_at_once_all_get_the_storage(tmp_path, race):
     """Two `sigmatune run` started together race to create the tables of a new SQLite file;
     the loser's "already exists" / unique-constraint error is retried, not reported."""
+    opener = functools.partial(make_storage, heartbeat_interval=1)
     for round_ in range(3):  # the race is timing-dependent: a few fresh files
-        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
-        errors = race(functools.partial(make_storage, heartbeat_interval=1), (url,), 6)
+        path = tmp_path / f"race{round_}.db"
+        errors = race(opener, (f"sqlite:///{path}",), 6)
         assert errors == [""] * 6, "\n".join(errors)
-        assert {"studies", "trials", "version_info"} <= _sqlite_tables(
-            tmp_path / f"race{round_}.db"
-        )
+        assert {"studies", "trials", "version_info"} <= _sqlite_tables(path)
 
 
 def _sqlite_tables(path) -> set[str]:
