@@ -22,8 +22,8 @@ stored in ``study/presets/``) with top-level keys and four tables::
                densities, weightings, adaptive, piecewise_bins, enqueue_baseline, literature,
                objectives
     [inner]    inner_trials, nfe_budgets, samplers, sampler, space, objective, tune_sigma_range,
-               tune_churn, fid_num_images, held_out_sets, fid_extractor, fid_inception_weights,
-               kid, batch_size, prune, peers
+               tune_churn, fid_num_images, search_images, held_out_sets, fid_extractor,
+               fid_inception_weights, kid, batch_size, prune, peers
 
 Every key has a default (the dataclass fields below), so a file need only state what differs.
 Unknown keys, at any level, are errors; so are wrong types and out-of-range values. All the
@@ -447,6 +447,9 @@ class InnerConfig:
     tune_sigma_range: bool = _field(False, _bool)
     tune_churn: bool = _field(False, _bool)
     fid_num_images: int = _field(1000, lambda v: _bounded_int(v, 2, None))
+    # images per search trial (the search seeds, the first of fid_num_images's); 0: all of
+    # them. The search only ranks; every reported figure stays on fid_num_images per set.
+    search_images: int = _field(0, lambda v: _bounded_int(v, 0, None))
     # held-out seed sets every reported figure is re-scored on (mean and spread)
     held_out_sets: int = _field(3, lambda v: _bounded_int(v, MIN_HELD_OUT_SETS, None))
     fid_extractor: str = _field("rff", _choice(FID_EXTRACTORS))
@@ -681,6 +684,12 @@ def _cross_checks(values: dict[str, Any], errors: list[str]) -> None:
         errors.append(
             f"outer.interim_sigma_range must be [] (the default) or [low, high] with "
             f"sigma_min={smin} <= low < high <= sigma_max={smax}, but got {list(pair)}"
+        )
+    search, images = inner.get("search_images"), inner.get("fid_num_images")
+    if search is not None and images is not None and not (search == 0 or 2 <= search <= images):
+        errors.append(
+            f"inner.search_images must be 0 (all of inner.fid_num_images) or an integer in "
+            f"[2, inner.fid_num_images={images}], but got {search}"
         )
     budgets, samplers = inner.get("nfe_budgets"), inner.get("samplers")
     if budgets is not None and samplers is not None:

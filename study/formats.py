@@ -442,7 +442,7 @@ def export_document(study: StudyRecord, trial: int | None = None, nfe: int | Non
         "fid_settings": {
             "extractor": study.config.inner.fid_extractor,
             "num_images": study.seeds.num_images,
-            "search_seeds": [study.seeds.search_start, study.seeds.num_images],
+            "search_seeds": [study.seeds.search_start, study.seeds.search_images],
             "held_out_seeds": study.seeds.export(),
             "floors": study.floors,
         },

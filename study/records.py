@@ -153,14 +153,25 @@ class StudyLayoutError(ValueError):
 class SeedPlan:
     """Which seeds generate which images (one seed per image, edm2's convention).
 
-    The search ranks every inner trial on the same ``num_images`` seeds from ``search_start``
-    (common random numbers); every reported figure is re-scored on ``held_out_sets`` further
-    sets of ``num_images`` seeds each, from ``held_out_start`` on, disjoint from the search.
+    The search ranks every inner trial on the same ``search_images`` seeds from
+    ``search_start`` (common random numbers; by default all ``num_images`` of them); every
+    reported figure is re-scored on ``held_out_sets`` further sets of ``num_images`` seeds
+    each, from ``held_out_start = search_start + num_images`` on, disjoint from the search.
     """
 
     search_start: int
     num_images: int
     held_out_sets: int
+    search_images: int = 0  # 0: num_images
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.search_images <= self.num_images:
+            raise ValueError(
+                f"search_images must be in [0, num_images={self.num_images}], "
+                f"but got {self.search_images}"
+            )
+        if self.search_images == 0:
+            object.__setattr__(self, "search_images", self.num_images)
 
     @classmethod
     def for_config(cls, config: Config) -> SeedPlan:
@@ -168,11 +179,12 @@ class SeedPlan:
             search_start=1_000_000 * int(config.seed),
             num_images=int(config.inner.fid_num_images),
             held_out_sets=int(config.inner.held_out_sets),
+            search_images=int(config.inner.search_images),
         )
 
     @property
     def search(self) -> range:
-        return range(self.search_start, self.search_start + self.num_images)
+        return range(self.search_start, self.search_start + self.search_images)
 
     @property
     def held_out_start(self) -> int:
@@ -194,11 +206,18 @@ class SeedPlan:
             "search_start": self.search_start,
             "num_images": self.num_images,
             "held_out_sets": self.held_out_sets,
+            "search_images": self.search_images,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SeedPlan:
-        return cls(int(d["search_start"]), int(d["num_images"]), int(d["held_out_sets"]))
+        """From :meth:`to_dict` (a study stored before ``search_images`` searched on all)."""
+        return cls(
+            int(d["search_start"]),
+            int(d["num_images"]),
+            int(d["held_out_sets"]),
+            int(d.get("search_images") or 0),
+        )
 
 
 # ============================================================================================

@@ -46,6 +46,29 @@ def test_held_out_seeds_never_overlap_the_search_seeds():
         plan.held_out(sets)
 
 
+def test_a_smaller_search_ranks_on_a_prefix_and_leaves_the_held_out_sets_as_they_were():
+    full = SeedPlan.for_config(load_config("toy", {"inner.fid_num_images": 300}))
+    small = SeedPlan.for_config(
+        load_config("toy", {"inner.fid_num_images": 300, "inner.search_images": 100})
+    )
+    assert list(small.search) == list(full.search)[:100]
+    assert [list(small.held_out(k)) for k in range(3)] == [list(full.held_out(k)) for k in range(3)]
+    assert small.export() == full.export()
+    assert SeedPlan.from_dict(small.to_dict()) == small
+    # a plan stored before search_images existed searched on all its images
+    old = {k: v for k, v in full.to_dict().items() if k != "search_images"}
+    assert SeedPlan.from_dict(old) == full and len(full.search) == 300
+
+
+@pytest.mark.parametrize("value", [1, 301, -1, 2.5])
+def test_a_search_larger_than_the_held_out_sets_or_under_two_images_is_refused(value):
+    from sigmatune.study.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"inner\.search_images") as info:
+        load_config("toy", {"inner.fid_num_images": 300, "inner.search_images": value})
+    assert repr(value) in str(info.value) or str(value) in str(info.value)
+
+
 def test_fewer_than_three_held_out_sets_are_refused():
     from sigmatune.study.config import ConfigError
 
