@@ -169,8 +169,9 @@ def study_note(data: StudyRecord) -> str:
         f"## sigmatune study `{data.name}`",
         "",
         f"Data set `{cfg.dataset}`; NFE budgets {budgets} (primary first); FID with the "
-        f"`{cfg.inner.fid_extractor}` extractor on {data.seeds.num_images} images, re-scored on "
-        f"{data.seeds.held_out_sets} held-out seed sets (mean ± spread).{_floor_text(data)}",
+        f"`{cfg.inner.fid_extractor}` extractor on {data.seeds.num_images} images"
+        f"{data.seeds.search_note}, re-scored on {data.seeds.held_out_sets} held-out seed "
+        f"sets (mean ± spread).{_floor_text(data)}",
         "",
         dashboard_help(data),
         "",

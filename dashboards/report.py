@@ -237,7 +237,8 @@ def render_report(data: StudyRecord, *, export: dict[str, Any] | None = None) ->
         f'<p class="muted">data set <code>{_e(cfg.dataset)}</code> · '
         f"{len(data.trials)} trial(s), {len(data.complete)} complete · NFE budgets "
         f"{_e(data.nfe_budgets)} (primary first) · FID: <code>"
-        f"{_e(cfg.inner.fid_extractor)}</code> features of {data.seeds.num_images} images; "
+        f"{_e(cfg.inner.fid_extractor)}</code> features of {data.seeds.num_images} images"
+        f"{_e(data.seeds.search_note)}; "
         f"every FID below is re-scored on {data.seeds.held_out_sets} held-out seed sets "
         f"(mean ± spread).{_e(floor)}</p>",
         "<p>The outer study tunes the training weighting (parameterisation, loss weight w(σ), "

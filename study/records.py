@@ -197,6 +197,13 @@ class SeedPlan:
         start = self.held_out_start + k * self.num_images
         return range(start, start + self.num_images)
 
+    @property
+    def search_note(self) -> str:
+        """`` (the search ranks on N)`` where the search uses fewer images than a held-out
+        set, else empty: for the lines that name the images a figure is scored on."""
+        n = self.search_images
+        return "" if n == self.num_images else f" (the search ranks on {n})"
+
     def export(self) -> list[int]:
         """``[first held-out seed, images per set, number of sets]`` (the export contract)."""
         return [self.held_out_start, self.num_images, self.held_out_sets]

@@ -65,8 +65,8 @@ def format_status(study: StudyRecord, *, heartbeat_grace_s: float = 30.0) -> str
     the next columns), the held-out figures per NFE below it."""
     lines = [
         f"study {study.name} ({study.kind}): {len(study.trials)} trial(s); FID with the "
-        f"{study.config.inner.fid_extractor!r} extractor on {study.seeds.num_images} images, "
-        f"held-out over {study.seeds.held_out_sets} seed sets",
+        f"{study.config.inner.fid_extractor!r} extractor on {study.seeds.num_images} images"
+        f"{study.seeds.search_note}, held-out over {study.seeds.held_out_sets} seed sets",
     ]
     if study.floors:
         fl = study.floors

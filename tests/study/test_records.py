@@ -54,6 +54,7 @@ def test_a_smaller_search_ranks_on_a_prefix_and_leaves_the_held_out_sets_as_they
     assert list(small.search) == list(full.search)[:100]
     assert [list(small.held_out(k)) for k in range(3)] == [list(full.held_out(k)) for k in range(3)]
     assert small.export() == full.export()
+    assert small.search_note == " (the search ranks on 100)" and full.search_note == ""
     assert SeedPlan.from_dict(small.to_dict()) == small
     # a plan stored before search_images existed searched on all its images
     old = {k: v for k, v in full.to_dict().items() if k != "search_images"}
