@@ -5,7 +5,9 @@ The search only ranks schedules; every figure it reports is re-scored on the hel
 ``inner.fid_num_images`` images each. So the search may rank on fewer images than a figure
 needs, if the ranking holds. For each number of search images, NFE budget and study seed, one
 inner study is run on the same trained model as the product runs it (``study.inner``, the
-digits preset: its starting points, peers, pruning and trial budget), and the table gives:
+digits preset: its starting points, peers, pruning and trial budget; with the σ range searched
+too, as in ``benchmarks.peers``, since on the preset's fixed full range every search at NFE 5
+ended at a starting point), and the table gives:
 
 - inner trials a minute: the trials the search finished (complete or pruned, its starting
   points included) over the wall time of ``inner.run_search`` alone;
@@ -74,6 +76,9 @@ def study_config(
         "device": "cpu",
         "inner.nfe_budgets": [nfe],
         "inner.search_images": images if images < args.fid_images else 0,
+        # the σ range searched too (as benchmarks.peers does): on the preset's fixed full
+        # range every NFE 5 study ends at a starting point (LD3, held-out FID about 220)
+        "inner.tune_sigma_range": True,
     }
     if args.quick:
         overrides["inner.fid_num_images"] = args.fid_images
@@ -212,8 +217,8 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     caption = (
         f"Images per search trial on the digits model ({payload['model']}): one inner study per "
         f"arm, NFE and study seed ({st['seeds']}), the digits preset's search "
-        f"({payload['trials']} trials, pruning on); held-out FID on {base} images × 3 sets, "
-        f"the same seeds for every arm."
+        f"({payload['trials']} trials, pruning on, the σ range searched too); held-out FID on "
+        f"{base} images × 3 sets, the same seeds for every arm."
     )
     text = "\n".join([caption, "", table, "", *lines, "", machine_line(payload["machine"])])
     return {"search_images": text}
