@@ -49,6 +49,7 @@ DEFAULT_RUNS = {
     "benchmarks.quality_trained": [],
     "benchmarks.scorer_resolution": [],
     "benchmarks.scorer_separation": [],
+    "benchmarks.search_images": [],
     "benchmarks.storage_overhead": [],
 }
 
