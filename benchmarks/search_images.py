@@ -157,19 +157,44 @@ def summary(rows: Sequence[Mapping[str, Any]], base: int) -> list[dict[str, Any]
     return out
 
 
-def verdict(rows: Sequence[Mapping[str, Any]], base: int) -> dict[str, Any]:
-    """The issue's target for each smaller arm: >= 3x trials a minute at every NFE, held-out
-    FID equal or better (within both spreads) at every NFE."""
+def paired(rows: Sequence[Mapping[str, Any]], base: int) -> dict[str, dict[str, int]]:
+    """Each smaller arm against the all-images arm on the same NFE and study seed (the same
+    trained model and held-out seeds): how many of those studies it ends worse, or better,
+    beyond both studies' held-out spreads, and how many within them."""
+    by_key = {(r["nfe"], r["seed"], r["images"]): r for r in rows}
+    out: dict[str, dict[str, int]] = {}
+    for (nfe, seed, images), r in sorted(by_key.items()):
+        ref = by_key.get((nfe, seed, base))
+        if images == base or ref is None:
+            continue
+        counts = out.setdefault(str(images), {"worse": 0, "better": 0, "within": 0})
+        bound = r["held_out_spread"] + ref["held_out_spread"]
+        diff = r["held_out"] - ref["held_out"]
+        counts["worse" if diff > bound else "better" if -diff > bound else "within"] += 1
+    return out
+
+
+def verdict(
+    summary_rows: Sequence[Mapping[str, Any]], pairs: Mapping[str, Mapping[str, int]], base: int
+) -> dict[str, Any]:
+    """The issue's target for each smaller arm: >= 3x trials a minute at every NFE and
+    held-out FID equal or better, by the means over seeds within both spreads at every NFE;
+    contradicted by the paired comparison where the arm ends worse beyond the held-out spreads
+    in more paired studies than it ends better."""
     out = {}
-    for images in sorted({r["images"] for r in rows if r["images"] != base}, reverse=True):
-        arms = [r for r in rows if r["images"] == images]
+    for images in sorted({r["images"] for r in summary_rows if r["images"] != base}, reverse=True):
+        arms = [r for r in summary_rows if r["images"] == images]
         fast = all(r["speed_ratio"] >= TARGET_SPEED for r in arms)
         good = all(r["fid_equal_or_better"] for r in arms)
+        pair = pairs.get(str(images), {"worse": 0, "better": 0, "within": 0})
+        contradicted = pair["worse"] > pair["better"]
         out[str(images)] = {
             "speed_ratio_min": min(r["speed_ratio"] for r in arms),
             "fid_ratio_max": max(r["fid_ratio"] for r in arms),
             "fid_equal_or_better": good,
-            "met": fast and good,
+            "paired": dict(pair),
+            "contradicted": contradicted,
+            "met": fast and good and not contradicted,
         }
     return out
 
@@ -208,11 +233,21 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     lines = []
     for images, v in payload["verdict"].items():
         met = "met" if v["met"] else "missed"
+        clause = ""
+        if "paired" in v:  # (results written before the paired comparison have none)
+            pair = v["paired"]
+            clause = (
+                f"; paired with the all-images study of the same seed: worse beyond both "
+                f"held-out spreads in {pair['worse']}, better in {pair['better']}, within in "
+                f"{pair['within']}"
+            )
+            if v["contradicted"]:
+                met = "contradicted by the paired comparison"
         lines.append(
             f"- {images} search images: at least {fmt(v['speed_ratio_min'], 3)}× the inner "
             f"trials a minute of all {base} (target ≥ {TARGET_SPEED:g}×), held-out FID at most "
             f"{fmt(v['fid_ratio_max'], 3)}× (equal or better within the spreads at every NFE: "
-            f"{'yes' if v['fid_equal_or_better'] else 'no'}): **{met}**."
+            f"{'yes' if v['fid_equal_or_better'] else 'no'}{clause}): **{met}**."
         )
     caption = (
         f"Images per search trial on the digits model ({payload['model']}): one inner study per "
@@ -285,7 +320,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
                         f"{fmt(r['held_out'])} ± {fmt(r['held_out_spread'], 2)} ({r['origin']})"
                     )
     payload["summary"] = summary(payload["rows"], args.fid_images)
-    payload["verdict"] = verdict(payload["summary"], args.fid_images)
+    pairs = paired(payload["rows"], args.fid_images)
+    payload["verdict"] = verdict(payload["summary"], pairs, args.fid_images)
     payload["wall_seconds"] = time.perf_counter() - t0
     publish(NAME, payload, render_readme, args.out)
     return payload
