@@ -42,7 +42,7 @@ Optuna storage (SQLite by default) and can be viewed with optuna-dashboard.
 
 RUN_EPILOG = """\
 examples:
-  sigmatune run --preset toy                 # a one-minute look on a 2-D Gaussian mixture
+  sigmatune run --preset toy                 # a two-minute look on a 2-D Gaussian mixture
   sigmatune run --preset digits              # 8x8 digits, small U-Net, classifier FID
   sigmatune run my.toml --outer-trials 20    # your own config; resumes if the study exists
   sigmatune run my.toml --devices cuda:0,cuda:1   # one worker per GPU, one study
