@@ -105,6 +105,14 @@ def describe_machine(info: Mapping[str, Any]) -> str:
     return line + (f", {info['date']}" if info.get("date") else "")
 
 
+def apply_sizes(args: Any, full: Mapping[str, Any], quick: Mapping[str, Any]) -> None:
+    """Fill each size a benchmark's command line left unset (None) from ``quick`` (with
+    ``--quick``) or ``full``."""
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def git_state() -> dict[str, Any]:
     """The checkout's commit, its tracked files with uncommitted changes (``modified``) and its
     untracked files that are not ignored under :data:`SOURCE_PATHS` (``untracked``); files

@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 
 from benchmarks._common import (
+    apply_sizes,
     benchmark_parser,
     fmt,
     format_table,
@@ -173,9 +174,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help=f"tiny sizes, a smoke run: {QUICK}")
     p.add_argument("--out", help=f"JSON (default benchmarks/results/{NAME}.json)")
     args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_sizes(args, FULL, QUICK)
     return args
 
 

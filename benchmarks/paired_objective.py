@@ -46,6 +46,7 @@ import optuna
 
 from benchmarks._common import (
     BENCH_OUT,
+    apply_sizes,
     benchmark_parser,
     fmt,
     format_table,
@@ -399,9 +400,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="the studies' own lines")
     p.add_argument("--out", help=f"JSON (default benchmarks/results/{NAME}.json)")
     args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_sizes(args, FULL, QUICK)
     args.nfe = sorted(set(args.nfe))
     if min(args.nfe) < 3 or args.trials < 1:
         p.error("--nfe must be >= 3, --trials >= 1")

@@ -63,6 +63,7 @@ import torch
 from benchmarks._common import (
     BENCH_OUT,
     RESULTS_DIR,
+    apply_sizes,
     benchmark_parser,
     floor_ratio,
     fmt,
@@ -690,9 +691,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="measure nothing: render the README blocks of the JSON (--out) from its figures",
     )
     args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_sizes(args, FULL, QUICK)
     args.nfe = sorted(set(args.nfe))
     if args.inner_space is None:  # the presets' (toy and digits search the same space)
         args.inner_space = load_config("toy").inner.space

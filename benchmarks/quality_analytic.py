@@ -44,6 +44,7 @@ import torch
 
 from benchmarks import independent
 from benchmarks._common import (
+    apply_sizes,
     benchmark_parser,
     fmt,
     fmt_spread,
@@ -262,9 +263,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="the studies' own lines")
     p.add_argument("--out", help=f"JSON (default benchmarks/results/{NAME}.json)")
     args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_sizes(args, FULL, QUICK)
     if min(args.nfe) < 3 or args.trials < 1 or args.sw_samples < 2 or args.ref_steps < 2:
         p.error("--nfe must be >= 3, --trials >= 1, --sw-samples and --ref-steps >= 2")
     args.nfe = sorted(set(args.nfe))

@@ -37,6 +37,7 @@ import optuna
 
 from benchmarks._common import (
     BENCH_OUT,
+    apply_sizes,
     benchmark_parser,
     fmt,
     format_table,
@@ -270,9 +271,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help=f"tiny sizes, a smoke run: {QUICK}")
     p.add_argument("--out", help=f"JSON (default benchmarks/results/{NAME}.json)")
     args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_sizes(args, FULL, QUICK)
     args.fid_images = max(args.images)
     preset = load_config("digits").inner.fid_num_images
     if not args.quick and args.fid_images != preset:
@@ -293,8 +292,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
     cache = DEFAULT_CACHE if not args.quick else BENCH_OUT / "search-images-digits"
-    D, nimg = train_digits_model(load_config("digits"), args.train_nimg, cache, log=log)
-    trials = args.trials or load_config("digits").inner.inner_trials
+    preset = load_config("digits")
+    D, nimg = train_digits_model(preset, args.train_nimg, cache, log=log)
+    trials = args.trials or preset.inner.inner_trials
     payload: dict[str, Any] = {
         **new_payload(NAME, argv),
         "quick": args.quick,
