@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import search_images as si
+from benchmarks._common import machine_info
 
 
 def _row(images, nfe, tpm, held, origin="search"):
@@ -33,7 +34,7 @@ def test_ratios_spreads_and_the_verdict():
         _row(333, 9, 40.0, 5.5),
         _row(333, 9, 40.0, 5.5),  # FID 5.5 ± 0: worse beyond both spreads
     ]
-    summary = {(s["nfe"], s["images"]): s for s in si.summary(rows, 1000)}
+    summary = {(s["nfe"], s["images"]): s for s in si.summary(rows, "1000")}
     five = summary[(5, 333)]
     assert five["speed_ratio"] == pytest.approx(3.0)
     assert five["fid_ratio"] == pytest.approx(13 / 12)
@@ -42,13 +43,13 @@ def test_ratios_spreads_and_the_verdict():
     assert five["search_wins"] == 1 and five["studies"] == 2
     nine = summary[(9, 333)]
     assert nine["speed_ratio"] == pytest.approx(4.0) and not nine["fid_equal_or_better"]
-    v = si.verdict(list(summary.values()), {}, 1000)["333"]
+    v = si.verdict(list(summary.values()), {}, "1000")["333"]
     assert v["speed_ratio_min"] == pytest.approx(3.0)
     assert v["fid_ratio_max"] == pytest.approx(1.1)
     assert not v["fid_equal_or_better"] and not v["met"]
     # without the NFE 9 rows it is met: 3x exactly, FID within the spreads
     only_five = [s for s in summary.values() if s["nfe"] == 5]
-    assert si.verdict(only_five, {}, 1000)["333"]["met"]
+    assert si.verdict(only_five, {}, "1000")["333"]["met"]
 
 
 def _study(images, nfe, seed, held, spread):
@@ -65,11 +66,48 @@ def test_the_paired_comparison_counts_studies_of_the_same_seed_beyond_both_sprea
         _study(333, 9, 0, 4.7, 0.1),  # better by 0.3 > 0.2
         _study(333, 9, 1, 1.0, 0.1),  # no all-images study of seed 1 at NFE 9: not counted
     ]
-    pairs = si.paired(rows, 1000)
+    pairs = si.paired(rows, "1000")
     assert pairs == {"333": {"worse": 1, "better": 1, "within": 1}}
     # means within the spreads and fast enough, yet worse in more pairs than better
     arm = {"images": 333, "speed_ratio": 3.5, "fid_ratio": 1.02, "fid_equal_or_better": True}
     worse = {"333": {"worse": 2, "better": 1, "within": 0}}
-    v = si.verdict([arm], worse, 1000)["333"]
+    v = si.verdict([arm], worse, "1000")["333"]
     assert v["contradicted"] and not v["met"]
-    assert si.verdict([arm], pairs, 1000)["333"]["met"]
+    assert si.verdict([arm], pairs, "1000")["333"]["met"]
+
+
+def test_an_arm_with_its_own_trial_budget_is_compared_with_the_all_images_arm():
+    assert si.parse_arm("333", 16) == (333, 16)
+    assert si.parse_arm("333x48", 16) == (333, 48)
+    for bad in ("x48", "333x", "333x0", "1", "abc"):
+        with pytest.raises(ValueError, match="IMAGESxTRIALS"):
+            si.parse_arm(bad, 16)
+    assert si.arm_label(333, 16, 16) == "333" and si.arm_label(333, 48, 16) == "333x48"
+    rows = []
+    for seed, (a, b, c) in enumerate([(10.0, 11.0, 9.0), (10.0, 11.0, 9.2)]):
+        for label, images, tpm, held in (("1000", 1000, 10.0, a), ("333", 333, 30.0, b)):
+            rows.append({**_row(images, 5, tpm, held), "arm": label, "seed": seed})
+        rows.append({**_row(333, 5, 31.0, c), "arm": "333x48", "seed": seed})
+    for r in rows:
+        r["held_out_spread"] = 0.1
+    summary = {s["arm"]: s for s in si.summary(rows, "1000")}
+    assert set(summary) == {"1000", "333", "333x48"}  # two arms of 333 images kept apart
+    assert summary["333x48"]["held_out"] == pytest.approx(9.1)
+    assert summary["333x48"]["speed_ratio"] == pytest.approx(3.1)
+    pairs = si.paired(rows, "1000")
+    assert pairs["333"] == {"worse": 2, "better": 0, "within": 0}
+    assert pairs["333x48"] == {"worse": 0, "better": 2, "within": 0}
+    v = si.verdict(list(summary.values()), pairs, "1000")
+    assert v["333"]["contradicted"] and not v["333"]["met"]
+    assert v["333x48"]["met"]
+    payload = {
+        "settings": {"fid_images": 1000, "seeds": [0, 1]},
+        "summary": list(summary.values()),
+        "verdict": v,
+        "model": "m",
+        "trials": 16,
+        "machine": machine_info(),
+    }
+    text = si.render_readme(payload)["search_images"]
+    assert "| 5 | 333, 48 trials |" in text and "| 5 | all |" in text
+    assert "- 333 search images, 48 trials: at least 3.10× " in text
