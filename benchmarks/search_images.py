@@ -163,6 +163,9 @@ def one_study(
         "origin": record.origin,
         "floor": record.held_out.floor,
         "floor_spread": record.held_out.floor_spread,
+        # the reported schedule itself, so an independent check can score it again
+        "sampler": record.schedules["tuned"].sampler,
+        "sigmas": [float(x) for x in record.schedules["tuned"].sigmas],
     }
 
 
