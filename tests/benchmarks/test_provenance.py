@@ -50,6 +50,7 @@ DEFAULT_RUNS = {
     "benchmarks.scorer_resolution": [],
     "benchmarks.scorer_separation": [],
     "benchmarks.search_images": [],
+    "benchmarks.search_images_check": [],
     "benchmarks.storage_overhead": [],
 }
 
