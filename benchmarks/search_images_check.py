@@ -90,7 +90,9 @@ def row_key(row: Mapping[str, Any]) -> str:
 def compare(rows: Sequence[Mapping[str, Any]], base: str) -> dict[str, Any]:
     """Per arm other than ``base``: its independent scores paired with the ``base`` arm's of
     the same NFE and study seed (worse / better beyond both spreads, or within), and the
-    product's own paired counts for the same pairs, from the rows' held-out FIDs."""
+    product's own paired counts for the same pairs, from the rows' held-out FIDs. ``agrees``:
+    both put the arm on the same side (more pairs worse than better, more better than worse,
+    or neither)."""
     by = {(r["nfe"], r["seed"], str(r.get("arm", r["images"]))): r for r in rows}
     out: dict[str, Any] = {}
     for (nfe, seed, arm), r in by.items():
@@ -120,8 +122,13 @@ def compare(rows: Sequence[Mapping[str, Any]], base: str) -> dict[str, Any]:
         c["same_call"] += calls[0] == calls[1]
     for c in out.values():
         ind, prod = c["independent"], c["product"]
-        # the same side of the verdict: more pairs worse than better, or not
-        c["agrees"] = (ind["worse"] > ind["better"]) == (prod["worse"] > prod["better"])
+
+        def side(counts: Mapping[str, int]) -> int:
+            return (counts["worse"] > counts["better"]) - (counts["worse"] < counts["better"])
+
+        # the same side of the verdict: more pairs worse than better, more better than worse,
+        # or neither; a gain the check does not see is not confirmed
+        c["agrees"] = side(ind) == side(prod)
     return out
 
 
@@ -199,7 +206,8 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
             f"{ind['better']}, within in {ind['within']}; the benchmark's held-out FID: worse "
             f"{prod['worse']}, better {prod['better']}, within {prod['within']}; the same call "
             f"in {c['same_call']} of {c['pairs']}: "
-            f"**{'agrees' if c['agrees'] else 'disagrees'}** on the verdict's side."
+            f"**{'agrees' if c['agrees'] else 'disagrees'}** on which side of the all-images "
+            "arm it lies."
         )
     floor = payload["floor"]
     caption = (
