@@ -23,7 +23,7 @@ trials).
 The model is EDM's defaults trained on the digits preset for ``--train-nimg`` images (the
 preset's own 200k by default; ``benchmarks.digits_model``, cached under ``bench-out``).
 
-    python -m benchmarks.search_images                 # about 50 min on 2 CPUs
+    python -m benchmarks.search_images                 # about 55 min on 2 CPUs
     python -m benchmarks.search_images --quick --out /tmp/search_images.json   # a smoke run
 """
 

@@ -111,3 +111,19 @@ def test_an_arm_with_its_own_trial_budget_is_compared_with_the_all_images_arm():
     text = si.render_readme(payload)["search_images"]
     assert "| 5 | 333, 48 trials |" in text and "| 5 | all |" in text
     assert "- 333 search images, 48 trials: at least 3.10× " in text
+
+
+@pytest.mark.parametrize(
+    "arms, message",
+    [
+        (["333", "1000"], "the first arm is the all-images arm, the largest"),
+        (["1000x48", "333"], "the first arm runs the base 16 trials"),
+        (["500", "333"], "the all-images arm: 1000"),
+        (["1000", "333x"], "IMAGESxTRIALS"),
+    ],
+)
+def test_bad_arms_are_refused_naming_the_option(arms, message, capsys):
+    with pytest.raises(SystemExit):
+        si.parse_args(["--arms", *arms])
+    err = capsys.readouterr().err
+    assert "--arms" in err and message in err
