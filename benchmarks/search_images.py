@@ -88,7 +88,7 @@ def arm_label(images: int, budget: int, base_trials: int) -> str:
     return str(images) if budget == base_trials else f"{images}x{budget}"
 
 
-def _arm(row: Mapping[str, Any]) -> str:
+def arm_of(row: Mapping[str, Any]) -> str:
     # rows written before arms had a trial budget of their own are labelled by their images
     return str(row.get("arm", row["images"]))
 
@@ -170,7 +170,7 @@ def one_study(
 
 
 def _arms_in_order(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(_arm(r) for r in rows))
+    return list(dict.fromkeys(arm_of(r) for r in rows))
 
 
 def summary(rows: Sequence[Mapping[str, Any]], base: str) -> list[dict[str, Any]]:
@@ -180,7 +180,7 @@ def summary(rows: Sequence[Mapping[str, Any]], base: str) -> list[dict[str, Any]
     for nfe in sorted({r["nfe"] for r in rows}):
         arms = {}
         for label in _arms_in_order(rows):
-            rs = [r for r in rows if r["nfe"] == nfe and _arm(r) == label]
+            rs = [r for r in rows if r["nfe"] == nfe and arm_of(r) == label]
             if not rs:
                 continue
             held = [r["held_out"] for r in rs]
@@ -214,17 +214,23 @@ def paired(rows: Sequence[Mapping[str, Any]], base: str) -> dict[str, dict[str, 
     """Each other arm against the all-images arm on the same NFE and study seed (the same
     trained model and held-out seeds): how many of those studies it ends worse, or better,
     beyond both studies' held-out spreads, and how many within them."""
-    by_key = {(r["nfe"], r["seed"], _arm(r)): r for r in rows}
+    by_key = {(r["nfe"], r["seed"], arm_of(r)): r for r in rows}
     out: dict[str, dict[str, int]] = {}
     for (nfe, seed, label), r in by_key.items():
         ref = by_key.get((nfe, seed, base))
         if label == base or ref is None:
             continue
         counts = out.setdefault(label, {"worse": 0, "better": 0, "within": 0})
-        bound = r["held_out_spread"] + ref["held_out_spread"]
-        diff = r["held_out"] - ref["held_out"]
-        counts["worse" if diff > bound else "better" if -diff > bound else "within"] += 1
+        counts[pair_call(r, ref, "held_out", "held_out_spread")] += 1
     return out
+
+
+def pair_call(row: Mapping[str, Any], ref: Mapping[str, Any], value: str, spread: str) -> str:
+    """ "worse" / "better" when ``row[value]`` differs from ``ref[value]`` by more than both
+    spreads added (lower is better), else "within"."""
+    diff = row[value] - ref[value]
+    bound = row[spread] + ref[spread]
+    return "worse" if diff > bound else "better" if -diff > bound else "within"
 
 
 def verdict(
@@ -235,8 +241,8 @@ def verdict(
     contradicted by the paired comparison where the arm ends worse beyond the held-out spreads
     in more paired studies than it ends better."""
     out = {}
-    for label in _arms_in_order([r for r in summary_rows if _arm(r) != base]):
-        arms = [r for r in summary_rows if _arm(r) == label]
+    for label in _arms_in_order([r for r in summary_rows if arm_of(r) != base]):
+        arms = [r for r in summary_rows if arm_of(r) == label]
         fast = all(r["speed_ratio"] >= TARGET_SPEED for r in arms)
         good = all(r["fid_equal_or_better"] for r in arms)
         pair = pairs.get(label, {"worse": 0, "better": 0, "within": 0})
@@ -265,7 +271,7 @@ def render_readme(payload: Mapping[str, Any]) -> dict[str, str]:
     rows = [
         [
             s["nfe"],
-            _arm_words(_arm(s), base),
+            _arm_words(arm_of(s), base),
             s["trials_per_minute"],
             s.get("speed_ratio"),
             s["denoiser_evaluations"],

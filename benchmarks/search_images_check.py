@@ -42,6 +42,7 @@ from benchmarks._common import (
 )
 from benchmarks.outer_study import bare_heun
 from benchmarks.quality_trained import raw_frechet
+from benchmarks.search_images import arm_of, pair_call
 
 NAME = "search_images_check"
 CHECK_SEED = 93_000_000  # the check's noise and halvings: no seed the studies used
@@ -84,7 +85,7 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
 
 
 def row_key(row: Mapping[str, Any]) -> str:
-    return f"{row['nfe']}/{row['seed']}/{row.get('arm', row['images'])}"
+    return f"{row['nfe']}/{row['seed']}/{arm_of(row)}"
 
 
 def compare(rows: Sequence[Mapping[str, Any]], base: str) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def compare(rows: Sequence[Mapping[str, Any]], base: str) -> dict[str, Any]:
     product's own paired counts for the same pairs, from the rows' held-out FIDs. ``agrees``:
     both put the arm on the same side (more pairs worse than better, more better than worse,
     or neither)."""
-    by = {(r["nfe"], r["seed"], str(r.get("arm", r["images"]))): r for r in rows}
+    by = {(r["nfe"], r["seed"], arm_of(r)): r for r in rows}
     out: dict[str, Any] = {}
     for (nfe, seed, arm), r in by.items():
         ref = by.get((nfe, seed, base))
@@ -113,9 +114,7 @@ def compare(rows: Sequence[Mapping[str, Any]], base: str) -> dict[str, Any]:
             ("independent", "raw", "raw_spread"),
             ("product", "held_out", "held_out_spread"),
         ):
-            diff = r[value] - ref[value]
-            bound = r[spread] + ref[spread]
-            call = "worse" if diff > bound else "better" if -diff > bound else "within"
+            call = pair_call(r, ref, value, spread)
             c[kind][call] += 1
             calls.append(call)
         c["pairs"] += 1
@@ -159,13 +158,13 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> dict[str, Any]:
         out_rows.append(
             {
                 **{k: r[k] for k in ("nfe", "seed", "images", "held_out", "held_out_spread")},
-                "arm": str(r.get("arm", r["images"])),
+                "arm": arm_of(r),
                 "raw": s["mean"],
                 "raw_spread": s["spread"],
                 "raw_values": scores["schedules"][row_key(r)],
             }
         )
-    base = str(source["rows"][0].get("arm", source["rows"][0]["images"]))
+    base = arm_of(source["rows"][0])
     payload: dict[str, Any] = {
         **new_payload(NAME, argv),
         "source": Path(args.source).name,
