@@ -3,6 +3,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= toy
+# The tests run in one process per core, at most 4 (pytest-xdist); PYTEST_WORKERS= runs
+# them in this one process.
+PYTEST_WORKERS ?= -n auto --maxprocesses 4
 # PyTorch first, so pip takes the wheel this machine already has instead of resolving
 # a fresh one; override (e.g. TORCH_SPEC="torch torchvision") on other machines.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
@@ -32,10 +35,10 @@ run: install
 	$(VENV)/bin/sigmatune run --preset $(PRESET)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_WORKERS)
 
 lint: install
 	$(VENV)/bin/ruff check .

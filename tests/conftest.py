@@ -23,6 +23,30 @@ from typing import Any
 import optuna
 import pytest
 
+# ---------------------------------------------------------------------------------------------
+# Running in several processes (pytest-xdist, as `make test` does)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker, one torch thread (and one OpenMP thread for the processes the
+    tests start): the workers already keep every core busy, and a second thread per process
+    on a shared core spins waiting for the other instead of working."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files that hold end-to-end (``slow``) tests first, each file's tests kept together
+    and in order: the workers start the long tests early and share out the short ones at the
+    end, instead of one worker running the last long test alone."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: keeps each file's order
+
+
 SYNTH_NAME = "synth"
 SYNTH_NFE = (5, 9)
 SYNTH_FLOORS = {

@@ -69,7 +69,10 @@ def _free_subnet_block(n: int) -> int:
     """A third octet ``b`` such that 10.231.b..b+n-1 .0/30 are not in use here."""
     used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
     taken = {int(m) for m in re.findall(r"10\.231\.(\d+)\.", used)}
-    for b in range(os.getpid() % 200, 250):
+    # each process starts at its own block (pids one apart, as test workers' are, n apart),
+    # so two tests choosing at once (pytest-xdist) do not both take the first free one
+    start = os.getpid() * n % (250 - n)
+    for b in [*range(start, 250 - n), *range(start)]:
         if not taken & set(range(b, b + n)):
             return b
     raise RuntimeError("no free 10.231.x.0/30 block for the test namespaces")
