@@ -41,7 +41,6 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,8 @@ from sigmatune.objectives.densities import DENSITIES
 from sigmatune.objectives.literature import LITERATURE, literature_names
 from sigmatune.objectives.parameterisations import PARAMETERISATIONS
 from sigmatune.objectives.weightings import WEIGHTINGS
+from sigmatune.study.errors import ConfigError
+from sigmatune.study.names import preset_names, presets_dir
 from sigmatune.study.urls import (
     DEFAULT_STORAGE_URL,
     StorageError,
@@ -98,14 +99,6 @@ MIN_STEPS = 2  # an inner study needs at least one free step location (one gap i
 MAX_PIECEWISE_BINS = 64
 MIN_HELD_OUT_SETS = 3  # a held-out figure is a mean with a spread over at least 3 seed sets
 MAX_NAME_LENGTH = 256  # study names; file names made from them are shortened further
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; ``errors`` holds one line per fault."""
-
-    def __init__(self, message: str, errors: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.errors = list(errors) or [message]
 
 
 # ----------------------------------------------------------------------------- value checks
@@ -803,17 +796,6 @@ def _build(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None, source: 
 # ----------------------------------------------------------------------------- loading
 
 
-def _presets_dir() -> Any:
-    return resources.files("sigmatune.study").joinpath("presets")
-
-
-def preset_names() -> list[str]:
-    """The built-in presets (``study/presets/*.toml``), sorted."""
-    return sorted(
-        p.name[: -len(".toml")] for p in _presets_dir().iterdir() if p.name.endswith(".toml")
-    )
-
-
 def _parse_toml(text: str, source: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
@@ -829,7 +811,7 @@ def load_config(path_or_preset: str | Path, overrides: Mapping[str, Any] | None 
     path = Path(spec)
     presets = preset_names()
     if spec in presets and not path.is_file():
-        text = _presets_dir().joinpath(f"{spec}.toml").read_text(encoding="utf-8")
+        text = presets_dir().joinpath(f"{spec}.toml").read_text(encoding="utf-8")
         source = f"preset {spec!r}"
     elif path.is_file():
         try:

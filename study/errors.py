@@ -9,13 +9,23 @@ import sqlite3
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import optuna
 
-from sigmatune.study.config import ConfigError
 from sigmatune.study.urls import StorageError
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``errors`` holds one line per fault (``study.config``
+    raises it; it lives here so that the command line can catch it without importing the
+    config's registries, and with them torch)."""
+
+    def __init__(self, message: str, errors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.errors = list(errors) or [message]
+
 
 # errno values of a full disk (ENOSPC) or a spent quota (EDQUOT): every later write fails too.
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)

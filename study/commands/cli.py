@@ -12,9 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sigmatune.study.config import preset_names
 from sigmatune.study.errors import run_command
-from sigmatune.study.schedules import METHODS
+from sigmatune.study.names import SCHEDULE_METHODS, preset_names
 from sigmatune.study.urls import DEFAULT_STORAGE_URL
 
 # subcommand -> the module under sigmatune.study.commands whose main(args) runs it
@@ -264,7 +263,9 @@ def _parser_schedule(sub: Any) -> None:
     )
     p.add_argument("config", nargs="?", help="a TOML config file (or --preset; optional)")
     p.add_argument("--preset", help=PRESET_HELP)
-    p.add_argument("--method", required=True, choices=METHODS, help="the schedule's method")
+    p.add_argument(
+        "--method", required=True, choices=SCHEDULE_METHODS, help="the schedule's method"
+    )
     p.add_argument(
         "--nfe",
         dest="schedule_nfe",

@@ -300,7 +300,16 @@ def test_imports_go_one_way_in_layers(package, allowed):
 
 
 def test_the_leaf_modules_of_study_import_no_runner():
-    leaves = ("urls", "records", "config", "optuna_adapter", "storage", "artifacts", "errors")
+    leaves = (
+        "urls",
+        "records",
+        "config",
+        "optuna_adapter",
+        "storage",
+        "artifacts",
+        "errors",
+        "names",
+    )
     for name in leaves:
         for module in _imports(ROOT / "study" / f"{name}.py"):
             assert module in {f"sigmatune.study.{leaf}" for leaf in leaves} or not (
