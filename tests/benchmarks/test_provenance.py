@@ -39,6 +39,7 @@ CLEAN = {"commit": "0" * 40, "modified": [], "untracked": []}
 DEFAULT_RUNS = {
     "benchmarks.gpu": ["--device", "cpu", "--out", str(RESULTS_DIR / "gpu.json")],
     "benchmarks.inner_sampler": [],
+    "benchmarks.interim_ceiling": [],
     "benchmarks.outer_check": ["--source", "outer_study.json", "--dir", "bench-out"],
     "benchmarks.outer_study": [],
     "benchmarks.overhead.__main__": [],
