@@ -23,7 +23,6 @@ from typing import Any
 
 import optuna
 import plotly.graph_objects as go
-from optuna_dashboard import save_note, save_plotly_graph_object
 
 from sigmatune.dashboards.figures import (
     SCHEDULE_LABELS,
@@ -374,6 +373,26 @@ def inner_trial_note(data: StudyRecord, t: TrialRecord, nfe: int, it: InnerTrial
 
 # --------------------------------------------------------------------------------------------
 # Publishing
+
+
+# optuna-dashboard is imported where it writes, not when this module loads: it brings
+# scikit-learn and scipy along (3 s of a process's start on a 2-core machine), and every
+# ``sigmatune run`` loads this module, also one that stops at a bad config or a bad storage.
+
+
+def save_note(target: optuna.Study | optuna.Trial, body: str) -> None:
+    """optuna-dashboard's ``save_note``: the markdown note shown with ``target``."""
+    from optuna_dashboard import save_note as save
+
+    save(target, body)
+
+
+def save_plotly_graph_object(study: optuna.Study, fig: go.Figure, graph_object_id: str) -> None:
+    """optuna-dashboard's ``save_plotly_graph_object``: ``fig`` on the study's page, under
+    ``graph_object_id`` (a second save with the same id replaces it)."""
+    from optuna_dashboard import save_plotly_graph_object as save
+
+    save(study, fig, graph_object_id=graph_object_id)
 
 
 def save_trial_note(study: optuna.Study, trial_id: int, body: str) -> None:
