@@ -81,7 +81,8 @@ def ranks(values: Mapping[str, float]) -> dict[str, int]:
 
 def analyse(source: Mapping[str, Any], name: str, draws: int = DRAWS) -> dict[str, Any]:
     """The precision ceilings of one outer-study JSON's interims (per kind and checkpoint) and
-    of its final scores, beside the recorded rho, and the models that moved most in rank."""
+    of its final scores, beside the rho it recorded (``outer_study.interim_agreement``), and
+    the models that moved most in rank."""
     sets = int(source["config"]["inner"]["held_out_sets"])
     literature = {str(r["trial"]): r for r in source["literature"] if r["state"] == "COMPLETE"}
     final = {k: float(r["fid"]) for k, r in literature.items()}
@@ -91,9 +92,11 @@ def analyse(source: Mapping[str, Any], name: str, draws: int = DRAWS) -> dict[st
         draws,
     )
     rows = []
-    rungs = {int(n) for n in source["interim"]["rungs"]}
     for kind, by_nimg in source["interim"]["scores"].items():
         for nimg, scores in sorted(by_nimg.items(), key=lambda kv: int(kv[0])):
+            # rho, n and whether this checkpoint is a rung: as outer_study recorded them
+            agreement = source["interim"]["agreement"][kind][nimg]
+            rho = float(agreement["rho"])
             trials = sorted(k for k in scores if k in final)
             interim = {k: float(scores[k]["fid"]) for k in trials}
             ceiling = precision_ceiling(
@@ -101,8 +104,6 @@ def analyse(source: Mapping[str, Any], name: str, draws: int = DRAWS) -> dict[st
                 [float(scores[k]["spread"]) / np.sqrt(sets) for k in trials],
                 draws,
             )
-            rho = float(spearman(np.array([interim[k] for k in trials]),
-                                 np.array([final[k] for k in trials])))  # fmt: skip
             at, then = ranks(interim), ranks({k: final[k] for k in trials})
             moved = max(trials, key=lambda k: (abs(at[k] - then[k]), -then[k]))
             cause = "met" if rho >= TARGET_RHO else "crossing" if ceiling >= PRECISE else "noise"
@@ -110,8 +111,8 @@ def analyse(source: Mapping[str, Any], name: str, draws: int = DRAWS) -> dict[st
                 {
                     "kind": kind,
                     "nimg": int(nimg),
-                    "rung": any(abs(int(nimg) - r) <= 1024 for r in rungs),
-                    "n": len(trials),
+                    "rung": bool(agreement["rung"]),
+                    "n": int(agreement["n"]),
                     "rho": rho,
                     "ceiling": ceiling,
                     "cause": cause,

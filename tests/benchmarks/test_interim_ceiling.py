@@ -37,6 +37,10 @@ def test_no_error_gives_a_ceiling_of_one_and_huge_errors_about_zero():
 
 
 def _source(interim: dict[str, tuple[float, float]], final: dict[str, float]) -> dict:
+    """An outer_study JSON's shape, its agreement computed as outer_study computes it."""
+    from benchmarks.outer_study import interim_agreement
+
+    scores = {"karras": {"32256": {k: {"fid": m, "spread": s} for k, (m, s) in interim.items()}}}
     return {
         "config": {"inner": {"held_out_sets": 3}},
         "git": {"commit": "a" * 40},
@@ -49,9 +53,8 @@ def _source(interim: dict[str, tuple[float, float]], final: dict[str, float]) ->
         + [{"trial": 99, "name": "pruned", "fid": None, "fid_spread": None, "state": "PRUNED"}],
         "interim": {
             "rungs": [32000],
-            "scores": {
-                "karras": {"32256": {k: {"fid": m, "spread": s} for k, (m, s) in interim.items()}}
-            },
+            "scores": scores,
+            "agreement": interim_agreement(scores, final, [32000]),
         },
     }
 
